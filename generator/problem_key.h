@@ -1,0 +1,87 @@
+// ProblemKey: everything that changes the generated code. TileConfig: the tuned knobs.
+// Together they name one kernel (a KernelSpec).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "flashbias/flashbias.hpp"
+
+namespace flashbias {
+
+enum class Direction : std::uint8_t { fwd = 0, bwd = 1 };
+
+/// Which of the factor tensors' batch/head strides are zero (shared). Part of the key because the
+/// backward reduces gradients over broadcast dimensions; the forward only records it.
+enum BroadcastBits : std::uint8_t {
+  kBroadcastNone = 0,
+  kQbBatch = 1, kQbHead = 2, kKbBatch = 4, kKbHead = 8,
+};
+
+/// Arch as compute capability major*10+minor; `arch_suffix_a` selects the sm_90a feature set.
+struct Arch {
+  int sm = 80;
+  bool a = false;
+  std::string name() const;                 // "sm_90a"
+  static Arch parse(const std::string& s);  // "sm_80", "sm80", "90a", "sm_90a"; throws Error
+  bool operator==(const Arch&) const = default;
+};
+
+struct ProblemKey {
+  Arch arch;
+  DType dtype = DType::f16;
+  int head_dim = 0;
+  int rank = 0;
+  MaskKind mask = MaskKind::none;
+  Direction direction = Direction::fwd;
+  std::uint8_t broadcast = kBroadcastNone;
+  /// Widest global access (bytes: 16, 8, 4 or 2) that every row of Q, K, V, O allows,
+  /// and the same for the factors Qb, Kb. Decided from pointers and strides at dispatch.
+  int qkv_align = 16;
+  int bias_align = 16;
+
+  bool operator==(const ProblemKey&) const = default;
+  std::string str() const;  // stable, human-readable, used in logs, errors and cache keys
+};
+
+/// Tunable knobs of the sm80 forward template (the manifest names them; see templates/README.md).
+struct TileConfig {
+  int block_m = 128;  ///< query rows per CTA
+  int block_n = 64;   ///< key rows per main-loop step
+  int warps = 4;      ///< warps per CTA; each owns block_m / warps query rows (a multiple of 16)
+  int stages = 1;     ///< 1: K and V single-buffered (loads overlap the other GEMM); 2: K/V double-buffered
+
+  bool operator==(const TileConfig&) const = default;
+  std::string str() const;                        // "bm128_bn64_w4_s1"
+  static TileConfig parse(const std::string& s);  // "bm=128,bn=64,w=4,s=1" or str() form; throws Error
+};
+
+struct KernelSpec {
+  ProblemKey key;
+  TileConfig tile;
+  bool operator==(const KernelSpec&) const = default;
+  std::string str() const { return key.str() + "/" + tile.str(); }
+};
+
+std::size_t hash_value(const ProblemKey& k) noexcept;
+std::size_t hash_value(const TileConfig& t) noexcept;
+std::size_t hash_value(const KernelSpec& s) noexcept;
+
+const char* to_string(DType d) noexcept;
+const char* to_string(MaskKind m) noexcept;
+const char* to_string(Direction d) noexcept;
+DType parse_dtype(const std::string& s);     // "f16"/"fp16"/"half", "bf16"; throws Error
+MaskKind parse_mask(const std::string& s);   // "none", "causal"; throws Error
+
+}  // namespace flashbias
+
+template <> struct std::hash<flashbias::ProblemKey> {
+  std::size_t operator()(const flashbias::ProblemKey& k) const noexcept { return flashbias::hash_value(k); }
+};
+template <> struct std::hash<flashbias::TileConfig> {
+  std::size_t operator()(const flashbias::TileConfig& t) const noexcept { return flashbias::hash_value(t); }
+};
+template <> struct std::hash<flashbias::KernelSpec> {
+  std::size_t operator()(const flashbias::KernelSpec& s) const noexcept { return flashbias::hash_value(s); }
+};

@@ -1,0 +1,82 @@
+/* FlashBias JIT, C ABI.
+ *
+ *   O = softmax(scale * Q K^T + Qb Kb^T + mask) V
+ *
+ * Every function returns a flashbias_status; on failure flashbias_last_error() returns a
+ * thread-local message naming the argument and the limit. Nothing here aborts the process. */
+#ifndef FLASHBIAS_H_
+#define FLASHBIAS_H_
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define FLASHBIAS_API __declspec(dllexport)
+#else
+#define FLASHBIAS_API __attribute__((visibility("default")))
+#endif
+
+typedef struct CUstream_st* flashbias_stream; /* a CUstream (cudaStream_t); NULL = legacy default stream */
+
+typedef enum flashbias_status {
+  FLASHBIAS_OK = 0,
+  FLASHBIAS_INVALID_ARGUMENT = 1,
+  FLASHBIAS_UNSUPPORTED = 2,
+  FLASHBIAS_NO_GPU = 3,
+  FLASHBIAS_DRIVER_ERROR = 4,
+  FLASHBIAS_NVRTC_UNAVAILABLE = 5,
+  FLASHBIAS_COMPILE_FAILED = 6,
+  FLASHBIAS_LAUNCH_FAILED = 7,
+  FLASHBIAS_CACHE_ERROR = 8,
+  FLASHBIAS_NOT_FOUND = 9,
+  FLASHBIAS_INTERNAL = 10
+} flashbias_status;
+
+typedef enum flashbias_dtype { FLASHBIAS_F16 = 0, FLASHBIAS_BF16 = 1 } flashbias_dtype;
+typedef enum flashbias_mask { FLASHBIAS_MASK_NONE = 0, FLASHBIAS_MASK_CAUSAL = 1 } flashbias_mask;
+typedef enum flashbias_policy {
+  FLASHBIAS_POLICY_HEURISTIC = 0,
+  FLASHBIAS_POLICY_TUNE = 1,
+  FLASHBIAS_POLICY_CACHE_ONLY = 2
+} flashbias_policy;
+
+/* Element strides of [batch, seq, heads, dim]; the last dim is contiguous. */
+typedef struct flashbias_strides {
+  int64_t batch, seq, head;
+} flashbias_strides;
+
+typedef struct flashbias_forward_args {
+  int32_t dtype; /* flashbias_dtype */
+  int32_t mask;  /* flashbias_mask */
+  int64_t batch, heads, seqlen_q, seqlen_k, head_dim, rank;
+  const void* q;  flashbias_strides q_stride;
+  const void* k;  flashbias_strides k_stride;
+  const void* v;  flashbias_strides v_stride;
+  const void* qb; flashbias_strides qb_stride; /* batch/head strides may be 0 (broadcast) */
+  const void* kb; flashbias_strides kb_stride;
+  void* o;        flashbias_strides o_stride;
+  float* lse;            /* optional [batch, heads, seqlen_q] fp32 */
+  float softmax_scale;   /* used when has_softmax_scale != 0, else 1/sqrt(head_dim) */
+  int32_t has_softmax_scale;
+} flashbias_forward_args;
+
+typedef struct flashbias_context flashbias_context;
+
+/* device: CUDA ordinal, or -1 for the current context's device (device 0 if none). */
+FLASHBIAS_API flashbias_status flashbias_context_create(int device, int policy, flashbias_context** out);
+FLASHBIAS_API void flashbias_context_destroy(flashbias_context* ctx);
+FLASHBIAS_API flashbias_status flashbias_forward(flashbias_context* ctx, const flashbias_forward_args* args,
+                                                 flashbias_stream stream);
+/* The message of the last failed call on this thread ("" if none). Valid until the next call. */
+FLASHBIAS_API const char* flashbias_last_error(void);
+FLASHBIAS_API const char* flashbias_status_string(flashbias_status status);
+FLASHBIAS_API const char* flashbias_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FLASHBIAS_H_ */
