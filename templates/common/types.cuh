@@ -1,0 +1,61 @@
+// Storage types and numeric conversions for the kernel templates. Self-contained: NVRTC needs no
+// CUDA headers for these (conversions are inline PTX), and neither does the manifest tool.
+#pragma once
+
+namespace flashbias {
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+/// 16-bit element storage; the arithmetic happens on the tensor cores and in fp32.
+struct half_t { u16 bits; };
+struct bf16_t { u16 bits; };
+
+/// log2(e): the online softmax runs in base 2 so that each exponential is one ex2.approx.
+constexpr float kLog2e = 1.4426950408889634f;
+/// ln(2): converts the base-2 log-sum-exp back to the natural log the API promises.
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <class Element> struct ElementTraits;
+
+template <> struct ElementTraits<half_t> {
+  /// Two fp32 values -> one register holding {lo, hi} as f16 (round to nearest even).
+  static __device__ __forceinline__ u32 pack(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+  }
+};
+
+template <> struct ElementTraits<bf16_t> {
+  static __device__ __forceinline__ u32 pack(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+  }
+};
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float fast_log2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float neg_inf() {
+  float y;
+  asm("mov.b32 %0, 0xff800000;" : "=f"(y));
+  return y;
+}
+
+template <class T> __device__ __forceinline__ T max_(T a, T b) { return a > b ? a : b; }
+template <class T> __host__ __device__ constexpr T ceil_div(T a, T b) { return (a + b - 1) / b; }
+template <class T> __host__ __device__ constexpr T round_up(T a, T b) { return ceil_div(a, b) * b; }
+
+}  // namespace flashbias

@@ -1,0 +1,376 @@
+// FlashBias forward, sm80 family (mma.sync + ldmatrix + cp.async; runs on sm_80 and newer).
+//
+//   O = softmax(scale * Q K^T + Qb Kb^T + mask) V,   LSE = log sum exp of each row's scores
+//
+// Algorithm (FlashAttention-2 style): one CTA owns kBlockM query rows of one (batch, head); each
+// warp owns kBlockM / kWarps of those rows, so softmax statistics never leave a warp. The CTA walks
+// the key tiles from last to first (the tiles that need masking come first), and per tile:
+//   S  = Q K^T            tensor cores, fp32 accumulators
+//   S  = scale * S + Qb Kb^T   the low-rank bias is R extra contraction columns accumulated into
+//                         the same registers after scaling, so it is exact and never materialised
+//   P  = online softmax (fp32, exp2)     O = O * corr + P V
+// Head dims and ranks that are multiples of 8 but not 16 finish with an m16n8k8 step; the rank is
+// zero-padded to a multiple of 8 in shared memory only, never in the caller's tensors.
+//
+// Pipelines: kStages == 1 keeps one K and one V buffer and overlaps the V load with Q K^T and the
+// next K load with P V. kStages == 2 double-buffers K, Kb and V and prefetches two tiles ahead.
+#pragma once
+
+#include "common/manifest.h"
+#include "common/params.h"
+#include "common/sm80_ops.cuh"
+#include "sm80/mask.cuh"
+#include "sm80/softmax.cuh"
+#include "sm80/tile_loader.cuh"
+
+namespace flashbias {
+namespace sm80 {
+
+/// The tunable template parameters of FwdKernel and their candidate values (see templates/README.md).
+struct FwdKnobs {
+  static constexpr int kBlockM[] = {64, 128};
+  static constexpr int kBlockN[] = {32, 64, 128};
+  static constexpr int kWarps[] = {4, 8};
+  static constexpr int kStages[] = {1, 2};
+};
+
+struct alignas(16) Vec16 { u32 x, y, z, w; };
+struct alignas(8) Vec8 { u32 x, y; };
+
+/// Copy one chunk of kBytes between global and shared memory through registers (epilogue).
+template <int kBytes>
+__device__ __forceinline__ void copy_chunk(void* dst, const void* src) {
+  if constexpr (kBytes == 16) *static_cast<Vec16*>(dst) = *static_cast<const Vec16*>(src);
+  else if constexpr (kBytes == 8) *static_cast<Vec8*>(dst) = *static_cast<const Vec8*>(src);
+  else if constexpr (kBytes == 4) *static_cast<u32*>(dst) = *static_cast<const u32*>(src);
+  else *static_cast<u16*>(dst) = *static_cast<const u16*>(src);
+}
+
+template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
+          int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1>
+struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
+  using Knobs = FwdKnobs;
+
+  static_assert(kHeadDim % 8 == 0 && kHeadDim >= 8 && kHeadDim <= 256, "head_dim must be a multiple of 8 in [8, 256]");
+  static_assert(kRank >= 0 && kRank <= 128, "rank must be in [0, 128]");
+  static_assert(kWarps >= 1 && kWarps <= 16, "warps must be in [1, 16]");
+  static_assert(kBlockM % (kWarps * 16) == 0, "block_m must be a multiple of 16 * warps (each warp owns whole m16 tiles)");
+  static_assert(kBlockN % 16 == 0, "block_n must be a multiple of 16 (the k step of P V)");
+  static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
+  static_assert((kHeadDim * 2) % kQkvAlign == 0, "qkv_align must divide a row of head_dim elements");
+  static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
+
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr bool kHasBias = kRank > 0;
+  static constexpr int kRankPad = round_up(kRank, 8);
+  // 16 bytes of padding per shared row: the 8 row addresses of one ldmatrix then fall in
+  // different bank groups for every head dim that is a multiple of 64 (2-way at worst otherwise).
+  static constexpr int kRowPad = 8;
+  static constexpr int kDStride = kHeadDim + kRowPad;
+  static constexpr int kRStride = kRankPad + kRowPad;
+  static constexpr int kWarpRows = kBlockM / kWarps;
+  static constexpr int kMTiles = kWarpRows / 16;
+  static constexpr int kNTiles = kBlockN / 8;
+  static constexpr int kDTiles = kHeadDim / 8;
+
+  // Shared memory, in elements: Q | Qb | stages x (K | Kb | V).
+  static constexpr int kQElems = kBlockM * kDStride;
+  static constexpr int kQbElems = kHasBias ? kBlockM * kRStride : 0;
+  static constexpr int kKElems = kBlockN * kDStride;
+  static constexpr int kKbElems = kHasBias ? kBlockN * kRStride : 0;
+  static constexpr int kVElems = kBlockN * kDStride;
+  static constexpr int kStageElems = kKElems + kKbElems + kVElems;
+  static constexpr int kSmemBytes = 2 * (kQElems + kQbElems + kStages * kStageElems);
+
+  using QLoader = TileLoader<Element, kBlockM, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
+  using KVLoader = TileLoader<Element, kBlockN, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
+  using QbLoader = TileLoader<Element, kBlockM, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
+  using KbLoader = TileLoader<Element, kBlockN, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
+  using MmaOp = Mma<Element>;
+  using Softmax = OnlineSoftmax<kMTiles, kNTiles, kDTiles>;
+
+  /// acc += A B^T over kCols contraction columns, A = this warp's rows of the tile at sA, B = all
+  /// rows of the tile at sB (both row-major at row stride kStride). Addresses are 32-bit shared
+  /// window addresses so that per-lane offsets fold into the instructions' immediates.
+  template <int kCols, int kStride>
+  static __device__ __forceinline__ void gemm_nt(float (&acc)[kMTiles][kNTiles][4], u32 sA, u32 sB, int lane,
+                                                 int warp_row0) {
+    constexpr int kRowBytes = kStride * 2;
+    const u32 a_lane = sA + (warp_row0 + (lane & 15)) * kRowBytes + (lane >> 4) * 16;
+    const u32 b_lane = sB + ((lane & 7) + ((lane >> 4) << 3)) * kRowBytes + ((lane >> 3) & 1) * 16;
+#pragma unroll
+    for (int k0 = 0; k0 + 16 <= kCols; k0 += 16) {
+      u32 a[kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], a_lane + mt * 16 * kRowBytes + k0 * 2);
+#pragma unroll
+      for (int np = 0; np < kNTiles / 2; ++np) {
+        u32 b[4];
+        ldmatrix_x4(b, b_lane + np * 16 * kRowBytes + k0 * 2);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          MmaOp::k16(acc[mt][2 * np], a[mt], b[0], b[1]);
+          MmaOp::k16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+    if constexpr (kCols % 16 == 8) {
+      constexpr int k0 = kCols - 8;
+      const u32 a8_lane = sA + (warp_row0 + (lane & 15)) * kRowBytes;
+      const u32 b8_lane = sB + (lane & 15) * kRowBytes;
+      u32 a[kMTiles][2];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x2(a[mt], a8_lane + mt * 16 * kRowBytes + k0 * 2);
+#pragma unroll
+      for (int np = 0; np < kNTiles / 2; ++np) {
+        u32 b[2];
+        ldmatrix_x2(b, b8_lane + np * 16 * kRowBytes + k0 * 2);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          MmaOp::k8(acc[mt][2 * np], a[mt], b[0]);
+          MmaOp::k8(acc[mt][2 * np + 1], a[mt], b[1]);
+        }
+      }
+    }
+  }
+
+  /// S = scale * Q K^T + Qb Kb^T for one key tile.
+  static __device__ __forceinline__ void scores(float (&s)[kMTiles][kNTiles][4], u32 sQ, u32 sQb, u32 sK,
+                                                u32 sKb, float scale, int lane, int warp_row0) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
+    gemm_nt<kHeadDim, kDStride>(s, sQ, sK, lane, warp_row0);
+    if constexpr (kHasBias) {
+      // Scale first, then accumulate the bias on top: the bias enters unscaled and exactly.
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale;
+      gemm_nt<kRankPad, kRStride>(s, sQb, sKb, lane, warp_row0);
+    }
+  }
+
+  static __device__ __forceinline__ void apply_mask(float (&s)[kMTiles][kNTiles][4], const Mask<kCausal>& mask,
+                                                    int row0, int n0, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = row0 + mt * 16 + g + (e >= 2 ? 8 : 0);
+          const int col = n0 + nt * 8 + 2 * t + (e & 1);
+          if (mask.masked(row, col)) s[mt][nt][e] = neg_inf();
+        }
+  }
+
+  /// O += P V for one key tile; P comes straight from the score registers (the C layout of
+  /// two adjacent n8 tiles is the A layout of one k16 step).
+  static __device__ __forceinline__ void gemm_pv(float (&o)[kMTiles][kDTiles][4], const float (&p)[kMTiles][kNTiles][4],
+                                                 u32 sV, int lane) {
+    constexpr int kRowBytes = kDStride * 2;
+    const u32 v_lane = sV + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRowBytes + (lane >> 4) * 16;
+    const u32 v2_lane = sV + (lane & 15) * kRowBytes;
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      u32 a[kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        a[mt][0] = ElementTraits<Element>::pack(p[mt][2 * kk][0], p[mt][2 * kk][1]);
+        a[mt][1] = ElementTraits<Element>::pack(p[mt][2 * kk][2], p[mt][2 * kk][3]);
+        a[mt][2] = ElementTraits<Element>::pack(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
+        a[mt][3] = ElementTraits<Element>::pack(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < kDTiles / 2; ++dp) {
+        u32 b[4];
+        ldmatrix_x4_trans(b, v_lane + kk * 16 * kRowBytes + dp * 32);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          MmaOp::k16(o[mt][2 * dp], a[mt], b[0], b[1]);
+          MmaOp::k16(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+        }
+      }
+      if constexpr (kDTiles % 2 == 1) {
+        constexpr int dt = kDTiles - 1;
+        u32 b[2];
+        ldmatrix_x2_trans(b, v2_lane + kk * 16 * kRowBytes + dt * 16);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) MmaOp::k16(o[mt][dt], a[mt], b[0], b[1]);
+      }
+    }
+  }
+
+  static __device__ void run(const FwdParams& p) {
+    extern __shared__ Vec16 smem_raw[];  // Vec16 element type: 16-byte alignment for cp.async
+    Element* const smem = reinterpret_cast<Element*>(smem_raw);
+    Element* const sQ = smem;
+    Element* const sQb = sQ + kQElems;
+    Element* const sStage0 = sQb + kQbElems;
+
+    const int tid = int(thread_idx());
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int warp_row0 = warp * kWarpRows;
+
+    // Tile scheduler: m-blocks of one (batch, head) are adjacent so they share K/V in L2; causal
+    // grids start each head with its heaviest (last) m-block to shorten the tail.
+    const int bid = int(block_idx());
+    int m_block = bid % p.num_m_blocks;
+    const int bh = bid / p.num_m_blocks;
+    if (kCausal) m_block = p.num_m_blocks - 1 - m_block;
+    const int b = bh / p.heads;
+    const int h = bh - b * p.heads;
+    const int m0 = m_block * kBlockM;
+
+    const Element* gQ = static_cast<const Element*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride + m0 * p.q_row_stride;
+    const Element* gK = static_cast<const Element*>(p.k) + b * p.k_batch_stride + h * p.k_head_stride;
+    const Element* gV = static_cast<const Element*>(p.v) + b * p.v_batch_stride + h * p.v_head_stride;
+    const Element* gQb = nullptr;
+    const Element* gKb = nullptr;
+    if constexpr (kHasBias) {
+      gQb = static_cast<const Element*>(p.qb) + b * p.qb_batch_stride + h * p.qb_head_stride + m0 * p.qb_row_stride;
+      gKb = static_cast<const Element*>(p.kb) + b * p.kb_batch_stride + h * p.kb_head_stride;
+    }
+
+    const Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
+    const int key_end = mask.key_end(m0, kBlockM);
+    const int n_blocks = key_end > 0 ? ceil_div(key_end, kBlockN) : 0;
+    const int rows_q = p.seqlen_q - m0;  // valid rows of this tile (>= 1)
+    // With a bias the scale is already applied inside scores(); without, it is folded into exp2.
+    const float scale_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
+
+    float acc_o[kMTiles][kDTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc_o[mt][dt][e] = 0.f;
+    Softmax softmax;
+    softmax.init();
+    float s[kMTiles][kNTiles][4];
+
+    auto stage_k = [&](int buf) { return sStage0 + buf * kStageElems; };
+    auto stage_kb = [&](int buf) { return sStage0 + buf * kStageElems + kKElems; };
+    auto stage_v = [&](int buf) { return sStage0 + buf * kStageElems + kKElems + kKbElems; };
+    // The same buffers as 32-bit shared-window addresses, for ldmatrix.
+    const u32 aQ = smem_addr(sQ);
+    const u32 aQb = aQ + kQElems * 2;
+    const u32 aStage0 = aQb + kQbElems * 2;
+    auto addr_k = [&](int buf) { return aStage0 + buf * kStageElems * 2; };
+    auto addr_kb = [&](int buf) { return aStage0 + (buf * kStageElems + kKElems) * 2; };
+    auto addr_v = [&](int buf) { return aStage0 + (buf * kStageElems + kKElems + kKbElems) * 2; };
+    auto load_k = [&](int nb, int buf) {
+      KVLoader::load(stage_k(buf), addr_k(buf), gK, p.k_row_stride, nb * kBlockN, p.seqlen_k, tid);
+      if constexpr (kHasBias)
+        KbLoader::load(stage_kb(buf), addr_kb(buf), gKb, p.kb_row_stride, nb * kBlockN, p.seqlen_k, tid);
+    };
+    auto load_v = [&](int nb, int buf) {
+      KVLoader::load(stage_v(buf), addr_v(buf), gV, p.v_row_stride, nb * kBlockN, p.seqlen_k, tid);
+    };
+    // Scores, mask (only on tiles that need it) and the softmax update for key tile nb.
+    auto tile_step = [&](int nb, int buf) {
+      const int n0 = nb * kBlockN;
+      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, lane, warp_row0);
+      if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
+      softmax.update(s, acc_o, scale_log2);
+    };
+
+    QLoader::load(sQ, aQ, gQ, p.q_row_stride, 0, rows_q, tid);
+    if constexpr (kHasBias) QbLoader::load(sQb, aQb, gQb, p.qb_row_stride, 0, rows_q, tid);
+
+    if constexpr (kStages == 1) {
+      if (n_blocks > 0) load_k(n_blocks - 1, 0);
+      cp_async_commit();
+      for (int nb = n_blocks - 1; nb >= 0; --nb) {
+        cp_async_wait<0>();
+        block_sync();  // K[nb] landed; every warp finished P V of the previous tile (V is free)
+        load_v(nb, 0);
+        cp_async_commit();
+        tile_step(nb, 0);
+        cp_async_wait<0>();
+        block_sync();  // V[nb] landed; every warp finished reading K[nb]
+        if (nb > 0) {
+          load_k(nb - 1, 0);
+          cp_async_commit();
+        }
+        gemm_pv(acc_o, s, addr_v(0), lane);
+      }
+    } else {
+      // Two buffers; group i carries tile i (tile 0 also carries Q). Empty groups keep the
+      // "all but the newest group" wait exact at the tail.
+      if (n_blocks > 0) {
+        load_k(n_blocks - 1, 0);
+        load_v(n_blocks - 1, 0);
+      }
+      cp_async_commit();
+      if (n_blocks > 1) {
+        load_k(n_blocks - 2, 1);
+        load_v(n_blocks - 2, 1);
+      }
+      cp_async_commit();
+      for (int it = 0; it < n_blocks; ++it) {
+        const int nb = n_blocks - 1 - it;
+        const int buf = it & 1;
+        cp_async_wait<1>();
+        block_sync();  // tile `it` landed
+        tile_step(nb, buf);
+        gemm_pv(acc_o, s, addr_v(buf), lane);
+        block_sync();  // every warp is done with buffer `buf`
+        if (it + 2 < n_blocks) {
+          load_k(nb - 2, buf);
+          load_v(nb - 2, buf);
+        }
+        cp_async_commit();
+      }
+    }
+    cp_async_wait<0>();  // no copy may still target shared memory when the epilogue reuses it
+
+    epilogue(p, acc_o, softmax, sQ, b, h, m0, rows_q, lane, warp_row0, scale_log2);
+  }
+
+  /// Normalise O, stage it through this warp's own rows of the Q tile (no other warp reads
+  /// them), then write whole rows with the widest access the output allows. LSE goes straight out.
+  static __device__ __forceinline__ void epilogue(const FwdParams& p, float (&acc_o)[kMTiles][kDTiles][4],
+                                                  Softmax& softmax, Element* sQ, int b, int h, int m0, int rows_q,
+                                                  int lane, int warp_row0, float scale_log2) {
+    const int g = lane >> 2, t = lane & 3;
+    softmax.finalize();
+    warp_sync();
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const float inv = softmax.inv_sum(mt, hh);
+        const int r = warp_row0 + mt * 16 + g + 8 * hh;
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt) {
+          const u32 packed = ElementTraits<Element>::pack(acc_o[mt][dt][2 * hh] * inv, acc_o[mt][dt][2 * hh + 1] * inv);
+          *reinterpret_cast<u32*>(sQ + r * kDStride + dt * 8 + 2 * t) = packed;
+        }
+        if (t == 0 && p.lse != nullptr && r < rows_q)
+          p.lse[((long long)b * p.heads + h) * p.seqlen_q + m0 + r] = softmax.lse(mt, hh, scale_log2);
+      }
+    warp_sync();
+    constexpr int kElemsPerChunk = kQkvAlign / 2;
+    constexpr int kChunksPerRow = kHeadDim / kElemsPerChunk;
+    Element* gO = static_cast<Element*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride + m0 * p.o_row_stride;
+#pragma unroll 4
+    for (int i = lane; i < kWarpRows * kChunksPerRow; i += 32) {
+      const int r = warp_row0 + i / kChunksPerRow;
+      const int c = (i % kChunksPerRow) * kElemsPerChunk;
+      if (r < rows_q) copy_chunk<kQkvAlign>(gO + r * p.o_row_stride + c, sQ + r * kDStride + c);
+    }
+  }
+};
+
+}  // namespace sm80
+}  // namespace flashbias

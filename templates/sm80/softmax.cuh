@@ -1,0 +1,90 @@
+// Online softmax in fp32 for accumulators in the mma.sync C layout.
+//
+// Each thread holds, for every 16-row m-tile, two rows (g and g + 8, g = lane / 4); a row's
+// values are spread over the 4 lanes of a quad, so row reductions are two butterfly shuffles.
+// Scores are kept in "raw" units x and exponentiated as exp2(x * scale_log2 - max * scale_log2),
+// one FFMA and one ex2 per element: with no bias the softmax scale is folded into scale_log2;
+// with a bias the scale was applied to Q K^T before the bias was added, and scale_log2 = log2(e).
+// A row whose running max is -inf (fully masked so far) subtracts 0 instead, so no inf - inf.
+#pragma once
+
+#include "common/sm80_ops.cuh"
+
+namespace flashbias {
+namespace sm80 {
+
+template <int kMTiles, int kNTiles, int kDTiles>
+struct OnlineSoftmax {
+  float row_max[kMTiles][2];  // raw units
+  float row_sum[kMTiles][2];  // this thread's partial sum; reduced over the quad at the end
+
+  __device__ __forceinline__ void init() {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        row_max[mt][h] = neg_inf();
+        row_sum[mt][h] = 0.f;
+      }
+  }
+
+  /// Fold one tile of scores into the running max and sum, turn `s` into probabilities
+  /// (unnormalised), and rescale the output accumulator by exp(old max - new max).
+  __device__ __forceinline__ void update(float (&s)[kMTiles][kNTiles][4], float (&o)[kMTiles][kDTiles][4],
+                                         float scale_log2) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = row_max[mt][h];
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) mx = max_(mx, max_(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        mx = max_(mx, shfl_xor(mx, 1));
+        mx = max_(mx, shfl_xor(mx, 2));
+        const float m_scaled = mx == neg_inf() ? 0.f : mx * scale_log2;
+        const float corr = fast_exp2(row_max[mt][h] * scale_log2 - m_scaled);
+        row_max[mt][h] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          s[mt][nt][2 * h] = fast_exp2(s[mt][nt][2 * h] * scale_log2 - m_scaled);
+          s[mt][nt][2 * h + 1] = fast_exp2(s[mt][nt][2 * h + 1] * scale_log2 - m_scaled);
+          sum += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+        }
+        row_sum[mt][h] = row_sum[mt][h] * corr + sum;
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt) {
+          o[mt][dt][2 * h] *= corr;
+          o[mt][dt][2 * h + 1] *= corr;
+        }
+      }
+    }
+  }
+
+  /// Complete the row sums across the quad. Afterwards inv_sum() and lse() are final.
+  __device__ __forceinline__ void finalize() {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float v = row_sum[mt][h];
+        v += shfl_xor(v, 1);
+        v += shfl_xor(v, 2);
+        row_sum[mt][h] = v;
+      }
+  }
+
+  /// 1 / row sum, or 0 for a row that saw no key (its output is then 0).
+  __device__ __forceinline__ float inv_sum(int mt, int h) const {
+    return row_sum[mt][h] > 0.f ? 1.f / row_sum[mt][h] : 0.f;
+  }
+
+  /// Natural-log log-sum-exp of the row's scores; -inf for a row that saw no key.
+  __device__ __forceinline__ float lse(int mt, int h, float scale_log2) const {
+    if (!(row_sum[mt][h] > 0.f)) return neg_inf();
+    return (row_max[mt][h] * scale_log2 + fast_log2(row_sum[mt][h])) * kLn2;
+  }
+};
+
+}  // namespace sm80
+}  // namespace flashbias

@@ -1,0 +1,72 @@
+// Global -> shared tile copies for the sm80 family.
+//
+// A tile is kRows rows of kColsPad elements (kColsValid of them real, the rest zero) stored at a
+// row stride of kStride elements. Each thread moves kAlign-byte chunks with cp.async (zero-filling
+// rows past the end of the sequence and the padding columns), so the copy overlaps the math.
+// kAlign is the widest access every row allows (decided on the host from pointers and strides);
+// at 2 bytes cp.async cannot be used and the copy falls back to ordinary loads and stores.
+#pragma once
+
+#include "common/sm80_ops.cuh"
+
+namespace flashbias {
+namespace sm80 {
+
+template <class Element, int kRows, int kColsValid, int kColsPad, int kStride, int kAlign, int kThreads>
+struct TileLoader {
+  static_assert(kAlign == 2 || kAlign == 4 || kAlign == 8 || kAlign == 16, "alignment must be 2, 4, 8 or 16 bytes");
+  static_assert((kColsValid * 2) % kAlign == 0, "a chunk must not straddle the last valid column");
+  static_assert(kColsPad % 8 == 0 && kStride % 8 == 0, "shared rows must start on 16-byte boundaries");
+  static constexpr int kElemsPerChunk = kAlign / 2;
+  static constexpr int kChunksPerRow = kColsPad / kElemsPerChunk;
+  static constexpr int kChunks = kRows * kChunksPerRow;
+  static constexpr int kIters = ceil_div(kChunks, kThreads);
+
+  // When a whole number of rows is covered per pass, each thread keeps one column and walks
+  // rows with a running pointer: a few live registers instead of one hoisted address per pass.
+  static constexpr bool kRowAligned = kThreads % kChunksPerRow == 0;
+  static constexpr int kRowsPerPass = kRowAligned ? kThreads / kChunksPerRow : 0;
+
+  /// Copy rows [row0, row0 + kRows) of `g` (row stride `row_stride` elements) into the shared
+  /// tile at `s` (a generic pointer) / `s_addr` (the same tile's shared-window address).
+  /// Rows at or past `rows_valid` and columns at or past kColsValid become zeros.
+  static __device__ __forceinline__ void load(Element* s, u32 s_addr, const Element* g, long long row_stride,
+                                              int row0, int rows_valid, int tid) {
+    if constexpr (kRowAligned) {
+      const int r0 = tid / kChunksPerRow;
+      const int c = (tid % kChunksPerRow) * kElemsPerChunk;
+      const Element* src = g + (long long)(row0 + r0) * row_stride + c;
+      const long long pass_stride = (long long)kRowsPerPass * row_stride;
+#pragma unroll
+      for (int it = 0; it < ceil_div(kRows, kRowsPerPass); ++it) {
+        const int r = r0 + it * kRowsPerPass;
+        if (kRows % kRowsPerPass != 0 && r >= kRows) break;
+        const bool valid = (row0 + r < rows_valid) && (c < kColsValid);
+        copy(s, s_addr, r * kStride + c, valid ? src : g, valid);
+        src += pass_stride;
+      }
+    } else {
+#pragma unroll
+      for (int it = 0; it < kIters; ++it) {
+        const int i = it * kThreads + tid;
+        if (kChunks % kThreads != 0 && i >= kChunks) break;
+        const int r = i / kChunksPerRow;
+        const int c = (i % kChunksPerRow) * kElemsPerChunk;
+        const bool valid = (row0 + r < rows_valid) && (c < kColsValid);
+        // An invalid chunk still needs a mapped source address for cp.async: use the tile base.
+        copy(s, s_addr, r * kStride + c, valid ? g + (long long)(row0 + r) * row_stride + c : g, valid);
+      }
+    }
+  }
+
+  static __device__ __forceinline__ void copy(Element* s, u32 s_addr, int offset, const Element* src, bool valid) {
+    if constexpr (kAlign >= 4) {
+      cp_async<kAlign>(s_addr + offset * 2, src, valid);
+    } else {
+      s[offset].bits = valid ? src->bits : u16(0);
+    }
+  }
+};
+
+}  // namespace sm80
+}  // namespace flashbias
