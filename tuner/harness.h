@@ -1,0 +1,92 @@
+// Device-side harness shared by `flashbias check`, `flashbias demo`, the gpu tests, the tuner
+// and the benchmarks: device copies of a problem's inputs and outputs, checks against the fp64
+// reference with poisoned outputs, and event timing.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "flashbias/flashbias.hpp"
+#include "generator/problem_spec.h"
+#include "tuner/host_tensor.h"
+#include "tuner/reference.h"
+
+namespace flashbias {
+
+/// A device allocation in the current context (RAII; cuMemFree on destruction).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&& o) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  CUdeviceptr ptr() const { return ptr_; }
+  void* get() const { return reinterpret_cast<void*>(ptr_); }
+  std::size_t bytes() const { return bytes_; }
+  void upload(const void* src, std::size_t bytes);
+  void download(void* dst, std::size_t bytes) const;
+
+ private:
+  CUdeviceptr ptr_ = 0;
+  std::size_t bytes_ = 0;
+};
+
+/// One problem's tensors on the device: inputs drawn on the host (seeded), outputs poisoned on
+/// request. The calling thread's current context must be the one the buffers belong to.
+class DeviceProblem {
+ public:
+  DeviceProblem(const ProblemSpec& spec, std::uint64_t seed);
+
+  const ProblemSpec& spec() const { return spec_; }
+  const AttentionInputs& inputs() const { return inputs_; }
+  /// Fresh random inputs (new seed), uploaded.
+  void regenerate(std::uint64_t seed);
+  /// Arguments of a forward call on these buffers (BSHD layouts, stride-0 shared factors).
+  ForwardArgs forward_args() const;
+  /// Fill O and LSE with NaN patterns so that unwritten elements fail every check.
+  void poison_outputs();
+  /// Copy O and LSE back.
+  void download(HostTensor& o, std::vector<float>& lse) const;
+  /// Bytes on the device.
+  std::size_t device_bytes() const;
+
+ private:
+  void upload();
+  ProblemSpec spec_;
+  AttentionInputs inputs_;
+  DeviceBuffer q_, k_, v_, qb_, kb_, o_, lse_;
+};
+
+/// The outcome of one numerical check.
+struct CheckResult {
+  Comparison o, lse;
+  double tolerance = 0;  ///< the bound applied (2e-3, or the bf16 rule)
+  double lowp_error = 0; ///< rel-L2 error of the plain low-precision implementation on the same inputs
+  std::int64_t rows_checked = 0;
+  bool pass = false;
+  std::string str() const;
+};
+
+/// Tolerance rule of the project: 2e-3 for fp16 inputs; for bf16, max(2e-3, 2 x the error of a
+/// plain bf16 implementation on the same inputs).
+double tolerance_for(DType dtype, double lowp_error);
+
+/// Run `launch` (which enqueues a forward on `problem`'s buffers and the null stream), with O and
+/// LSE poisoned first, and compare against the fp64 reference on up to `max_rows` sampled rows.
+CheckResult check_forward(DeviceProblem& problem, const std::function<void(const ForwardArgs&)>& launch,
+                          std::int64_t max_rows);
+
+/// Median milliseconds of `launch` over `repeats` runs timed with CUDA events on `stream`,
+/// after `warmup` runs. `spread_ms` (optional) receives max - min.
+double time_ms(const std::function<void()>& launch, CUstream stream, int warmup, int repeats,
+               double* spread_ms = nullptr);
+
+}  // namespace flashbias
