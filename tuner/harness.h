@@ -17,6 +17,11 @@
 
 namespace flashbias {
 
+/// Retain device `ordinal`'s primary context and make it current on this thread, as a host
+/// application (PyTorch, a CUDA runtime program) would have it. Returns the context; it stays
+/// retained for the life of the process.
+CUcontext activate_primary_context(int ordinal);
+
 /// A device allocation in the current context (RAII; cuMemFree on destruction).
 class DeviceBuffer {
  public:

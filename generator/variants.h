@@ -1,0 +1,52 @@
+// The one table of kernel variants and tunable knobs. The tuner's search space, the built-in
+// heuristic, the default variant set (CLI demo, nvrtc tests, bundles) and the CLI's listings all
+// read it from here; nothing else declares knob values.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "generator/problem_key.h"
+
+namespace flashbias {
+
+/// Candidate values of each knob of a kernel template.
+struct KnobSpace {
+  std::vector<int> block_m, block_n, warps, stages;
+};
+
+/// The knobs of the forward template for this arch family (sm80 family today).
+const KnobSpace& fwd_knob_space(const Arch& arch);
+
+/// What changes only the best tile choice, not the code: sequence lengths and batch*heads.
+struct ShapeInfo {
+  std::int64_t batch_heads = 1;
+  std::int64_t seqlen_q = 1;
+  std::int64_t seqlen_k = 1;
+};
+
+/// Every legal TileConfig for `key` (legality rules + shared memory under `smem_limit`), in the
+/// knob space's order. Empty means no variant covers the key.
+std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_limit);
+
+/// The built-in choice for keys nobody tuned: the first legal entry of a short preference list
+/// per head-dim class. Throws Error(unsupported) when nothing fits.
+TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit);
+
+/// Shared memory available to one CTA (opt-in maximum) on an arch when no device is at hand.
+std::size_t default_smem_limit(const Arch& arch);
+
+/// A named problem class of the default variant set.
+struct DefaultVariant {
+  std::string name;  ///< the benchmark case it serves, e.g. "llm_d128_causal"
+  ProblemKey key;    ///< arch filled in by default_variants()
+};
+
+/// The default variant set for an arch: the keys of the benchmark cases in both dtypes, with
+/// 16-byte alignment. `flashbias demo` compiles them without a GPU; the nvrtc tests require them
+/// to compile with zero spills; bundles start from them.
+std::vector<DefaultVariant> default_variants(const Arch& arch);
+
+}  // namespace flashbias

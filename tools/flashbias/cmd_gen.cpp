@@ -1,0 +1,99 @@
+// `flashbias gen`: print a generated kernel's source, or compile it (no GPU needed) and print
+// its resources. `--list` prints the variant space: every knob and its candidate values.
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "generator/kernel_source.h"
+#include "generator/variants.h"
+#include "runtime/compiler.h"
+
+namespace flashbias::cli {
+
+namespace {
+
+struct GenOptions {
+  std::string arch = "sm_80";
+  std::string dtype = "f16";
+  int head_dim = 0;
+  int rank = 0;
+  std::string mask = "none";
+  std::string config;
+  std::string emit = "source";
+  int qkv_align = 16;
+  int bias_align = 0;  // 0: the widest the rank allows
+  long long seqlen = 4096;
+  bool list = false;
+};
+
+int natural_bias_align(int rank) {
+  const int bytes = rank * 2;
+  for (int a : {16, 8, 4}) if (bytes % a == 0) return a;
+  return 2;
+}
+
+}  // namespace
+
+void add_gen(CLI::App& app, int& rc) {
+  auto o = std::make_shared<GenOptions>();
+  CLI::App* cmd = app.add_subcommand("gen", "Generate a kernel: print its source, or compile it and print its resources");
+  cmd->add_option("--arch", o->arch, "target arch: sm_80, sm_86, sm_89, sm_90a, ...")->capture_default_str();
+  cmd->add_option("--dtype", o->dtype, "f16 or bf16")->capture_default_str();
+  cmd->add_option("--head-dim,-d", o->head_dim, "head dim D (multiple of 8, 8..256)");
+  cmd->add_option("--rank,-r", o->rank, "bias rank R (0..128)")->capture_default_str();
+  cmd->add_option("--mask", o->mask, "none or causal")->capture_default_str();
+  cmd->add_option("--config", o->config, "tile config, e.g. bm=128,bn=64,w=4,s=2 (default: the heuristic's)");
+  cmd->add_option("--emit", o->emit, "source | resources")->check(CLI::IsMember({"source", "resources"}))->capture_default_str();
+  cmd->add_option("--qkv-align", o->qkv_align, "alignment class of Q/K/V/O rows in bytes (16, 8, 4, 2)")->capture_default_str();
+  cmd->add_option("--bias-align", o->bias_align, "alignment class of factor rows in bytes (default: widest the rank allows)");
+  cmd->add_option("--seqlen", o->seqlen, "sequence length the heuristic tile is chosen for")->capture_default_str();
+  cmd->add_flag("--list", o->list, "print the variant space (knobs and candidate values) and exit");
+  cmd->callback([o, &rc] {
+    const Arch arch = Arch::parse(o->arch);
+    if (o->list) {
+      const KnobSpace& ks = fwd_knob_space(arch);
+      auto join = [](const std::vector<int>& v) {
+        std::string s;
+        for (int x : v) s += (s.empty() ? "" : ", ") + std::to_string(x);
+        return s;
+      };
+      fmt::print("kernel fwd (sm80 family; runs on {}):\n", arch.name());
+      fmt::print("  knob block_m: {}\n  knob block_n: {}\n  knob warps:   {}\n  knob stages:  {}\n", join(ks.block_m),
+                 join(ks.block_n), join(ks.warps), join(ks.stages));
+      rc = 0;
+      return;
+    }
+    if (o->head_dim == 0) throw Error(ErrorCode::invalid_argument, "--head-dim is required (a multiple of 8 in [8, 256])");
+    ProblemKey key;
+    key.arch = arch;
+    key.dtype = parse_dtype(o->dtype);
+    key.head_dim = o->head_dim;
+    key.rank = o->rank;
+    key.mask = parse_mask(o->mask);
+    key.qkv_align = o->qkv_align;
+    key.bias_align = o->rank > 0 ? (o->bias_align ? o->bias_align : natural_bias_align(o->rank)) : 16;
+    const std::size_t smem_limit = default_smem_limit(arch);
+    TileConfig tile = o->config.empty()
+                          ? heuristic_tile(key, ShapeInfo{1, o->seqlen, o->seqlen}, smem_limit)
+                          : TileConfig::parse(o->config);
+    const KernelSource src = generate(KernelSpec{key, tile});
+    if (o->emit == "source") {
+      fmt::print("{}", src.source);
+      fmt::print("// NVRTC options:");
+      for (const auto& opt : src.options) fmt::print(" {}", opt);
+      fmt::print("\n// launch: {} threads, {} bytes of dynamic shared memory\n", src.threads, src.smem_bytes);
+      rc = 0;
+      return;
+    }
+    const CompiledKernel ck = compile(src);
+    fmt::print("kernel     {}\n", src.spec.str());
+    fmt::print("threads    {}\n", ck.threads);
+    fmt::print("smem       {} bytes dynamic\n", ck.smem_bytes);
+    fmt::print("resources  {}\n", ck.resources.str());
+    fmt::print("cubin      {} bytes (NVRTC {})\n", ck.cubin.size(), ck.nvrtc_version);
+    fmt::print("compile    {:.0f} ms\n", ck.compile_ms);
+    if (ck.resources.spills()) fmt::print("warning: the kernel spills registers to local memory\n");
+    rc = 0;
+  });
+}
+
+}  // namespace flashbias::cli

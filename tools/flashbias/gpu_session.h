@@ -1,0 +1,31 @@
+// What every GPU subcommand needs: a current primary context on the chosen device, a Context,
+// and a way to launch either the dispatcher's choice or one forced tile configuration.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+
+#include "flashbias/flashbias.hpp"
+#include "generator/problem_key.h"
+#include "runtime/device.h"
+#include "runtime/launch_plan.h"
+
+namespace flashbias::cli {
+
+class GpuSession {
+ public:
+  explicit GpuSession(int device);
+  const DeviceInfo& device() const { return device_; }
+  Context& context() { return *context_; }
+  /// A launcher for `args`-shaped problems: the dispatcher's kernel, or (with `tile`) that tile
+  /// compiled and loaded here. The returned plan is kept alive by the launcher.
+  std::function<void(const ForwardArgs&)> launcher(const ForwardArgs& args, const std::optional<TileConfig>& tile,
+                                                   KernelSpec* chosen = nullptr);
+
+ private:
+  DeviceInfo device_;
+  std::unique_ptr<Context> context_;
+};
+
+}  // namespace flashbias::cli

@@ -1,0 +1,198 @@
+#include "tuner/harness.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "runtime/driver_api.h"
+
+namespace flashbias {
+
+namespace {
+const driver::Api& drv() { return driver::api(); }
+}  // namespace
+
+CUcontext activate_primary_context(int ordinal) {
+  const driver::Api& d = drv();
+  CUdevice dev = 0;
+  driver::check(d.cuDeviceGet(&dev, ordinal), "cuDeviceGet");
+  CUcontext ctx = nullptr;
+  driver::check(d.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
+  driver::check(d.cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+  return ctx;
+}
+
+DeviceBuffer::DeviceBuffer(std::size_t bytes) : bytes_(bytes) {
+  if (bytes == 0) return;
+  driver::check(drv().cuMemAlloc(&ptr_, bytes), "cuMemAlloc");
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_ != 0 && !driver::exiting()) drv().cuMemFree(ptr_);
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+  o.ptr_ = 0;
+  o.bytes_ = 0;
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_ != 0 && !driver::exiting()) drv().cuMemFree(ptr_);
+    ptr_ = o.ptr_;
+    bytes_ = o.bytes_;
+    o.ptr_ = 0;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+void DeviceBuffer::upload(const void* src, std::size_t bytes) {
+  if (bytes > bytes_) throw Error(ErrorCode::internal, fmt::format("upload of {} bytes into {}", bytes, bytes_));
+  if (bytes) driver::check(drv().cuMemcpyHtoD(ptr_, src, bytes), "cuMemcpyHtoD");
+}
+
+void DeviceBuffer::download(void* dst, std::size_t bytes) const {
+  if (bytes > bytes_) throw Error(ErrorCode::internal, fmt::format("download of {} bytes from {}", bytes, bytes_));
+  if (bytes) driver::check(drv().cuMemcpyDtoH(dst, ptr_, bytes), "cuMemcpyDtoH");
+}
+
+DeviceProblem::DeviceProblem(const ProblemSpec& spec, std::uint64_t seed) : spec_(spec) {
+  validate(spec_);
+  inputs_ = make_inputs(spec_, seed);
+  q_ = DeviceBuffer(inputs_.q.bytes());
+  k_ = DeviceBuffer(inputs_.k.bytes());
+  v_ = DeviceBuffer(inputs_.v.bytes());
+  if (spec_.rank > 0) {
+    qb_ = DeviceBuffer(inputs_.qb.bytes());
+    kb_ = DeviceBuffer(inputs_.kb.bytes());
+  }
+  o_ = DeviceBuffer(inputs_.q.bytes());
+  lse_ = DeviceBuffer(std::size_t(spec_.batch * spec_.heads * spec_.seqlen_q) * sizeof(float));
+  upload();
+}
+
+void DeviceProblem::regenerate(std::uint64_t seed) {
+  inputs_ = make_inputs(spec_, seed);
+  upload();
+}
+
+void DeviceProblem::upload() {
+  q_.upload(inputs_.q.data(), inputs_.q.bytes());
+  k_.upload(inputs_.k.data(), inputs_.k.bytes());
+  v_.upload(inputs_.v.data(), inputs_.v.bytes());
+  if (spec_.rank > 0) {
+    qb_.upload(inputs_.qb.data(), inputs_.qb.bytes());
+    kb_.upload(inputs_.kb.data(), inputs_.kb.bytes());
+  }
+}
+
+ForwardArgs DeviceProblem::forward_args() const {
+  ForwardArgs a;
+  a.dtype = spec_.dtype;
+  a.batch = spec_.batch;
+  a.heads = spec_.heads;
+  a.seqlen_q = spec_.seqlen_q;
+  a.seqlen_k = spec_.seqlen_k;
+  a.head_dim = spec_.head_dim;
+  a.rank = spec_.rank;
+  a.q = q_.get();
+  a.q_stride = inputs_.q.strides();
+  a.k = k_.get();
+  a.k_stride = inputs_.k.strides();
+  a.v = v_.get();
+  a.v_stride = inputs_.v.strides();
+  if (spec_.rank > 0) {
+    a.qb = qb_.get();
+    a.qb_stride = inputs_.qb.strides();
+    a.kb = kb_.get();
+    a.kb_stride = inputs_.kb.strides();
+  }
+  a.o = o_.get();
+  a.o_stride = inputs_.q.strides();  // O has Q's shape and layout
+  a.lse = static_cast<float*>(lse_.get());
+  a.softmax_scale = spec_.softmax_scale;
+  a.mask = spec_.mask;
+  return a;
+}
+
+void DeviceProblem::poison_outputs() {
+  driver::check(drv().cuMemsetD16(o_.ptr(), kPoison16, o_.bytes() / 2), "cuMemsetD16");
+  driver::check(drv().cuMemsetD32(lse_.ptr(), kPoison32, lse_.bytes() / 4), "cuMemsetD32");
+}
+
+void DeviceProblem::download(HostTensor& o, std::vector<float>& lse) const {
+  o = HostTensor(spec_.dtype, inputs_.q.shape());
+  o_.download(o.data(), o.bytes());
+  lse.assign(lse_.bytes() / sizeof(float), 0.f);
+  lse_.download(lse.data(), lse_.bytes());
+}
+
+std::size_t DeviceProblem::device_bytes() const {
+  return q_.bytes() + k_.bytes() + v_.bytes() + qb_.bytes() + kb_.bytes() + o_.bytes() + lse_.bytes();
+}
+
+double tolerance_for(DType dtype, double lowp_error) {
+  constexpr double kBound = 2e-3;  // the project's bound for fp16 inputs (shared/BENCH.md)
+  if (dtype == DType::f16) return kBound;
+  return std::max(kBound, 2.0 * lowp_error);
+}
+
+std::string CheckResult::str() const {
+  return fmt::format("{} | {} | tol {:.1e} (plain low-precision error {:.2e}) over {} rows: {}", o.str(), lse.str(),
+                     tolerance, lowp_error, rows_checked, pass ? "PASS" : "FAIL");
+}
+
+CheckResult check_forward(DeviceProblem& problem, const std::function<void(const ForwardArgs&)>& launch,
+                          std::int64_t max_rows) {
+  const ProblemSpec& spec = problem.spec();
+  problem.poison_outputs();
+  launch(problem.forward_args());
+  driver::check(drv().cuCtxSynchronize(), "cuCtxSynchronize (after the forward kernel)", ErrorCode::launch_failed);
+  HostTensor o;
+  std::vector<float> lse;
+  problem.download(o, lse);
+
+  const std::vector<std::int64_t> rows = sample_rows(spec, max_rows);
+  const ForwardResult ref = reference_forward(spec, problem.inputs(), rows);
+  const ForwardResult lowp = lowp_forward(spec, problem.inputs(), rows);
+  CheckResult r;
+  r.rows_checked = std::int64_t(rows.size());
+  r.o = compare_rows(ref, o, "O");
+  r.lse = compare_lse(ref, lse, "LSE");
+  r.lowp_error = compare(ref, lowp, "O").rel_l2;
+  r.tolerance = tolerance_for(spec.dtype, r.lowp_error);
+  r.pass = r.o.ok(r.tolerance) && r.lse.ok(r.tolerance);
+  return r;
+}
+
+double time_ms(const std::function<void()>& launch, CUstream stream, int warmup, int repeats, double* spread_ms) {
+  const driver::Api& d = drv();
+  for (int i = 0; i < warmup; ++i) launch();
+  std::vector<CUevent> events(std::size_t(repeats) + 1);
+  for (CUevent& e : events) driver::check(d.cuEventCreate(&e, CU_EVENT_DEFAULT), "cuEventCreate");
+  std::vector<double> ms(std::size_t(repeats), 0.0);
+  try {
+    driver::check(d.cuEventRecord(events[0], stream), "cuEventRecord");
+    for (int i = 0; i < repeats; ++i) {
+      launch();
+      driver::check(d.cuEventRecord(events[std::size_t(i) + 1], stream), "cuEventRecord");
+    }
+    driver::check(d.cuEventSynchronize(events.back()), "cuEventSynchronize", ErrorCode::launch_failed);
+    for (int i = 0; i < repeats; ++i) {
+      float t = 0;
+      driver::check(d.cuEventElapsedTime(&t, events[std::size_t(i)], events[std::size_t(i) + 1]), "cuEventElapsedTime");
+      ms[std::size_t(i)] = t;
+    }
+  } catch (...) {
+    for (CUevent e : events) d.cuEventDestroy(e);
+    throw;
+  }
+  for (CUevent e : events) d.cuEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  if (spread_ms) *spread_ms = ms.back() - ms.front();
+  return ms[ms.size() / 2];
+}
+
+}  // namespace flashbias
