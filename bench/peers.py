@@ -1,0 +1,149 @@
+"""Forward benchmark of FlashBias JIT against the peers of shared/BENCH.md, in one process, on the
+same inputs: sdpa_concat (the paper's PyTorch route), sdpa_dense, flex_dense, sdpa_nobias (the floor).
+
+    python3 bench/peers.py [--cases seed_n4k,alibi_gpt2] [--json out.json] [--skip-flex]
+
+Time = median of triton.testing.do_bench (which clears L2 between runs), after its warm-up.
+Error = relative L2 of our output against an fp32 SDPA of the dense-bias problem."""
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+from fb_ctypes import FlashBias  # noqa: E402
+
+CASES = {
+    # name: (B, H, N, D, R, causal)
+    "seed_n4k": (2, 4, 4096, 32, 8, False),
+    "seed_n16k": (2, 4, 16384, 32, 8, False),
+    "alibi_gpt2": (1, 50, 8192, 32, 2, True),
+    "llm_d64": (4, 16, 4096, 64, 16, False),
+    "llm_d128": (2, 16, 8192, 128, 16, False),
+    "llm_d128_causal": (2, 16, 8192, 128, 16, True),
+    "af3_tri": (256, 4, 384, 32, 16, False),
+}
+
+
+def do_bench(fn):
+    import triton.testing
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def make_inputs(B, H, N, D, R, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(B, N, H, D, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(B, N, H, D, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(B, N, H, D, device="cuda", dtype=dtype, generator=g)
+    qb = (torch.randn(B, N, H, R, device="cuda", dtype=torch.float32, generator=g) / math.sqrt(R)).to(dtype)
+    kb = torch.randn(B, N, H, R, device="cuda", dtype=dtype, generator=g)
+    return q, k, v, qb, kb
+
+
+def dense_bias(qb, kb, causal, dtype):
+    # [B, H, Nq, Nk]
+    bias = torch.einsum("bqhr,bkhr->bhqk", qb.float(), kb.float())
+    if causal:
+        N, M = bias.shape[-2], bias.shape[-1]
+        keep = torch.ones(N, M, device=bias.device, dtype=torch.bool).tril(diagonal=M - N)
+        bias = bias.masked_fill(~keep, float("-inf"))
+    return bias.to(dtype)
+
+
+def run_case(fb, name, dtype, skip_flex, check):
+    B, H, N, D, R, causal = CASES[name]
+    scale = 1.0 / math.sqrt(D)
+    q, k, v, qb, kb = make_inputs(B, H, N, D, R, dtype, seed=int(time.time()) & 0xFFFF)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # BHSD views for SDPA
+    res = {"case": name, "B": B, "H": H, "N": N, "D": D, "R": R, "causal": causal, "dtype": str(dtype)}
+    flops = 4 * B * H * N * N * D * (0.5 if causal else 1.0)
+
+    args, out, lse, keep = fb.prepare(q, k, v, qb, kb, causal=causal, softmax_scale=scale)
+    fb.run(args)
+    torch.cuda.synchronize()
+    res["flashbias_ms"] = do_bench(lambda: fb.run(args))
+    res["flashbias_tflops"] = flops / (res["flashbias_ms"] * 1e-3) / 1e12
+
+    if check:
+        # fp32 reference on the dense-bias problem (memory-efficient SDPA does not materialise S).
+        heads = slice(0, min(H, 4))
+        bias32 = dense_bias(qb[:, :, heads], kb[:, :, heads], causal, torch.float32)
+        ref = F.scaled_dot_product_attention(qt[:, heads].float(), kt[:, heads].float(), vt[:, heads].float(),
+                                             attn_mask=bias32, scale=scale)
+        got = out.transpose(1, 2)[:, heads].float()
+        res["rel_l2"] = ((got - ref).norm() / ref.norm()).item()
+        del bias32, ref
+
+    def sdpa_nobias():
+        return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale)
+    res["sdpa_nobias_ms"] = do_bench(sdpa_nobias)
+
+    qc = torch.cat([q * scale, qb], dim=-1).transpose(1, 2)
+    kc = torch.cat([k, kb], dim=-1).transpose(1, 2)
+
+    def sdpa_concat():
+        return F.scaled_dot_product_attention(qc, kc, vt, is_causal=causal, scale=1.0)
+    res["sdpa_concat_ms"] = do_bench(sdpa_concat)
+    del qc, kc
+
+    bias = dense_bias(qb, kb, causal, dtype)
+
+    def sdpa_dense():
+        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale)
+    res["sdpa_dense_ms"] = do_bench(sdpa_dense)
+
+    if not skip_flex:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        flex = torch.compile(flex_attention)
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + bias[b, h, q_idx, kv_idx]
+        block_mask = None
+        if causal:
+            def causal_mask(b, h, q_idx, kv_idx):
+                return q_idx >= kv_idx
+            block_mask = create_block_mask(causal_mask, None, None, N, N)
+        try:
+            flex(qt, kt, vt, score_mod=score_mod, block_mask=block_mask, scale=scale)
+            res["flex_dense_ms"] = do_bench(lambda: flex(qt, kt, vt, score_mod=score_mod, block_mask=block_mask,
+                                                         scale=scale))
+        except Exception as e:  # report, never hide
+            res["flex_dense_error"] = str(e).splitlines()[0][:200]
+    del bias
+    torch.cuda.empty_cache()
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--dtype", default="f16", choices=["f16", "bf16"])
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--skip-flex", action="store_true")
+    ap.add_argument("--no-check", action="store_true")
+    a = ap.parse_args()
+    dtype = torch.float16 if a.dtype == "f16" else torch.bfloat16
+    fb = FlashBias()
+    rows = []
+    print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}", flush=True)
+    for name in a.cases.split(","):
+        r = run_case(fb, name, dtype, a.skip_flex, not a.no_check)
+        rows.append(r)
+        peers = [r.get(p) for p in ("sdpa_concat_ms", "sdpa_dense_ms", "flex_dense_ms") if r.get(p)]
+        best = min(peers) if peers else float("nan")
+        print(f"{name:<16} ours {r['flashbias_ms']:8.3f} ms ({r['flashbias_tflops']:6.1f} TF/s) "
+              f"concat {r['sdpa_concat_ms']:8.3f} dense {r['sdpa_dense_ms']:8.3f} "
+              f"flex {r.get('flex_dense_ms', float('nan')):8.3f} nobias {r['sdpa_nobias_ms']:8.3f} | "
+              f"best peer/ours {best / r['flashbias_ms']:5.2f}x  ours/nobias {r['flashbias_ms'] / r['sdpa_nobias_ms']:5.2f}x"
+              f"  relL2 {r.get('rel_l2', float('nan')):.2e}", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
