@@ -20,23 +20,6 @@ void mix(std::size_t& seed, std::size_t v) { seed ^= v + 0x9e3779b97f4a7c15ull +
 
 }  // namespace
 
-const char* to_string(ErrorCode code) noexcept {
-  switch (code) {
-    case ErrorCode::ok: return "ok";
-    case ErrorCode::invalid_argument: return "invalid argument";
-    case ErrorCode::unsupported: return "unsupported";
-    case ErrorCode::no_gpu: return "no GPU";
-    case ErrorCode::driver_error: return "CUDA driver error";
-    case ErrorCode::nvrtc_unavailable: return "NVRTC unavailable";
-    case ErrorCode::compile_failed: return "compile failed";
-    case ErrorCode::launch_failed: return "launch failed";
-    case ErrorCode::cache_error: return "cache error";
-    case ErrorCode::not_found: return "not found";
-    case ErrorCode::internal: return "internal error";
-  }
-  return "unknown error";
-}
-
 const char* to_string(DType d) noexcept { return d == DType::bf16 ? "bf16" : "f16"; }
 const char* to_string(MaskKind m) noexcept { return m == MaskKind::causal ? "causal" : "none"; }
 const char* to_string(Direction d) noexcept { return d == Direction::bwd ? "bwd" : "fwd"; }
