@@ -1,0 +1,160 @@
+// The C ABI (include/flashbias/flashbias.h) over the C++ API. Every entry point catches every
+// exception: nothing may unwind into C (or into Python through ctypes).
+#include "flashbias/flashbias.h"
+
+#include <new>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "flashbias/flashbias.hpp"
+
+#ifndef FLASHBIAS_VERSION_STRING
+#error "FLASHBIAS_VERSION_STRING must be defined by the build (runtime/CMakeLists.txt)"
+#endif
+
+struct flashbias_context {
+  flashbias::Context context;
+};
+
+namespace {
+
+thread_local std::string t_last_error;
+
+flashbias_status to_status(flashbias::ErrorCode code) noexcept {
+  using flashbias::ErrorCode;
+  switch (code) {
+    case ErrorCode::ok: return FLASHBIAS_OK;
+    case ErrorCode::invalid_argument: return FLASHBIAS_INVALID_ARGUMENT;
+    case ErrorCode::unsupported: return FLASHBIAS_UNSUPPORTED;
+    case ErrorCode::no_gpu: return FLASHBIAS_NO_GPU;
+    case ErrorCode::driver_error: return FLASHBIAS_DRIVER_ERROR;
+    case ErrorCode::nvrtc_unavailable: return FLASHBIAS_NVRTC_UNAVAILABLE;
+    case ErrorCode::compile_failed: return FLASHBIAS_COMPILE_FAILED;
+    case ErrorCode::launch_failed: return FLASHBIAS_LAUNCH_FAILED;
+    case ErrorCode::cache_error: return FLASHBIAS_CACHE_ERROR;
+    case ErrorCode::not_found: return FLASHBIAS_NOT_FOUND;
+    case ErrorCode::internal: return FLASHBIAS_INTERNAL;
+  }
+  return FLASHBIAS_INTERNAL;
+}
+
+flashbias_status fail(flashbias_status status, const char* message) noexcept {
+  try {
+    t_last_error = message;
+  } catch (...) {
+    t_last_error.clear();  // out of memory for the message: the status still tells what happened
+  }
+  return status;
+}
+
+// Run `f`, translating exceptions to a status and the thread-local message.
+template <class F>
+flashbias_status guarded(F&& f) noexcept {
+  try {
+    f();
+    t_last_error.clear();
+    return FLASHBIAS_OK;
+  } catch (const flashbias::Error& e) {
+    return fail(to_status(e.code()), e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(FLASHBIAS_INTERNAL, "out of host memory");
+  } catch (const std::exception& e) {
+    return fail(FLASHBIAS_INTERNAL, e.what());
+  } catch (...) {
+    return fail(FLASHBIAS_INTERNAL, "unknown exception");
+  }
+}
+
+flashbias::Strides strides(const flashbias_strides& s) { return flashbias::Strides{s.batch, s.seq, s.head}; }
+
+}  // namespace
+
+extern "C" {
+
+flashbias_status flashbias_context_create(int device, int policy, flashbias_context** out) {
+  return guarded([&] {
+    if (out == nullptr) throw flashbias::Error(flashbias::ErrorCode::invalid_argument, "out is null");
+    *out = nullptr;
+    if (policy < FLASHBIAS_POLICY_HEURISTIC || policy > FLASHBIAS_POLICY_CACHE_ONLY) {
+      throw flashbias::Error(flashbias::ErrorCode::invalid_argument,
+                             fmt::format("policy has the invalid value {} (heuristic = 0, tune = 1, cache_only = 2)",
+                                         policy));
+    }
+    flashbias::ContextOptions options;
+    options.device = device;
+    options.policy = static_cast<flashbias::Policy>(policy);
+    *out = new flashbias_context{flashbias::Context(options)};
+  });
+}
+
+void flashbias_context_destroy(flashbias_context* ctx) {
+  // Destructors do not throw (driver failures there are ignored); delete of null is a no-op.
+  delete ctx;
+}
+
+flashbias_status flashbias_forward(flashbias_context* ctx, const flashbias_forward_args* args,
+                                   flashbias_stream stream) {
+  return guarded([&] {
+    using flashbias::Error;
+    using flashbias::ErrorCode;
+    if (ctx == nullptr) throw Error(ErrorCode::invalid_argument, "ctx is null");
+    if (args == nullptr) throw Error(ErrorCode::invalid_argument, "args is null");
+    // The C++ enums are 8-bit: reject what would wrap; validate_forward checks the rest.
+    if (args->dtype < 0 || args->dtype > 255) {
+      throw Error(ErrorCode::invalid_argument,
+                  fmt::format("dtype has the invalid value {} (f16 = 0, bf16 = 1)", args->dtype));
+    }
+    if (args->mask < 0 || args->mask > 255) {
+      throw Error(ErrorCode::invalid_argument,
+                  fmt::format("mask has the invalid value {} (none = 0, causal = 1)", args->mask));
+    }
+    flashbias::ForwardArgs a;
+    a.dtype = static_cast<flashbias::DType>(args->dtype);
+    a.mask = static_cast<flashbias::MaskKind>(args->mask);
+    a.batch = args->batch;
+    a.heads = args->heads;
+    a.seqlen_q = args->seqlen_q;
+    a.seqlen_k = args->seqlen_k;
+    a.head_dim = args->head_dim;
+    a.rank = args->rank;
+    a.q = args->q;
+    a.q_stride = strides(args->q_stride);
+    a.k = args->k;
+    a.k_stride = strides(args->k_stride);
+    a.v = args->v;
+    a.v_stride = strides(args->v_stride);
+    a.qb = args->qb;
+    a.qb_stride = strides(args->qb_stride);
+    a.kb = args->kb;
+    a.kb_stride = strides(args->kb_stride);
+    a.o = args->o;
+    a.o_stride = strides(args->o_stride);
+    a.lse = args->lse;
+    if (args->has_softmax_scale != 0) a.softmax_scale = args->softmax_scale;
+    ctx->context.forward(a, stream);
+  });
+}
+
+const char* flashbias_last_error(void) { return t_last_error.c_str(); }
+
+const char* flashbias_status_string(flashbias_status status) {
+  switch (status) {
+    case FLASHBIAS_OK: return "ok";
+    case FLASHBIAS_INVALID_ARGUMENT: return "invalid argument";
+    case FLASHBIAS_UNSUPPORTED: return "unsupported";
+    case FLASHBIAS_NO_GPU: return "no GPU";
+    case FLASHBIAS_DRIVER_ERROR: return "CUDA driver error";
+    case FLASHBIAS_NVRTC_UNAVAILABLE: return "NVRTC unavailable";
+    case FLASHBIAS_COMPILE_FAILED: return "kernel compilation failed";
+    case FLASHBIAS_LAUNCH_FAILED: return "kernel launch failed";
+    case FLASHBIAS_CACHE_ERROR: return "cache error";
+    case FLASHBIAS_NOT_FOUND: return "kernel not found";
+    case FLASHBIAS_INTERNAL: return "internal error";
+  }
+  return "unknown status";
+}
+
+const char* flashbias_version(void) { return FLASHBIAS_VERSION_STRING; }
+
+}  // extern "C"

@@ -1,0 +1,115 @@
+#include "runtime/compiler.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include <fmt/format.h>
+
+#include "runtime/log.h"
+#include "runtime/nvrtc_api.h"
+
+namespace flashbias {
+namespace {
+
+// Destroys the program on every exit path (errors throw).
+class Program {
+ public:
+  explicit Program(const nvrtc::Api& api) : api_(api) {}
+  ~Program() {
+    if (prog_ != nullptr) api_.nvrtcDestroyProgram(&prog_);
+  }
+  Program(const Program&) = delete;
+  Program& operator=(const Program&) = delete;
+  nvrtcProgram* out() { return &prog_; }
+  nvrtcProgram get() const { return prog_; }
+
+ private:
+  const nvrtc::Api& api_;
+  nvrtcProgram prog_ = nullptr;
+};
+
+std::string program_log(const nvrtc::Api& api, nvrtcProgram prog) {
+  std::size_t size = 0;
+  if (api.nvrtcGetProgramLogSize(prog, &size) != NVRTC_SUCCESS || size == 0) return {};
+  std::string log(size, '\0');
+  if (api.nvrtcGetProgramLog(prog, log.data()) != NVRTC_SUCCESS) return {};
+  while (!log.empty() && (log.back() == '\0' || log.back() == '\n')) log.pop_back();
+  return log;
+}
+
+}  // namespace
+
+CompiledKernel compile(const KernelSource& source) {
+  const nvrtc::Api& api = nvrtc::api();
+  const std::string key = source.spec.str();
+
+  // Templates become in-memory headers: the generated source #includes them by these names,
+  // and nothing is read from disk, so the compile sees exactly what templates_hash() names.
+  const auto& templates = embedded_templates();
+  std::vector<std::string> header_text, header_names;
+  header_text.reserve(templates.size());
+  header_names.reserve(templates.size());
+  for (const auto& [name, text] : templates) {
+    header_names.emplace_back(name);
+    header_text.emplace_back(text);
+  }
+  std::vector<const char*> headers, names;
+  for (std::size_t i = 0; i < templates.size(); ++i) {
+    headers.push_back(header_text[i].c_str());
+    names.push_back(header_names[i].c_str());
+  }
+
+  std::vector<std::string> options = source.options;
+  if (std::find(options.begin(), options.end(), kPtxasVerboseOption) == options.end()) {
+    options.emplace_back(kPtxasVerboseOption);
+  }
+  std::vector<const char*> option_ptrs;
+  for (const std::string& o : options) option_ptrs.push_back(o.c_str());
+
+  Program prog(api);
+  const std::string file_name = source.entry + ".cu";
+  nvrtc::check(api.nvrtcCreateProgram(prog.out(), source.source.c_str(), file_name.c_str(),
+                                      static_cast<int>(headers.size()), headers.data(), names.data()),
+               "nvrtcCreateProgram");
+
+  const auto start = std::chrono::steady_clock::now();
+  const nvrtcResult result =
+      api.nvrtcCompileProgram(prog.get(), static_cast<int>(option_ptrs.size()), option_ptrs.data());
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  std::string nvrtc_log = program_log(api, prog.get());
+  if (result != NVRTC_SUCCESS) {
+    throw Error(ErrorCode::compile_failed,
+                fmt::format("NVRTC {} failed to compile kernel {} (entry {}): {}\noptions: {}\nlog:\n{}", api.version(),
+                            key, source.entry, api.nvrtcGetErrorString(result), fmt::join(options, " "), nvrtc_log));
+  }
+
+  CompiledKernel out;
+  std::size_t cubin_size = 0;
+  nvrtc::check(api.nvrtcGetCUBINSize(prog.get(), &cubin_size), "nvrtcGetCUBINSize");
+  if (cubin_size == 0) {
+    // NVRTC yields no cubin when the arch option is virtual (compute_XX): PTX only.
+    throw Error(ErrorCode::compile_failed,
+                fmt::format("NVRTC produced no cubin for {} (options: {}): the architecture must be a real "
+                            "sm_XX, not compute_XX",
+                            key, fmt::join(options, " ")));
+  }
+  out.cubin.resize(cubin_size);
+  nvrtc::check(api.nvrtcGetCUBIN(prog.get(), out.cubin.data()), "nvrtcGetCUBIN");
+
+  out.spec = source.spec;
+  out.entry = source.entry;
+  out.threads = source.threads;
+  out.smem_bytes = source.smem_bytes;
+  out.resources = kernel_resources(out.cubin, nvrtc_log, source.entry);
+  out.compile_ms = ms;
+  out.nvrtc_version = api.version();
+  out.log = std::move(nvrtc_log);
+  if (!out.resources.complete()) {
+    log(LogLevel::warn, "incomplete resource report for {} ({}): ptxas output format not recognised", key,
+        out.resources.str());
+  }
+  log(LogLevel::info, "compiled {} in {:.1f} ms: {}", key, ms, out.resources.str());
+  return out;
+}
+
+}  // namespace flashbias
