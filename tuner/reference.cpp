@@ -235,13 +235,19 @@ BackwardResult backward_impl(const ProblemSpec& spec, const Read& rq, const Read
         p[static_cast<std::size_t>(j)] = sj;
         m = std::max(m, sj);
       }
+      // O in the forward's order of operations (unnormalised sum, then / l), so the backward's
+      // O is bitwise the forward's.
       double l = 0;
-      for (auto& pj : p) l += (pj = std::exp(pj - m));
+      double* o = &res.forward.o.at(b, i, h, 0);
+      for (std::int64_t j = 0; j < nv; ++j) {
+        const double pj = std::exp(p[static_cast<std::size_t>(j)] - m);
+        p[static_cast<std::size_t>(j)] = pj;
+        l += pj;
+        for (std::int64_t x = 0; x < D; ++x) o[x] += pj * V[static_cast<std::size_t>(j * D + x)];
+      }
+      for (std::int64_t x = 0; x < D; ++x) o[x] /= l;
       for (auto& pj : p) pj /= l;
       lse = m + std::log(l);
-      double* o = &res.forward.o.at(b, i, h, 0);
-      for (std::int64_t j = 0; j < nv; ++j)
-        for (std::int64_t x = 0; x < D; ++x) o[x] += p[static_cast<std::size_t>(j)] * V[static_cast<std::size_t>(j * D + x)];
       // Delta_i = dO_i . O_i = sum_j P_ij dP_ij: the softmax Jacobian's rank-one part.
       const double delta = dot(dout.data(), o, D);
       std::fill(dq.begin(), dq.end(), 0.0);
