@@ -87,13 +87,7 @@ CREATE TABLE tuning_candidates (
 );
 )sql";
 
-void create_v1(sqlite3* db, std::string_view path) {
-  // Incremental auto-vacuum lets prune/clear give pages back to the file system without a full
-  // VACUUM (which rewrites the file and needs twice its size). It can only be chosen before the
-  // first table exists, hence here.
-  exec(db, "PRAGMA auto_vacuum = INCREMENTAL", path);
-  exec(db, kSchemaV1, path);
-}
+void create_v1(sqlite3* db, std::string_view path) { exec(db, kSchemaV1, path); }
 
 std::string meta_value(sqlite3* db, std::string_view path, const char* key) {
   Stmt s(db, "SELECT value FROM meta WHERE key = ?", path);
@@ -102,6 +96,14 @@ std::string meta_value(sqlite3* db, std::string_view path, const char* key) {
 }
 
 }  // namespace
+
+void prepare_new_file(sqlite3* db, std::string_view path) {
+  // Incremental auto-vacuum lets prune/clear give pages back to the file system without a full
+  // VACUUM (which rewrites the file and needs twice its size). SQLite only honours it while the
+  // file has no page yet: outside any transaction and before journal_mode = WAL writes the
+  // header. On an existing file it is a no-op.
+  exec(db, "PRAGMA auto_vacuum = INCREMENTAL", path, true);
+}
 
 const std::vector<Migration>& migrations() {
   static const std::vector<Migration> steps = {

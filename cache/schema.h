@@ -31,6 +31,11 @@ struct Migration {
 /// The library's steps in order: steps[i].from_version == i. Step 0 creates schema v1.
 const std::vector<Migration>& migrations();
 
+/// Call first thing after opening a connection (before journal_mode and before migrate): sets
+/// the file-level settings that a new file must get before its first page is written (incremental
+/// auto-vacuum). No effect on an existing file.
+void prepare_new_file(sqlite3* db, std::string_view path);
+
 /// The schema version recorded in `db`: 0 for an empty database (no tables at all). Throws
 /// Error(cache_error) for a database that has tables but is not a flashbias cache.
 int read_schema_version(sqlite3* db, std::string_view path);

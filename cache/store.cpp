@@ -324,6 +324,40 @@ void configure_common(sqlite3* db, std::string_view path, std::chrono::milliseco
   exec(db, "PRAGMA foreign_keys = ON", path, true);
 }
 
+// Read-only health check of an existing file: throws CorruptDatabase for damage, Error for a
+// newer or foreign file; returns quietly for a healthy or empty one.
+void inspect_existing(const fs::path& file, const StoreOptions& options) {
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
+  // Closed on every path; a read-only connection never checkpoints, so closing writes nothing.
+  std::unique_ptr<sqlite3, int (*)(sqlite3*)> guard(db, sqlite3_close_v2);
+  const std::string path = file.string();
+  if (rc != SQLITE_OK) {
+    if (detail::is_corruption(rc)) throw CorruptDatabase{sqlite3_errmsg(db)};
+    if (is_unwritable_code(rc)) throw Unwritable{fmt::format("cannot open {}: {}", path, sqlite3_errmsg(db))};
+    detail::throw_sqlite(db, rc, "opening", path);
+  }
+  try {
+    configure_common(db, path, options.busy_timeout);
+    const std::string check = quick_check(db, path, options.check);
+    if (check != "ok") throw CorruptDatabase{fmt::format("integrity check: {}", check)};
+    const int v = read_schema_version(db, path);
+    if (v > kSchemaVersion) {
+      throw Error(ErrorCode::cache_error,
+                  fmt::format("flashbias cache {}: schema version {} is newer than this library supports ({}); "
+                              "it was written by a newer flashbias. Upgrade, or set FLASHBIAS_CACHE_DIR to "
+                              "another directory",
+                              path, v, kSchemaVersion));
+    }
+  } catch (const Error&) {
+    const int code = sqlite3_extended_errcode(db);
+    if (detail::is_corruption(code)) throw CorruptDatabase{sqlite3_errmsg(db)};
+    // A WAL file whose -shm cannot be created here (read-only directory) cannot even be read.
+    if (is_unwritable_code(code)) throw Unwritable{fmt::format("cannot read {}: {}", path, sqlite3_errmsg(db))};
+    throw;
+  }
+}
+
 // Open and prepare a writable file. Throws Unwritable, CorruptDatabase or Error.
 std::unique_ptr<Store::Impl> open_file_rw(const fs::path& file, const StoreOptions& options, const WarningSink& warn) {
   auto impl = std::make_unique<Store::Impl>();
@@ -341,6 +375,11 @@ std::unique_ptr<Store::Impl> open_file_rw(const fs::path& file, const StoreOptio
     throw Unwritable{fmt::format("cannot create {}: {}", file.string(), std::strerror(errno))};
   }
 
+  // Judge an existing file through a read-only connection first, so that a file that is refused
+  // (corrupt, newer, foreign) is left byte for byte as it was: the read-write connection below
+  // would already rewrite its header to switch it to WAL.
+  if (file_size_or_zero(file) > 0) inspect_existing(file, options);
+
   const int rc = sqlite3_open_v2(file.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
     const std::string msg = impl->db ? sqlite3_errmsg(impl->db) : sqlite3_errstr(rc);
@@ -354,9 +393,9 @@ std::unique_ptr<Store::Impl> open_file_rw(const fs::path& file, const StoreOptio
   }
   try {
     configure_common(db, impl->path, options.busy_timeout);
+    prepare_new_file(db, impl->path);
     // WAL: readers never block the writer and the writer never blocks readers, so processes that
-    // tune and processes that only look up kernels share one file. journal_mode is the first
-    // statement that reads the header, so "file is not a database" surfaces here.
+    // tune and processes that only look up kernels share one file.
     {
       Stmt s(db, "PRAGMA journal_mode = WAL", impl->path);
       s.step();
@@ -370,8 +409,6 @@ std::unique_ptr<Store::Impl> open_file_rw(const fs::path& file, const StoreOptio
     // FULL: a commit survives power loss, not just a crash. Writes are rare (a compile, a tuning
     // run), so the extra fsync costs nothing that matters.
     exec(db, "PRAGMA synchronous = FULL", impl->path, true);
-    const std::string check = quick_check(db, impl->path, options.check);
-    if (check != "ok") throw CorruptDatabase{fmt::format("integrity check: {}", check)};
     migrate(db, impl->path, migrations(), kSchemaVersion, library_version());
     impl->version = read_schema_version(db, impl->path);
   } catch (const Error&) {
@@ -393,6 +430,7 @@ std::unique_ptr<Store::Impl> open_memory_impl(const StoreOptions& options, const
                                  nullptr);
   if (rc != SQLITE_OK) detail::throw_sqlite(impl->db, rc, "opening an in-memory database", kMemoryPath);
   configure_common(impl->db, kMemoryPath, options.busy_timeout);
+  prepare_new_file(impl->db, kMemoryPath);
   migrate(impl->db, kMemoryPath, migrations(), kSchemaVersion, library_version());
   impl->version = kSchemaVersion;
   return impl;
@@ -1213,6 +1251,7 @@ ExportReport Store::export_to(const fs::path& path, const ExportFilter& filter) 
                                    nullptr);
     if (rc != SQLITE_OK) detail::throw_sqlite(dst, rc, "creating the export file", tmp_name);
     sqlite3_extended_result_codes(dst, 1);
+    prepare_new_file(dst, tmp_name);
     // Rollback journal, not WAL: the result is opened immutable or from memory, neither of which
     // can read a WAL.
     exec(dst, "PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON", tmp_name);
