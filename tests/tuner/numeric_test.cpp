@@ -63,10 +63,13 @@ TEST_CASE("f16 and bf16 patterns round-trip through fp64 exactly", "[cpu][numeri
       const double v = decode(t, bits);
       if (std::isnan(v)) {
         INFO("pattern " << b);
+        REQUIRE(std::isnan(decode16(bits, format_of(t))));
         REQUIRE(std::isnan(decode(t, encode(t, v))));
         continue;
       }
       INFO("dtype " << int(t) << " pattern " << b << " value " << v);
+      // The fast bit-level decoders agree with the format-generic one.
+      REQUIRE(decode16(bits, format_of(t)) == v);
       REQUIRE(encode(t, v) == bits);
       // Both formats are subsets of fp32: going through float changes nothing.
       REQUIRE(encode(t, double(float(v))) == bits);
