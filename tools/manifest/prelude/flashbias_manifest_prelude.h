@@ -115,3 +115,8 @@ struct dim3 {
 #include <__clang_cuda_device_functions.h>
 #include <__clang_cuda_math.h>
 #include <__clang_cuda_intrinsics.h>
+
+// The generator compiles with NVRTC's --device-as-default-execution-space: a function written
+// without __device__ is a device function there. Clang's equivalent is this pragma, left open
+// for the rest of the translation unit (the template itself).
+#pragma clang force_cuda_host_device begin

@@ -127,6 +127,7 @@ class Extractor : public RecursiveASTVisitor<Extractor> {
   }
 
   void extract(ClassTemplateDecl* tmpl, CXXRecordDecl* rd, const AnnotateAttr* attr) {
+    record_ = rd;
     Entry e;
     e.name = rd->getQualifiedNameAsString();
     e.pos = pos(rd->getLocation());
@@ -422,6 +423,8 @@ class Extractor : public RecursiveASTVisitor<Extractor> {
         h.literal = ec->getInitVal().getExtValue();
         return h;
       }
+      if (d->getDeclContext() == record_)
+        return fail(why, "reads the member '" + d->getNameAsString() + "' (a member is computed by the device compiler)");
       return fail(why, "reads '" + d->getNameAsString() + "', which is not a template parameter");
     }
     if (const auto* cast = dyn_cast<CastExpr>(e)) {
@@ -489,7 +492,8 @@ class Extractor : public RecursiveASTVisitor<Extractor> {
   std::vector<Entry>& out_;
   Problems& problems_;
   PrintingPolicy policy_{ctx_.getLangOpts()};
-  std::set<const NamedDecl*> params_;          // the current entry's template parameters
+  const CXXRecordDecl* record_ = nullptr;      // the current entry's class template pattern
+  std::set<const NamedDecl*> params_;          // its template parameters
   std::map<std::string, IntType> param_types_; // its non-type parameters of integral type
 };
 

@@ -89,19 +89,36 @@ void check_knob_space(const Entry& e, Problems& problems) {
   }
   if (per_rule_failed) return;  // the joint check would repeat the same values
 
-  // 2. All these rules together: a value that each rule allows for some setting, but no single
-  //    setting allows for all of them.
-  std::vector<int> ks;
-  for (const Rule* r : rules)
-    for (const auto& p : r->host->params()) {
-      int ki = knob_index(e, p);
-      if (std::find(ks.begin(), ks.end(), ki) == ks.end()) ks.push_back(ki);
+  // 2. Rules together: a value that each rule allows for some setting, but no single setting
+  //    allows for all of them. Rules interact only through shared knobs, so the check runs per
+  //    group of rules connected by shared knobs: smaller products, and an error that names only
+  //    the rules that conflict.
+  std::vector<int> group(rules.size());
+  for (std::size_t i = 0; i < rules.size(); ++i) group[i] = static_cast<int>(i);
+  std::function<int(int)> find = [&](int i) { return group[i] == i ? i : group[i] = find(group[i]); };
+  for (std::size_t i = 0; i < rules.size(); ++i)
+    for (std::size_t j = i + 1; j < rules.size(); ++j) {
+      const auto a = rules[i]->host->params();
+      const auto b = rules[j]->host->params();
+      if (std::any_of(a.begin(), a.end(), [&](const std::string& p) { return std::count(b.begin(), b.end(), p) > 0; }))
+        group[find(static_cast<int>(i))] = find(static_cast<int>(j));
     }
-  std::size_t combos = 1;
-  for (int ki : ks) combos = std::min(combos * e.knobs[ki].values.size(), kMaxJointCombinations + 1);
-  if (combos <= kMaxJointCombinations) {
+  for (std::size_t g = 0; g < rules.size(); ++g) {
+    std::vector<const Rule*> members;
+    for (std::size_t i = 0; i < rules.size(); ++i)
+      if (find(static_cast<int>(i)) == static_cast<int>(g)) members.push_back(rules[i]);
+    if (members.size() < 2) continue;  // a single rule was checked above
+    std::vector<int> ks;
+    for (const Rule* r : members)
+      for (const auto& p : r->host->params()) {
+        int ki = knob_index(e, p);
+        if (std::find(ks.begin(), ks.end(), ki) == ks.end()) ks.push_back(ki);
+      }
+    std::size_t combos = 1;
+    for (int ki : ks) combos = std::min(combos * e.knobs[ki].values.size(), kMaxJointCombinations + 1);
+    if (combos > kMaxJointCombinations) continue;
     auto all_hold = [&](const std::map<std::string, long long>& m) {
-      return std::all_of(rules.begin(), rules.end(), [&](const Rule* r) { return holds(*r, m); });
+      return std::all_of(members.begin(), members.end(), [&](const Rule* r) { return holds(*r, m); });
     };
     for (int ki : ks) {
       const Knob& k = e.knobs[ki];
@@ -111,10 +128,11 @@ void check_knob_space(const Entry& e, Problems& problems) {
       for (long long v : k.values) {
         if (any_assignment(e, others, {{k.name, v}}, all_hold)) continue;
         std::string rs;
-        for (const Rule* r : rules) rs += (rs.empty() ? "" : ", ") + describe(*r);
+        for (const Rule* r : members) rs += (rs.empty() ? "" : ", ") + describe(*r);
         problems.error(k.pos, "knob " + describe(e, k) + " lists " + k.name + " = " + std::to_string(v) +
-                                  ", but no combination of the other knob values satisfies all of "
-                                  "the rules " + rs + " of '" + e.name + "' at once");
+                                  ", which each of the rules " + rs + " of '" + e.name +
+                                  "' allows for some setting of the other knobs, but no setting "
+                                  "satisfies all of them at once; remove the value or relax a rule");
       }
     }
   }

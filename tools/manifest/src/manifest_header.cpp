@@ -143,6 +143,17 @@ std::string header(const Manifest& m, const std::string& ns, const std::string& 
 
   for (const Entry& e : m.entries) write_entry(os, e);
 
+  // Only the real manifest (fixtures generate into other namespaces): one definition per entry.
+  if (ns == "flashbias::manifest") {
+    os << "// The template side of FLASHBIAS_MANIFEST_REQUIRE_KNOB / _VALUE messages.\n";
+    for (const Entry& e : m.entries)
+      os << "#define FLASHBIAS_MANIFEST_WHERE_" << e.family << "_" << e.direction << " "
+         << quote("templates/" + e.pos.file + ":" + std::to_string(e.pos.line) + " (" + e.name +
+                  (e.knob_table.empty() ? "" : ", knob table " + e.knob_table) + ")")
+         << "\n";
+    os << "\n";
+  }
+
   os << "/// Every kernel entry template, sorted by (family, direction).\n";
   os << "inline constexpr std::array<EntryInfo, " << m.entries.size() << "> entries = {{\n";
   for (const Entry& e : m.entries) os << "    " << e.family << "::" << e.direction << "::entry,\n";

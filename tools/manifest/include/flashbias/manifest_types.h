@@ -123,3 +123,25 @@ constexpr Name<N + 1> name_of(std::string_view s) {
 }
 
 }  // namespace flashbias::manifest
+
+// Build-time checks of host code against the manifest, for files that include
+// flashbias/manifest.gen.h. direction, family and knob are identifiers, `where` a string literal
+// naming the caller's side (e.g. "generator/problem_key.h TileConfig::block_m"); the message names
+// the template's side from FLASHBIAS_MANIFEST_WHERE_<family>_<direction>, which the generated
+// header defines per entry (its file, line, class and knob table). A static_assert message must
+// be a literal, hence macros: they say what is wrong in words on every compiler.
+//
+//   FLASHBIAS_MANIFEST_REQUIRE_KNOB(fwd, sm80, kBlockM, "generator/problem_key.h TileConfig::block_m");
+//   FLASHBIAS_MANIFEST_REQUIRE_VALUE(fwd, sm80, kBlockM, 128, "generator/variants.cpp heuristic");
+//
+// A (direction, family) without an entry fails as an undeclared FLASHBIAS_MANIFEST_WHERE_ macro.
+#define FLASHBIAS_MANIFEST_REQUIRE_KNOB(direction, family, knob, where)                             \
+  static_assert(::flashbias::manifest::has_knob(#direction, #family, #knob),                         \
+                where " uses knob " #knob ", but the kernel template "                               \
+                FLASHBIAS_MANIFEST_WHERE_##family##_##direction " declares no array " #knob          \
+                " in its Knobs table")
+#define FLASHBIAS_MANIFEST_REQUIRE_VALUE(direction, family, knob, value, where)                     \
+  static_assert(::flashbias::manifest::knob_allows(#direction, #family, #knob, value),               \
+                where " uses " #knob " = " #value ", which is not among the candidate values of "    \
+                #knob " in the Knobs table of the kernel template "                                 \
+                FLASHBIAS_MANIFEST_WHERE_##family##_##direction)
