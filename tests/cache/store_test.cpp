@@ -5,6 +5,8 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include <thread>
+
 #include "cache/schema.h"
 #include "cache/store.h"
 #include "cache_test_util.h"
@@ -488,4 +490,24 @@ TEST_CASE("device fingerprint and outcome text forms round trip", "[cpu][cache]"
     CHECK(parse_outcome(to_string(o)) == o);
   }
   CHECK_THROWS_AS(parse_outcome("crashed"), Error);
+}
+
+TEST_CASE("one store shared by threads", "[cpu][cache]") {
+  TempDir dir;
+  Store s = Store::open(dir / "flashbias.db");
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&s, t] {
+      for (int i = 0; i < 10; ++i) {
+        s.put_kernel(sample_kernel(t * 100 + i));
+        s.put_tuning_run(sample_run("k" + std::to_string(t), std::to_string(i), "bm128_bn64_w4_s1"));
+        (void)s.load_kernel(sample_kernel(((t + 1) % 4) * 100 + i).key);
+        (void)s.find_winner(sample_device(), "k" + std::to_string((t + 1) % 4), std::to_string(i));
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(s.stats().kernel_count == 40);
+  CHECK(s.stats().winners == 40);
+  CHECK(s.verify().ok());
 }
