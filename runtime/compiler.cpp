@@ -1,7 +1,9 @@
 #include "runtime/compiler.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <memory>
 
 #include <fmt/format.h>
 
@@ -37,6 +39,9 @@ std::string program_log(const nvrtc::Api& api, nvrtcProgram prog) {
   return log;
 }
 
+// Cleared when an NVRTC rejects --no-cache (versions before the compute cache existed).
+std::atomic<bool> g_use_no_cache{true};
+
 }  // namespace
 
 CompiledKernel compile(const KernelSource& source) {
@@ -63,20 +68,34 @@ CompiledKernel compile(const KernelSource& source) {
   if (std::find(options.begin(), options.end(), kPtxasVerboseOption) == options.end()) {
     options.emplace_back(kPtxasVerboseOption);
   }
-  std::vector<const char*> option_ptrs;
-  for (const std::string& o : options) option_ptrs.push_back(o.c_str());
+  const bool caller_asked_no_cache = std::find(options.begin(), options.end(), kNoCacheOption) != options.end();
+  const bool added_no_cache = !caller_asked_no_cache && g_use_no_cache.load(std::memory_order_relaxed);
+  if (added_no_cache) options.emplace_back(kNoCacheOption);
 
-  Program prog(api);
+  // A fresh program per attempt: NVRTC does not promise that a program compiles twice.
   const std::string file_name = source.entry + ".cu";
-  nvrtc::check(api.nvrtcCreateProgram(prog.out(), source.source.c_str(), file_name.c_str(),
-                                      static_cast<int>(headers.size()), headers.data(), names.data()),
-               "nvrtcCreateProgram");
-
-  const auto start = std::chrono::steady_clock::now();
-  const nvrtcResult result =
-      api.nvrtcCompileProgram(prog.get(), static_cast<int>(option_ptrs.size()), option_ptrs.data());
+  std::unique_ptr<Program> prog;
+  auto run = [&] {
+    prog = std::make_unique<Program>(api);
+    nvrtc::check(api.nvrtcCreateProgram(prog->out(), source.source.c_str(), file_name.c_str(),
+                                        static_cast<int>(headers.size()), headers.data(), names.data()),
+                 "nvrtcCreateProgram");
+    std::vector<const char*> ptrs;
+    for (const std::string& o : options) ptrs.push_back(o.c_str());
+    return api.nvrtcCompileProgram(prog->get(), static_cast<int>(ptrs.size()), ptrs.data());
+  };
+  auto start = std::chrono::steady_clock::now();
+  nvrtcResult result = run();
+  if (result == NVRTC_ERROR_INVALID_OPTION && added_no_cache &&
+      program_log(api, prog->get()).find(kNoCacheOption) != std::string::npos) {
+    // An NVRTC without the compute cache: nothing to bypass. Retry once, remember for the process.
+    g_use_no_cache.store(false, std::memory_order_relaxed);
+    options.pop_back();
+    start = std::chrono::steady_clock::now();
+    result = run();
+  }
   const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  std::string nvrtc_log = program_log(api, prog.get());
+  std::string nvrtc_log = program_log(api, prog->get());
   if (result != NVRTC_SUCCESS) {
     throw Error(ErrorCode::compile_failed,
                 fmt::format("NVRTC {} failed to compile kernel {} (entry {}): {}\noptions: {}\nlog:\n{}", api.version(),
@@ -85,7 +104,7 @@ CompiledKernel compile(const KernelSource& source) {
 
   CompiledKernel out;
   std::size_t cubin_size = 0;
-  nvrtc::check(api.nvrtcGetCUBINSize(prog.get(), &cubin_size), "nvrtcGetCUBINSize");
+  nvrtc::check(api.nvrtcGetCUBINSize(prog->get(), &cubin_size), "nvrtcGetCUBINSize");
   if (cubin_size == 0) {
     // NVRTC yields no cubin when the arch option is virtual (compute_XX): PTX only.
     throw Error(ErrorCode::compile_failed,
@@ -94,7 +113,7 @@ CompiledKernel compile(const KernelSource& source) {
                             key, fmt::join(options, " ")));
   }
   out.cubin.resize(cubin_size);
-  nvrtc::check(api.nvrtcGetCUBIN(prog.get(), out.cubin.data()), "nvrtcGetCUBIN");
+  nvrtc::check(api.nvrtcGetCUBIN(prog->get(), out.cubin.data()), "nvrtcGetCUBIN");
 
   out.spec = source.spec;
   out.entry = source.entry;

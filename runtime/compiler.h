@@ -27,9 +27,14 @@ struct CompiledKernel {
 
 /// The option that makes ptxas print its resource report into the program log.
 inline constexpr const char* kPtxasVerboseOption = "--ptxas-options=--verbose";
+/// NVRTC 13 serves repeated compiles from the CUDA compute cache when a driver is present, and a
+/// cached result comes with an empty log: no ptxas report, so no spill or smem figures (verified
+/// on an H100 machine; NVIDIA/cuda-python#1124). Our own kernel store does the caching instead.
+inline constexpr const char* kNoCacheOption = "--no-cache";
 
 /// Compile with NVRTC: the embedded templates are passed as in-memory headers, the options are
-/// KernelSource::options plus kPtxasVerboseOption. Throws Error(nvrtc_unavailable) if NVRTC
+/// KernelSource::options plus kPtxasVerboseOption and kNoCacheOption (dropped, once per process,
+/// if this NVRTC does not know it). Throws Error(nvrtc_unavailable) if NVRTC
 /// cannot be loaded, Error(compile_failed) with the key, the options and the NVRTC log if the
 /// source does not compile.
 CompiledKernel compile(const KernelSource& source);

@@ -39,7 +39,7 @@ LoadState* load() {
         why ? why : "unknown reason");
     return state;
   }
-  using GetProc = decltype(&::cuGetProcAddress);  // cuGetProcAddress_v2 in CUDA 12+ headers
+  using GetProc = PFN_cuGetProcAddress_v12000;  // the exported symbol cuGetProcAddress_v2
   auto get_proc = reinterpret_cast<GetProc>(dlsym(lib, "cuGetProcAddress_v2"));
   if (get_proc == nullptr) {
     state->code = ErrorCode::driver_error;
@@ -50,11 +50,11 @@ LoadState* load() {
   }
   std::vector<const char*> missing;
   Api& api = state->api;
-#define FLASHBIAS_DRIVER_FETCH(name)                                                                  \
+#define FLASHBIAS_DRIVER_FETCH(name, version)                                                         \
   {                                                                                                   \
     void* fn = nullptr;                                                                               \
     CUdriverProcAddressQueryResult found = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;                      \
-    if (get_proc(#name, &fn, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS ||    \
+    if (get_proc(#name, &fn, version, CU_GET_PROC_ADDRESS_DEFAULT, &found) != CUDA_SUCCESS ||         \
         fn == nullptr || found != CU_GET_PROC_ADDRESS_SUCCESS)                                        \
       missing.push_back(#name);                                                                       \
     else                                                                                              \
@@ -66,10 +66,9 @@ LoadState* load() {
   if (!missing.empty()) {
     state->code = ErrorCode::driver_error;
     state->message = fmt::format(
-        "the installed CUDA driver (version {}.{}) lacks entry points this library needs at CUDA {}.{} ABI: {}; "
-        "update the NVIDIA driver",
-        api.driver_version / 1000, (api.driver_version % 1000) / 10, CUDA_VERSION / 1000, (CUDA_VERSION % 1000) / 10,
-        fmt::join(missing, ", "));
+        "the installed CUDA driver (version {}.{}) lacks entry points this library needs: {}; update the "
+        "NVIDIA driver",
+        api.driver_version / 1000, (api.driver_version % 1000) / 10, fmt::join(missing, ", "));
     return state;
   }
   // Registered before any driver resource of ours exists, so it runs after the static destructors

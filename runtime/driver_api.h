@@ -1,10 +1,11 @@
 // The CUDA Driver API, loaded at run time. libcuda is never linked: the library (and every test
 // that needs no GPU) must run on machines without a driver. libcuda.so.1 is dlopen'ed once and
-// every entry point is fetched through cuGetProcAddress_v2 at the ABI of the headers we were
-// built against (CUDA_VERSION), so a newer driver hands us the signatures <cuda.h> declares.
+// every entry point is fetched through cuGetProcAddress_v2 at an explicit ABI version, so any
+// driver new enough to have that version hands us exactly the signature we call.
 #pragma once
 
 #include <cuda.h>
+#include <cudaTypedefs.h>
 
 #include <string>
 
@@ -12,57 +13,60 @@
 
 namespace flashbias::driver {
 
-// Every entry point the library uses. Adding one is one line here: the member's type is taken
-// from the <cuda.h> prototype (decltype), its lookup name is the unversioned spelling.
+// Every entry point the library uses, with the ABI version we call it at. Adding one is one line:
+// X(name, version) types the member as PFN_<name>_v<version> from <cudaTypedefs.h> and asks
+// cuGetProcAddress for exactly that version. The version must be explicit: asking at CUDA_VERSION
+// returns the newest ABI, which for some functions differs from the classic prototype (CUDA 13's
+// cuCtxGetDevice and cuCtxSynchronize take an extra CUcontext) and would be called with garbage.
 // Note: <cuda.h> #defines some names to versioned ones (cuMemAlloc -> cuMemAlloc_v2); the member
 // is then spelled the versioned way too, consistently for every user of this header.
 #define FLASHBIAS_DRIVER_FUNCTIONS(X)                 \
-  X(cuGetErrorName)                                   \
-  X(cuGetErrorString)                                 \
-  X(cuInit)                                           \
-  X(cuDriverGetVersion)                               \
-  X(cuDeviceGetCount)                                 \
-  X(cuDeviceGet)                                      \
-  X(cuDeviceGetName)                                  \
-  X(cuDeviceGetAttribute)                             \
-  X(cuDeviceTotalMem)                                 \
-  X(cuDevicePrimaryCtxRetain)                         \
-  X(cuDevicePrimaryCtxRelease)                        \
-  X(cuCtxGetCurrent)                                  \
-  X(cuCtxSetCurrent)                                  \
-  X(cuCtxPushCurrent)                                 \
-  X(cuCtxPopCurrent)                                  \
-  X(cuCtxGetDevice)                                   \
-  X(cuCtxSynchronize)                                 \
-  X(cuModuleLoadData)                                 \
-  X(cuModuleUnload)                                   \
-  X(cuModuleGetFunction)                              \
-  X(cuFuncSetAttribute)                               \
-  X(cuFuncGetAttribute)                               \
-  X(cuLaunchKernel)                                   \
-  X(cuMemAlloc)                                       \
-  X(cuMemFree)                                        \
-  X(cuMemcpyHtoD)                                     \
-  X(cuMemcpyDtoH)                                     \
-  X(cuMemsetD8)                                       \
-  X(cuMemsetD16)                                      \
-  X(cuMemsetD32)                                      \
-  X(cuStreamCreate)                                   \
-  X(cuStreamDestroy)                                  \
-  X(cuStreamSynchronize)                              \
-  X(cuEventCreate)                                    \
-  X(cuEventRecord)                                    \
-  X(cuEventSynchronize)                               \
-  X(cuEventElapsedTime)                               \
-  X(cuEventDestroy)                                   \
-  X(cuPointerGetAttribute)                            \
-  X(cuPointerGetAttributes)                           \
-  X(cuOccupancyMaxActiveBlocksPerMultiprocessor)
+  X(cuGetErrorName, 6000)                             \
+  X(cuGetErrorString, 6000)                           \
+  X(cuInit, 2000)                                     \
+  X(cuDriverGetVersion, 2020)                         \
+  X(cuDeviceGetCount, 2000)                           \
+  X(cuDeviceGet, 2000)                                \
+  X(cuDeviceGetName, 2000)                            \
+  X(cuDeviceGetAttribute, 2000)                       \
+  X(cuDeviceTotalMem, 3020)                           \
+  X(cuDevicePrimaryCtxRetain, 7000)                   \
+  X(cuDevicePrimaryCtxRelease, 11000)                 \
+  X(cuCtxGetCurrent, 4000)                            \
+  X(cuCtxSetCurrent, 4000)                            \
+  X(cuCtxPushCurrent, 4000)                           \
+  X(cuCtxPopCurrent, 4000)                            \
+  X(cuCtxGetDevice, 2000)                             \
+  X(cuCtxSynchronize, 2000)                           \
+  X(cuModuleLoadData, 2000)                           \
+  X(cuModuleUnload, 2000)                             \
+  X(cuModuleGetFunction, 2000)                        \
+  X(cuFuncSetAttribute, 9000)                         \
+  X(cuFuncGetAttribute, 2020)                         \
+  X(cuLaunchKernel, 4000)                             \
+  X(cuMemAlloc, 3020)                                 \
+  X(cuMemFree, 3020)                                  \
+  X(cuMemcpyHtoD, 3020)                               \
+  X(cuMemcpyDtoH, 3020)                               \
+  X(cuMemsetD8, 3020)                                 \
+  X(cuMemsetD16, 3020)                                \
+  X(cuMemsetD32, 3020)                                \
+  X(cuStreamCreate, 2000)                             \
+  X(cuStreamDestroy, 4000)                            \
+  X(cuStreamSynchronize, 2000)                        \
+  X(cuEventCreate, 2000)                              \
+  X(cuEventRecord, 2000)                              \
+  X(cuEventSynchronize, 2000)                         \
+  X(cuEventElapsedTime, 12080)                        \
+  X(cuEventDestroy, 4000)                             \
+  X(cuPointerGetAttribute, 4000)                      \
+  X(cuPointerGetAttributes, 7000)                     \
+  X(cuOccupancyMaxActiveBlocksPerMultiprocessor, 6050)
 
 /// The loaded function table. Obtained only through api(); never destroyed (libcuda is never
 /// dlclose'd), so pointers stay valid for the whole process lifetime.
 struct Api {
-#define FLASHBIAS_DRIVER_MEMBER(name) decltype(&::name) name = nullptr;
+#define FLASHBIAS_DRIVER_MEMBER(name, version) PFN_##name##_v##version name = nullptr;
   FLASHBIAS_DRIVER_FUNCTIONS(FLASHBIAS_DRIVER_MEMBER)
 #undef FLASHBIAS_DRIVER_MEMBER
   int driver_version = 0;  ///< cuDriverGetVersion, e.g. 13000
