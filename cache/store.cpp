@@ -78,7 +78,7 @@ bool is_unwritable_code(int rc) {
 }
 
 std::string quick_check(sqlite3* db, std::string_view path, OpenCheck check) {
-  if (check == OpenCheck::none) return "ok";
+  if (check == OpenCheck::none || check == OpenCheck::automatic) return "ok";
   // Ten messages are enough to say what is wrong; the full list can be thousands of lines.
   Stmt s(db, check == OpenCheck::full ? "PRAGMA integrity_check(10)" : "PRAGMA quick_check(10)", path);
   std::string out;
@@ -89,11 +89,40 @@ std::string quick_check(sqlite3* db, std::string_view path, OpenCheck check) {
   return out;
 }
 
-struct KernelRow {
-  KernelRecord rec;
-  bool valid = false;
-  std::string reason;
-};
+// Left next to a file in which a process met corruption during use, so that the next open checks
+// the whole file (and moves it aside) even when it is too large for the automatic check.
+fs::path needs_check_marker(const fs::path& file) { return with_suffix(file, ".needs-check"); }
+
+// O(1) checks on the raw header (`head`: the first bytes, `total`: the whole size): the magic
+// string, a valid page size, and a file at least as long as the page count the header records.
+// Returns "" when they pass.
+std::string header_problem(const unsigned char* h, std::size_t got, std::int64_t total) {
+  if (got < 100) return fmt::format("{} bytes, shorter than an SQLite header", total);
+  if (std::memcmp(h, "SQLite format 3", 16) != 0) return "no SQLite header (file is not a database)";
+  const auto be32 = [&](int o) {
+    return (std::uint32_t(h[o]) << 24) | (std::uint32_t(h[o + 1]) << 16) | (std::uint32_t(h[o + 2]) << 8) | h[o + 3];
+  };
+  std::uint32_t page = (std::uint32_t(h[16]) << 8) | h[17];
+  if (page == 1) page = 65536;  // the header's encoding of 64 KiB
+  if (page < 512 || (page & (page - 1)) != 0) return fmt::format("invalid page size {}", page);
+  // The in-header page count is only valid when the change counter matches version-valid-for
+  // (SQLite file format, section 1.3.7); otherwise SQLite derives it from the file size.
+  if (be32(24) != be32(92)) return {};
+  const std::int64_t expected = std::int64_t(be32(28)) * page;
+  if (total < expected) {
+    return fmt::format("{} bytes, but the header says {} pages of {} bytes (truncated)", total, be32(28), page);
+  }
+  return {};
+}
+
+std::string header_problem(const fs::path& file) {
+  unsigned char h[100];
+  FILE* f = std::fopen(file.c_str(), "rb");
+  if (!f) return {};  // unreadable: the open reports it
+  const std::size_t got = std::fread(h, 1, sizeof h, f);
+  std::fclose(f);
+  return header_problem(h, got, file_size_or_zero(file));
+}
 
 // Columns of a kernel row in the order read_kernel expects.
 constexpr const char* kKernelColumns =
@@ -214,7 +243,15 @@ class Store::Impl {
     if (db) sqlite3_close_v2(db);
   }
 
+  // Make the next open check this file fully (see StoreOptions::automatic_check_max_bytes).
+  void flag_for_check() const {
+    if (memory || readonly || file.empty()) return;
+    const int fd = ::open(needs_check_marker(file).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) ::close(fd);
+  }
+
   [[noreturn]] void corrupt(const CorruptDatabase& c) const {
+    flag_for_check();
     throw Error(ErrorCode::cache_error,
                 fmt::format("flashbias cache {}: the database is corrupt ({}); it is moved aside and "
                             "rebuilt on the next open",
@@ -283,6 +320,10 @@ class Store::Impl {
     rec.last_used_at = now_seconds();
     if (readonly) return;
     sqlite3_busy_timeout(db, 50);
+    // synchronous = NORMAL for this commit only: in WAL mode it skips the fsync (10+ ms on a
+    // disk), which a counter does not deserve on the first-call path; a power cut may lose the
+    // increment, never the database.
+    sqlite3_exec(db, "PRAGMA synchronous = NORMAL", nullptr, nullptr, nullptr);
     try {
       Stmt s(db, "UPDATE kernels SET hits = hits + 1, last_used_at = ? WHERE key = ?", path);
       s.bind(1, rec.last_used_at).bind(2, rec.key);
@@ -292,6 +333,7 @@ class Store::Impl {
     } catch (const CorruptDatabase&) {
       // Surfaced by the next write or open; this load's blob was verified by its hash.
     }
+    sqlite3_exec(db, "PRAGMA synchronous = FULL", nullptr, nullptr, nullptr);
     sqlite3_busy_timeout(db, int(busy_timeout.count()));
   }
 
@@ -327,6 +369,10 @@ void configure_common(sqlite3* db, std::string_view path, std::chrono::milliseco
 // Read-only health check of an existing file: throws CorruptDatabase for damage, Error for a
 // newer or foreign file; returns quietly for a healthy or empty one.
 void inspect_existing(const fs::path& file, const StoreOptions& options) {
+  // The raw header is read without SQLite's locks, so a checkpoint in progress elsewhere can make
+  // a healthy file look short for a moment: a header problem only forces the full check below,
+  // whose verdict (taken under SQLite's locks) decides.
+  const std::string header = header_problem(file);
   sqlite3* db = nullptr;
   const int rc = sqlite3_open_v2(file.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr);
   // Closed on every path; a read-only connection never checkpoints, so closing writes nothing.
@@ -339,7 +385,13 @@ void inspect_existing(const fs::path& file, const StoreOptions& options) {
   }
   try {
     configure_common(db, path, options.busy_timeout);
-    const std::string check = quick_check(db, path, options.check);
+    OpenCheck level = options.check;
+    if (level != OpenCheck::full &&
+        (!header.empty() || (level == OpenCheck::automatic && (file_size_or_zero(file) <= options.automatic_check_max_bytes ||
+                                                             fs::exists(needs_check_marker(file)))))) {
+      level = OpenCheck::quick;
+    }
+    const std::string check = quick_check(db, path, level);
     if (check != "ok") throw CorruptDatabase{fmt::format("integrity check: {}", check)};
     const int v = read_schema_version(db, path);
     if (v > kSchemaVersion) {
@@ -356,6 +408,8 @@ void inspect_existing(const fs::path& file, const StoreOptions& options) {
     if (is_unwritable_code(code)) throw Unwritable{fmt::format("cannot read {}: {}", path, sqlite3_errmsg(db))};
     throw;
   }
+  // Checked clean (or found too large to check, with no damage reported): any old marker is moot.
+  if (options.check != OpenCheck::none) ::unlink(needs_check_marker(file).c_str());
 }
 
 // Open and prepare a writable file. Throws Unwritable, CorruptDatabase or Error.
@@ -378,7 +432,8 @@ std::unique_ptr<Store::Impl> open_file_rw(const fs::path& file, const StoreOptio
   // Judge an existing file through a read-only connection first, so that a file that is refused
   // (corrupt, newer, foreign) is left byte for byte as it was: the read-write connection below
   // would already rewrite its header to switch it to WAL.
-  if (file_size_or_zero(file) > 0) inspect_existing(file, options);
+  const bool is_new = file_size_or_zero(file) == 0;
+  if (!is_new) inspect_existing(file, options);
 
   const int rc = sqlite3_open_v2(file.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
   if (rc != SQLITE_OK) {
@@ -393,7 +448,8 @@ std::unique_ptr<Store::Impl> open_file_rw(const fs::path& file, const StoreOptio
   }
   try {
     configure_common(db, impl->path, options.busy_timeout);
-    prepare_new_file(db, impl->path);
+    // Only for a new file: on an existing one the pragma is a no-op that still costs tens of ms.
+    if (is_new) prepare_new_file(db, impl->path);
     // WAL: readers never block the writer and the writer never blocks readers, so processes that
     // tune and processes that only look up kernels share one file.
     {
@@ -458,15 +514,19 @@ std::string move_aside(const fs::path& file, const FileId& seen) {
     if (fs::exists(side)) ::rename(side.c_str(), with_suffix(target, suffix).c_str());
   }
   ::unlink(with_suffix(file, "-shm").c_str());  // shared-memory index: derived data, rebuilt on open
+  ::unlink(needs_check_marker(file).c_str());
   return target.string();
 }
 
 // Read-only checks shared by open_readonly and open_readonly_memory.
-void check_readonly(Store::Impl& impl, const StoreOptions& options) {
+void check_readonly(Store::Impl& impl, const StoreOptions& options, std::int64_t bytes) {
   try {
     configure_common(impl.db, impl.path, options.busy_timeout);
     exec(impl.db, "PRAGMA query_only = ON", impl.path, true);
-    const std::string check = quick_check(impl.db, impl.path, options.check);
+    // Bundles are read-only and usually small: automatic checks them whole unless they are large.
+    OpenCheck level = options.check;
+    if (level == OpenCheck::automatic && bytes <= options.automatic_check_max_bytes) level = OpenCheck::quick;
+    const std::string check = quick_check(impl.db, impl.path, level);
     if (check != "ok") throw CorruptDatabase{fmt::format("integrity check: {}", check)};
     const int v = read_schema_version(impl.db, impl.path);
     if (v == 0) {
@@ -570,13 +630,17 @@ Store Store::open_readonly(const fs::path& db_path, StoreOptions options) {
   if (!fs::is_regular_file(db_path)) {
     throw Error(ErrorCode::cache_error, fmt::format("flashbias cache {}: no such file", db_path.string()));
   }
+  if (std::string p = header_problem(db_path); !p.empty()) {
+    throw Error(ErrorCode::cache_error,
+                fmt::format("flashbias cache {}: corrupt or truncated database, not loaded: {}", impl->path, p));
+  }
   // immutable=1: no locks, no WAL, no -shm, so a bundle on a read-only medium opens. The file
   // must then not change while open; bundles are written once by export_to's rename.
   const std::string uri = file_uri(db_path, "immutable=1");
   const int rc = sqlite3_open_v2(uri.c_str(), &impl->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX,
                                  nullptr);
   if (rc != SQLITE_OK) detail::throw_sqlite(impl->db, rc, "opening read-only", impl->path);
-  check_readonly(*impl, options);
+  check_readonly(*impl, options, file_size_or_zero(db_path));
   return Store(std::move(impl));
 }
 
@@ -591,6 +655,10 @@ Store Store::open_readonly_memory(const void* data, std::size_t n, Ownership own
   if (data == nullptr || n < 512 || std::memcmp(data, kMagic, sizeof kMagic) != 0) {
     throw Error(ErrorCode::cache_error,
                 fmt::format("flashbias cache {}: not an SQLite database image (bad header or too short)", impl->path));
+  }
+  if (std::string p = header_problem(static_cast<const unsigned char*>(data), n, std::int64_t(n)); !p.empty()) {
+    throw Error(ErrorCode::cache_error,
+                fmt::format("flashbias cache {}: corrupt or truncated image, not loaded: {}", impl->path, p));
   }
   const auto* bytes = static_cast<const unsigned char*>(data);
   // Header bytes 18 and 19 are 2 for a WAL-mode file; an in-memory image has no WAL to go with
@@ -612,7 +680,7 @@ Store Store::open_readonly_memory(const void* data, std::size_t n, Ownership own
   }
   const int drc = sqlite3_deserialize(impl->db, "main", image, sqlite3_int64(n), sqlite3_int64(n), flags);
   if (drc != SQLITE_OK) detail::throw_sqlite(impl->db, drc, "deserializing", impl->path);
-  check_readonly(*impl, options);
+  check_readonly(*impl, options, std::int64_t(n));
   return Store(std::move(impl));
 }
 
@@ -710,6 +778,7 @@ std::optional<KernelRecord> Store::load_kernel(const std::string& key) {
     return impl_->load_verified(key);
   } catch (const CorruptDatabase& c) {
     // A load is allowed to miss: the caller recompiles, and the next open rebuilds the file.
+    impl_->flag_for_check();
     impl_->warn(fmt::format("flashbias cache {}: reading kernel {} hit a corrupt database ({}); treating it as a miss",
                             impl_->path, key.substr(0, 16), c.message));
     return std::nullopt;
@@ -737,6 +806,7 @@ std::optional<KernelRecord> Store::find_kernel(const std::string& spec, const st
     }
     return std::nullopt;
   } catch (const CorruptDatabase& c) {
+    impl_->flag_for_check();
     impl_->warn(fmt::format("flashbias cache {}: looking up kernel {} hit a corrupt database ({}); treating it as a miss",
                             impl_->path, spec, c.message));
     return std::nullopt;
@@ -858,6 +928,7 @@ std::optional<TuningWinner> Store::find_winner(const std::string& device_fp, con
     w.created_at = s.i64(5);
     return w;
   } catch (const CorruptDatabase& c) {
+    impl_->flag_for_check();
     impl_->warn(fmt::format("flashbias cache {}: looking up the winner for {} hit a corrupt database ({}); treating "
                             "it as a miss",
                             impl_->path, problem_key, c.message));

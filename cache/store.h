@@ -29,17 +29,24 @@
 
 namespace flashbias::cache {
 
-/// How much checking an open does before trusting the file.
+/// How much checking an open does before trusting a file. Every level reads the header and the
+/// schema and compares the file size with the page count in the header (catches truncation, O(1)).
 enum class OpenCheck : std::uint8_t {
-  none,   ///< header and schema only; damage shows on first use
-  quick,  ///< PRAGMA quick_check: b-tree structure, every page (default)
-  full,   ///< PRAGMA integrity_check: also indexes against tables
+  none,       ///< nothing more; damage shows on first use (blob hashes, SQLITE_CORRUPT)
+  automatic,  ///< quick_check when the file is small or a process saw damage in it (default)
+  quick,      ///< PRAGMA quick_check: b-tree structure, every page (about 1 ms per MB)
+  full,       ///< PRAGMA integrity_check: also indexes against tables
 };
 
 struct StoreOptions {
   WarningSink warn;  ///< empty: "flashbias: warning: ..." on stderr
   std::chrono::milliseconds busy_timeout{10000};  ///< wait this long for another process's write lock
-  OpenCheck check = OpenCheck::quick;
+  OpenCheck check = OpenCheck::automatic;
+  /// OpenCheck::automatic runs quick_check up to this file size. Above it a full walk of every
+  /// page would cost more than the runtime's first-call budget (20 ms), so large files rely on the
+  /// header check, the blob hashes and SQLITE_CORRUPT during use; a process that meets damage
+  /// leaves "<db>.needs-check" behind, and the next open checks fully and moves the file aside.
+  std::int64_t automatic_check_max_bytes = std::int64_t(8) << 20;
   /// On an unwritable or insecure location, use an in-memory store (with one warning) instead of
   /// throwing. Corruption is always handled by moving the file aside.
   bool fallback_to_memory = true;

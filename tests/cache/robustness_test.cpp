@@ -288,3 +288,74 @@ TEST_CASE("default_location follows FLASHBIAS_CACHE_DIR, then XDG_CACHE_HOME, th
   ::unsetenv("XDG_CACHE_HOME");
   CHECK(default_location().source == "HOME");
 }
+
+namespace {
+
+int root_page(const fs::path& db, const std::string& table) {
+  sqlite3* h = nullptr;
+  REQUIRE(sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(h, "SELECT rootpage FROM sqlite_master WHERE name = ?", -1, &s, nullptr);
+  sqlite3_bind_text(s, 1, table.c_str(), -1, SQLITE_TRANSIENT);
+  const int page = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int(s, 0) : 0;
+  sqlite3_finalize(s);
+  sqlite3_close(h);
+  return page;
+}
+
+}  // namespace
+
+TEST_CASE("large files skip the full check on open, but truncation still shows", "[cpu][cache]") {
+  TempDir dir;
+  const auto db = dir / "flashbias.db";
+  fill(db, 40, 20000);
+  const std::string whole = read_file(db);
+  const std::string half = whole.substr(0, whole.size() / 2);
+  write_file(db, half);
+  Warnings w;
+  StoreOptions o = w.options();
+  o.automatic_check_max_bytes = 0;  // treat every file as "large"
+  Store s = Store::open(db, o);
+  // The header's page count exceeds the file: that forces quick_check, which confirms.
+  check_rebuilt(s, db, w, half);
+}
+
+TEST_CASE("damage met during use flags the file; the next open checks it and moves it aside", "[cpu][cache]") {
+  TempDir dir;
+  const auto db = dir / "flashbias.db";
+  fill(db, 20, 20000);
+  const int page = root_page(db, "kernels");
+  REQUIRE(page > 2);
+  std::string bytes = read_file(db);
+  for (std::size_t i = std::size_t(page - 1) * 4096; i < std::size_t(page) * 4096; ++i) bytes[i] = char(0xA5);
+  write_file(db, bytes);
+
+  Warnings w;
+  StoreOptions o = w.options();
+  o.automatic_check_max_bytes = 0;  // too large to check on open: the damage is met in use
+  {
+    Store s = Store::open(db, o);
+    CHECK(w.count() == 0);
+    CHECK_FALSE(s.load_kernel(sample_kernel(3, "sm_80", cuda_version(12, 4), 20000).key));
+    REQUIRE(w.count() == 1);
+    CHECK_THAT(w.lines()[0], Catch::Contains("corrupt") && Catch::Contains("miss"));
+    CHECK(fs::exists(dir / "flashbias.db.needs-check"));
+    try {
+      s.put_kernel(sample_kernel(99));
+      FAIL("a write into a damaged table succeeded");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::cache_error);
+      CHECK_THAT(e.what(), Catch::Contains("corrupt"));
+    }
+  }
+  Warnings w2;
+  StoreOptions o2 = w2.options();
+  o2.automatic_check_max_bytes = 0;
+  Store s = Store::open(db, o2);
+  REQUIRE(w2.count() == 1);
+  CHECK_THAT(w2.lines()[0], Catch::Contains("moved it to"));
+  CHECK_FALSE(fs::exists(dir / "flashbias.db.needs-check"));
+  CHECK(corrupt_copies(dir.path()).size() == 1);
+  s.put_kernel(sample_kernel(100));
+  CHECK(s.load_kernel(sample_kernel(100).key));
+}
