@@ -415,3 +415,21 @@ TEST_CASE("real manifest: what the template's rules refuse, the generator refuse
             CHECK(why.rfind(std::string(broken->message), 0) == 0);
           }
 }
+
+TEST_CASE("real manifest: the heuristic only picks candidate values the template's rules accept",
+          "[cpu][manifest]") {
+  const mf::EntryInfo* e = mf::find_entry("fwd", "sm80");
+  REQUIRE(e != nullptr);
+  const flashbias::Arch arch{};
+  for (const auto& v : flashbias::default_variants(arch))
+    for (std::int64_t seqlen : {1, 17, 113, 239, 4096}) {
+      const flashbias::TileConfig t =
+          flashbias::heuristic_tile(v.key, flashbias::ShapeInfo{1, seqlen, seqlen}, flashbias::default_smem_limit(arch));
+      INFO(v.name << " seqlen " << seqlen << ": " << t.str());
+      CHECK(e->find_knob("kBlockM")->allows(t.block_m));
+      CHECK(e->find_knob("kBlockN")->allows(t.block_n));
+      CHECK(e->find_knob("kWarps")->allows(t.warps));
+      CHECK(e->find_knob("kStages")->allows(t.stages));
+      CHECK(e->first_violation(args_for(*e, v.key, t)) == nullptr);
+    }
+}

@@ -8,7 +8,8 @@ namespace {
 
 using u64 = std::uint64_t;
 using i64 = std::int64_t;
-using i128 = __int128;
+// Wide enough for any product or sum of two 64-bit operands, so overflow is detected, not suffered.
+__extension__ typedef __int128 i128;
 
 // Bit patterns are kept sign-extended to 64 bits for signed types and zero-extended for unsigned
 // ones, so that reading one as i64 or u64 gives the C++ value directly.
