@@ -332,7 +332,11 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         cp_async_commit();
       }
     }
-    cp_async_wait<0>();  // no copy may still target shared memory when the epilogue reuses it
+    // The epilogue stages O in the Q tile. Each thread's wait covers only its own copies, and the
+    // Q rows a warp overwrites were copied by other warps' threads: without this barrier a CTA
+    // that skipped the main loop (every row fully masked) races its own Q load.
+    cp_async_wait<0>();
+    block_sync();
 
     epilogue(p, acc_o, softmax, sQ, b, h, m0, rows_q, lane, warp_row0, scale_log2);
   }
