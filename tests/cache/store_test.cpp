@@ -400,6 +400,16 @@ TEST_CASE("export_to writes a standalone bundle that opens read-only, from a fil
   }
   CHECK(read_file(bundle) == bytes);  // opening never writes a bundle
 
+  // A bundle can itself be re-exported (a subset for one arch, from a file or a memory image).
+  {
+    Store b = Store::open_readonly_memory(bytes.data(), bytes.size());
+    ExportFilter one;
+    one.kernel_keys = {sample_kernel(4, "sm_90a").key};
+    one.tuning = false;
+    CHECK(b.export_to(dir / "subset.fbbundle", one).kernels == 1);
+    CHECK(Store::open_readonly(dir / "subset.fbbundle").list_kernels().at(0).key == sample_kernel(4, "sm_90a").key);
+  }
+
   // The export replaces an existing file atomically, and full history is available on request.
   ExportFilter all;
   all.latest_runs_only = false;
