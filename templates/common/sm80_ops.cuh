@@ -15,7 +15,7 @@ __device__ __forceinline__ void warp_sync() { asm volatile("bar.warp.sync 0xffff
 
 __device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
   float r;
-  asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(lane_mask));
+  asm("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(lane_mask));
   return r;
 }
 
@@ -45,18 +45,20 @@ __device__ __forceinline__ void ldmatrix_x2_trans(u32 (&r)[2], u32 addr) {
 }
 
 // ---- mma.sync: D = A * B + D with fp32 accumulators ------------------------------------------
+// Not volatile: a pure function of its register operands, so the compiler may schedule it
+// around independent work (the score/softmax overlap relies on that).
 template <class Element> struct Mma;
 
 template <> struct Mma<half_t> {
   static __device__ __forceinline__ void k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
   static __device__ __forceinline__ void k8(float (&d)[4], const u32 (&a)[2], u32 b0) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(b0));
@@ -65,14 +67,14 @@ template <> struct Mma<half_t> {
 
 template <> struct Mma<bf16_t> {
   static __device__ __forceinline__ void k16(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
   static __device__ __forceinline__ void k8(float (&d)[4], const u32 (&a)[2], u32 b0) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(b0));

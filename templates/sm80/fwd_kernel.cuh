@@ -14,6 +14,11 @@
 //
 // Pipelines: kStages == 1 keeps one K and one V buffer and overlaps the V load with Q K^T and the
 // next K load with P V. kStages == 2 double-buffers K, Kb and V and prefetches two tiles ahead.
+// kOverlap == 1 (with two stages) software-pipelines the scores: S of tile j+1 is computed before
+// the softmax of tile j, so the tensor-core work of one tile and the exp/FP32 work of the other
+// are independent instructions in one basic block that the scheduler can interleave; it costs a
+// second score tile in registers. K and V buffers then rotate independently: K runs one tile
+// ahead of V, and one barrier per tile suffices.
 #pragma once
 
 #include "common/manifest.h"
@@ -32,6 +37,7 @@ struct FwdKnobs {
   static constexpr int kBlockN[] = {32, 64, 128};
   static constexpr int kWarps[] = {4, 8};
   static constexpr int kStages[] = {1, 2};
+  static constexpr int kOverlap[] = {0, 1};
 };
 
 struct alignas(16) Vec16 { u32 x, y, z, w; };
@@ -47,7 +53,7 @@ __device__ __forceinline__ void copy_chunk(void* dst, const void* src) {
 }
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
-          int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1>
+          int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kOverlap = 0>
 struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -57,6 +63,8 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   static_assert(kBlockM % (kWarps * 16) == 0, "block_m must be a multiple of 16 * warps (each warp owns whole m16 tiles)");
   static_assert(kBlockN % 16 == 0, "block_n must be a multiple of 16 (the k step of P V)");
   static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
+  static_assert(kOverlap == 0 || kOverlap == 1, "overlap must be 0 or 1");
+  static_assert(kOverlap == 0 || kStages == 2, "overlap needs two K/V stages");
   static_assert((kHeadDim * 2) % kQkvAlign == 0, "qkv_align must divide a row of head_dim elements");
   static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
 
@@ -171,31 +179,38 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         }
   }
 
-  /// O += P V for one key tile; P comes straight from the score registers (the C layout of
-  /// two adjacent n8 tiles is the A layout of one k16 step).
-  static __device__ __forceinline__ void gemm_pv(float (&o)[kMTiles][kDTiles][4], const float (&p)[kMTiles][kNTiles][4],
+  /// P (fp32 probabilities in the C layout of the score tile) -> 16-bit A fragments of P V. The
+  /// C layout of two adjacent n8 tiles is the A layout of one k16 step, so this is a pure
+  /// register conversion; doing it right after the softmax frees half of the score registers
+  /// before the P V product (the register peak of the wide-head variants).
+  static __device__ __forceinline__ void pack_p(u32 (&pa)[kMTiles][kBlockN / 16][4], const float (&p)[kMTiles][kNTiles][4]) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        pa[mt][kk][0] = ElementTraits<Element>::pack(p[mt][2 * kk][0], p[mt][2 * kk][1]);
+        pa[mt][kk][1] = ElementTraits<Element>::pack(p[mt][2 * kk][2], p[mt][2 * kk][3]);
+        pa[mt][kk][2] = ElementTraits<Element>::pack(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
+        pa[mt][kk][3] = ElementTraits<Element>::pack(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
+      }
+  }
+
+  /// O += P V for one key tile, P given as packed A fragments.
+  static __device__ __forceinline__ void gemm_pv(float (&o)[kMTiles][kDTiles][4], const u32 (&pa)[kMTiles][kBlockN / 16][4],
                                                  u32 sV, int lane) {
     constexpr int kRowBytes = kDStride * 2;
     const u32 v_lane = sV + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRowBytes + (lane >> 4) * 16;
     const u32 v2_lane = sV + (lane & 15) * kRowBytes;
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      u32 a[kMTiles][4];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        a[mt][0] = ElementTraits<Element>::pack(p[mt][2 * kk][0], p[mt][2 * kk][1]);
-        a[mt][1] = ElementTraits<Element>::pack(p[mt][2 * kk][2], p[mt][2 * kk][3]);
-        a[mt][2] = ElementTraits<Element>::pack(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
-        a[mt][3] = ElementTraits<Element>::pack(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
-      }
 #pragma unroll
       for (int dp = 0; dp < kDTiles / 2; ++dp) {
         u32 b[4];
         ldmatrix_x4_trans(b, v_lane + kk * 16 * kRowBytes + dp * 32);
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
-          MmaOp::k16(o[mt][2 * dp], a[mt], b[0], b[1]);
-          MmaOp::k16(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+          MmaOp::k16(o[mt][2 * dp], pa[mt][kk], b[0], b[1]);
+          MmaOp::k16(o[mt][2 * dp + 1], pa[mt][kk], b[2], b[3]);
         }
       }
       if constexpr (kDTiles % 2 == 1) {
@@ -203,7 +218,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         u32 b[2];
         ldmatrix_x2_trans(b, v2_lane + kk * 16 * kRowBytes + dt * 16);
 #pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) MmaOp::k16(o[mt][dt], a[mt], b[0], b[1]);
+        for (int mt = 0; mt < kMTiles; ++mt) MmaOp::k16(o[mt][dt], pa[mt][kk], b[0], b[1]);
       }
     }
   }
@@ -257,6 +272,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     Softmax softmax;
     softmax.init();
     float s[kMTiles][kNTiles][4];
+    u32 pa[kMTiles][kBlockN / 16][4];
 
     auto stage_k = [&](int buf) { return sStage0 + buf * kStageElems; };
     auto stage_kb = [&](int buf) { return sStage0 + buf * kStageElems + kKElems; };
@@ -282,6 +298,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, lane, warp_row0);
       if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
       softmax.update(s, acc_o, scale_log2);
+      pack_p(pa, s);
     };
 
     QLoader::load(sQ, aQ, gQ, p.q_row_stride, 0, rows_q, tid);
@@ -302,7 +319,39 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
           load_k(nb - 1, 0);
           cp_async_commit();
         }
-        gemm_pv(acc_o, s, addr_v(0), lane);
+        gemm_pv(acc_o, pa, addr_v(0), lane);
+      }
+    } else if constexpr (kOverlap) {
+      float s_next[kMTiles][kNTiles][4];
+      if (n_blocks > 0) {
+        load_k(n_blocks - 1, 0);
+        load_v(n_blocks - 1, 0);
+      }
+      if (n_blocks > 1) load_k(n_blocks - 2, 1);
+      cp_async_commit();
+      cp_async_wait<0>();
+      block_sync();
+      if (n_blocks > 0) scores(s, aQ, aQb, addr_k(0), addr_kb(0), p.scale, lane, warp_row0);
+      // Tile `it` (key block nb = n_blocks - 1 - it): its scores are in `cur`; K of tile it+1 sits
+      // in K buffer (it+1)&1 and V of tile it in V buffer it&1, both loaded one step earlier.
+      auto step = [&](int it, float (&cur)[kMTiles][kNTiles][4], float (&nxt)[kMTiles][kNTiles][4]) {
+        const int nb = n_blocks - 1 - it;
+        cp_async_wait<0>();
+        block_sync();  // K(it+1), V(it) landed; every warp is done with K(it) and V(it-1)
+        if (it + 2 < n_blocks) load_k(nb - 2, it & 1);
+        if (it + 1 < n_blocks) load_v(nb - 1, (it + 1) & 1);
+        cp_async_commit();
+        if (it + 1 < n_blocks) scores(nxt, aQ, aQb, addr_k((it + 1) & 1), addr_kb((it + 1) & 1), p.scale, lane, warp_row0);
+        const int n0 = nb * kBlockN;
+        if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(cur, mask, m0 + warp_row0, n0, lane);
+        softmax.update(cur, acc_o, scale_log2);
+        pack_p(pa, cur);
+        gemm_pv(acc_o, pa, addr_v(it & 1), lane);
+      };
+      // Unrolled by two so that the two score tiles keep fixed registers (no copies).
+      for (int it = 0; it < n_blocks; it += 2) {
+        step(it, s, s_next);
+        if (it + 1 < n_blocks) step(it + 1, s_next, s);
       }
     } else {
       // Two buffers; group i carries tile i (tile 0 also carries Q). Empty groups keep the
@@ -323,7 +372,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         cp_async_wait<1>();
         block_sync();  // tile `it` landed
         tile_step(nb, buf);
-        gemm_pv(acc_o, s, addr_v(buf), lane);
+        gemm_pv(acc_o, pa, addr_v(buf), lane);
         block_sync();  // every warp is done with buffer `buf`
         if (it + 2 < n_blocks) {
           load_k(nb - 2, buf);
