@@ -60,12 +60,17 @@ class FlashBias:
             raise RuntimeError(f"flashbias status {status}: {self.lib.flashbias_last_error().decode()}")
 
     @staticmethod
-    def _strides(t):
+    def _strides(t, factor=False):
+        """Element strides (batch, seq, head). A factor with batch or head extent 1 is broadcast
+        (stride 0); Q/K/V/O keep their real strides (the API refuses 0 there)."""
         if t is None:
             return Strides(0, 0, 0)
-        assert t.stride(3) == 1, "last dim must be contiguous"
-        b = t.stride(0) if t.shape[0] > 1 else 0
-        h = t.stride(2) if t.shape[2] > 1 else 0
+        if t.stride(3) != 1:
+            raise ValueError("the last dimension must be contiguous")
+        b, h = t.stride(0), t.stride(2)
+        if factor:
+            b = b if t.shape[0] > 1 else 0
+            h = h if t.shape[2] > 1 else 0
         return Strides(b, t.stride(1), h)
 
     def prepare(self, q, k, v, qb=None, kb=None, causal=False, softmax_scale=None, out=None, lse=None):
@@ -84,8 +89,8 @@ class FlashBias:
         a.k, a.k_stride = k.data_ptr(), self._strides(k)
         a.v, a.v_stride = v.data_ptr(), self._strides(v)
         if R:
-            a.qb, a.qb_stride = qb.data_ptr(), self._strides(qb)
-            a.kb, a.kb_stride = kb.data_ptr(), self._strides(kb)
+            a.qb, a.qb_stride = qb.data_ptr(), self._strides(qb, factor=True)
+            a.kb, a.kb_stride = kb.data_ptr(), self._strides(kb, factor=True)
         a.o, a.o_stride = out.data_ptr(), self._strides(out)
         a.lse = lse.data_ptr()
         if softmax_scale is not None:

@@ -18,6 +18,7 @@ struct CheckOptions {
   int device = 0;
   long long rows = 256;
   int repeat = 1;
+  bool time = false;
 };
 }  // namespace
 
@@ -28,28 +29,47 @@ void add_check(CLI::App& app, int& rc) {
   cmd->add_option("--problem,-p", o->problems,
                   "problem string, e.g. \"b=2,h=4,nq=1000,nk=777,d=64,r=3,mask=causal,dtype=bf16\" (repeatable)")
       ->required();
-  cmd->add_option("--config", o->config, "force a tile config (bm=..,bn=..,w=..,s=..) instead of the dispatcher's");
+  cmd->add_option("--config", o->config,
+                  "force a tile config (bm=..,bn=..,w=..,s=..) instead of the dispatcher's; 'all' checks every legal one");
   cmd->add_option("--seed", o->seed, "input seed (default: fresh each run)");
   cmd->add_option("--device", o->device, "CUDA device ordinal")->capture_default_str();
   cmd->add_option("--rows", o->rows, "query rows checked against the reference (sampled)")->capture_default_str();
   cmd->add_option("--repeat", o->repeat, "runs, each with fresh inputs (a moving error is a race)")->capture_default_str();
+  cmd->add_flag("--time", o->time, "also time each kernel (CUDA events, median of 30 after 5 warm-up runs)");
   cmd->callback([o, &rc] {
     GpuSession session(o->device);
-    std::optional<TileConfig> tile;
-    if (!o->config.empty()) tile = TileConfig::parse(o->config);
     std::uint64_t seed =
         o->seed ? o->seed : std::uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
     bool all_pass = true;
     for (const std::string& text : o->problems) {
       const ProblemSpec spec = parse_problem(text);
       DeviceProblem problem(spec, seed);
-      KernelSpec chosen;
-      auto launch = session.launcher(problem.forward_args(), tile, &chosen);
-      for (int i = 0; i < o->repeat; ++i) {
-        if (i > 0) problem.regenerate(++seed);
-        const CheckResult r = check_forward(problem, launch, o->rows);
-        fmt::print("{} [{}] seed {}\n  {}\n", to_string(spec), chosen.str(), seed, r.str());
-        all_pass = all_pass && r.pass;
+      std::vector<std::optional<TileConfig>> tiles;
+      if (o->config == "all") {
+        for (const TileConfig& t : session.legal_tiles(problem.forward_args())) tiles.emplace_back(t);
+        session.precompile(problem.forward_args(), tiles);
+      } else if (!o->config.empty()) {
+        tiles.emplace_back(TileConfig::parse(o->config));
+      } else {
+        tiles.emplace_back(std::nullopt);
+      }
+      for (const auto& tile : tiles) {
+        KernelSpec chosen;
+        auto launch = session.launcher(problem.forward_args(), tile, &chosen);
+        for (int i = 0; i < o->repeat; ++i) {
+          if (i > 0) problem.regenerate(++seed);
+          const CheckResult r = check_forward(problem, launch, o->rows);
+          std::string timing;
+          if (o->time) {
+            const ForwardArgs args = problem.forward_args();
+            double spread = 0;
+            const double ms = time_ms([&] { launch(args); }, nullptr, 5, 30, &spread);
+            timing = fmt::format("  time {:.4f} ms (spread {:.4f}), {:.1f} TFLOP/s\n", ms, spread,
+                                 spec.forward_flops() / (ms * 1e-3) / 1e12);
+          }
+          fmt::print("{} [{}] seed {}\n  {}\n{}", to_string(spec), chosen.str(), seed, r.str(), timing);
+          all_pass = all_pass && r.pass;
+        }
       }
       ++seed;
     }

@@ -1,5 +1,8 @@
 #include "gpu_session.h"
 
+#include <future>
+#include <thread>
+
 #include "generator/kernel_source.h"
 #include "generator/variants.h"
 #include "runtime/compiler.h"
@@ -34,9 +37,31 @@ std::function<void(const ForwardArgs&)> GpuSession::launcher(const ForwardArgs& 
   if (std::string why = legality_error(key, *tile, device_.max_smem_per_block_optin); !why.empty())
     throw Error(ErrorCode::unsupported, spec.str() + ": " + why);
   if (chosen) *chosen = spec;
-  auto loaded = std::make_shared<const LoadedKernel>(compile(generate(spec)));
+  auto it = compiled_.find(spec);
+  auto loaded = it != compiled_.end() ? std::make_shared<const LoadedKernel>(*it->second)
+                                      : std::make_shared<const LoadedKernel>(compile(generate(spec)));
   auto plan = std::make_shared<LaunchPlan>(loaded, spec);
   return [plan](const ForwardArgs& a) { plan->launch_forward(a, nullptr); };
+}
+
+std::vector<TileConfig> GpuSession::legal_tiles(const ForwardArgs& args) const {
+  return enumerate_tiles(validate_forward(args, device_), device_.max_smem_per_block_optin);
+}
+
+void GpuSession::precompile(const ForwardArgs& args, const std::vector<std::optional<TileConfig>>& tiles) {
+  const ProblemKey key = validate_forward(args, device_);
+  std::vector<KernelSpec> todo;
+  for (const auto& t : tiles)
+    if (t && !compiled_.count(KernelSpec{key, *t})) todo.push_back(KernelSpec{key, *t});
+  const unsigned jobs = std::max(1u, std::thread::hardware_concurrency());
+  for (std::size_t begin = 0; begin < todo.size(); begin += jobs) {
+    std::vector<std::future<std::shared_ptr<const CompiledKernel>>> batch;
+    for (std::size_t i = begin; i < std::min(todo.size(), begin + jobs); ++i)
+      batch.push_back(std::async(std::launch::async, [spec = todo[i]] {
+        return std::make_shared<const CompiledKernel>(compile(generate(spec)));
+      }));
+    for (std::size_t i = 0; i < batch.size(); ++i) compiled_[todo[begin + i]] = batch[i].get();
+  }
 }
 
 }  // namespace flashbias::cli

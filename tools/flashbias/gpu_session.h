@@ -5,6 +5,10 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/compiler.h"
 
 #include "flashbias/flashbias.hpp"
 #include "generator/problem_key.h"
@@ -22,10 +26,16 @@ class GpuSession {
   /// compiled and loaded here. The returned plan is kept alive by the launcher.
   std::function<void(const ForwardArgs&)> launcher(const ForwardArgs& args, const std::optional<TileConfig>& tile,
                                                    KernelSpec* chosen = nullptr);
+  /// Every tile the variant table allows for `args` on this device.
+  std::vector<TileConfig> legal_tiles(const ForwardArgs& args) const;
+  /// Compile the given tiles for `args` in parallel (one NVRTC program per hardware thread), so
+  /// that launcher() finds them compiled.
+  void precompile(const ForwardArgs& args, const std::vector<std::optional<TileConfig>>& tiles);
 
  private:
   DeviceInfo device_;
   std::unique_ptr<Context> context_;
+  std::unordered_map<KernelSpec, std::shared_ptr<const CompiledKernel>> compiled_;
 };
 
 }  // namespace flashbias::cli
