@@ -63,6 +63,7 @@ void Sha256::compress(const std::uint8_t* block) noexcept {
 
 void Sha256::update(const void* data, std::size_t n) {
   if (finished_) throw Error(ErrorCode::internal, "Sha256::update called after digest()");
+  if (n == 0) return;  // data may be null then (an empty blob), and memcpy must not see a null pointer
   const auto* p = static_cast<const std::uint8_t*>(data);
   total_bytes_ += n;
   if (buffered_ > 0) {
