@@ -6,6 +6,8 @@
 #include <charconv>
 #include <vector>
 
+#include "generator/knobs.h"
+
 namespace flashbias {
 
 namespace {
@@ -73,15 +75,69 @@ std::string ProblemKey::str() const {
                      rank, to_string(mask), bc, qkv_align, bias_align);
 }
 
-std::string TileConfig::str() const { return fmt::format("bm{}_bn{}_w{}_s{}", block_m, block_n, warps, stages); }
+std::string TileConfig::str() const {
+  std::string s = fmt::format("bm{}_bn{}_w{}_s{}", block_m, block_n, warps, stages);
+  for (const auto& [name, value] : extra) {
+    const TileKnob* k = find_tile_knob(name);
+    s += fmt::format("_{}{}", k ? k->spelling : knob_spelling(name), value);
+  }
+  return s;
+}
+
+std::optional<int> TileConfig::get(std::string_view knob) const {
+  const TileKnob* k = find_tile_knob(knob);
+  if (!k) return std::nullopt;
+  if (k->field) return this->*(k->field);
+  for (const auto& [name, value] : extra)
+    if (name == k->name) return value;
+  if (k->default_value) return int(*k->default_value);
+  return std::nullopt;
+}
+
+TileConfig& TileConfig::set(std::string_view knob, int value) {
+  const TileKnob* k = find_tile_knob(knob);
+  if (!k)
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("tile config: unknown knob '{}' (knobs: {})", knob, knob_spellings()));
+  if (k->field) {
+    this->*(k->field) = value;
+    return *this;
+  }
+  std::erase_if(extra, [&](const auto& e) { return e.first == k->name; });
+  if (k->default_value && *k->default_value == value) return *this;  // the canonical form omits defaults
+  // Insert in manifest order, so equal configurations compare and hash equal.
+  const auto& all = tile_knobs();
+  auto order = [&](std::string_view name) {
+    for (std::size_t i = 0; i < all.size(); ++i)
+      if (all[i].name == name) return i;
+    return all.size();
+  };
+  auto at = extra.begin();
+  while (at != extra.end() && order(at->first) < order(k->name)) ++at;
+  extra.insert(at, {std::string(k->name), value});
+  return *this;
+}
 
 TileConfig TileConfig::parse(const std::string& s) {
-  // Accepts "bm=128,bn=64,w=4,s=1" (any order, missing knobs keep their defaults) and str()'s
-  // "bm128_bn64_w4_s1".
+  // Accepts "bm=128,bn=64,w=4,s=1,splitk=2" (any order, missing knobs keep their defaults) and
+  // str()'s "bm128_bn64_w4_s1_splitk2".
   TileConfig t;
-  std::string norm = s;
-  for (char& c : norm)
-    if (c == '_') c = ',';
+  // Items are separated by ','; in str()'s form (items without '=') also by '_', which the
+  // "name=value" form keeps for names like block_m.
+  std::string norm;
+  for (std::size_t i = 0, item = 0; i < s.size(); ++i) {
+    if (s[i] == ',') item = i + 1;
+    const bool named = s.find('=', item) < s.find(',', item);
+    norm += s[i] == '_' && !named ? ',' : s[i];
+  }
+  auto unknown = [&](const std::string& name) {
+    return Error(ErrorCode::invalid_argument,
+                 fmt::format("tile config: unknown knob '{}' (knobs: {})", name, knob_spellings()));
+  };
+  auto parse_int = [](const std::string& text, int& v) {
+    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    return !text.empty() && ec == std::errc() && ptr == text.data() + text.size();
+  };
   std::size_t pos = 0;
   while (pos <= norm.size()) {
     std::size_t end = norm.find(',', pos);
@@ -91,28 +147,39 @@ TileConfig TileConfig::parse(const std::string& s) {
     if (item.empty()) continue;
     std::size_t split = item.find('=');
     std::string name, value;
+    const TileKnob* knob = nullptr;
     if (split != std::string::npos) {
       name = item.substr(0, split);
       value = item.substr(split + 1);
+      knob = find_tile_knob(name);
+      if (!knob) throw unknown(name);
     } else {
       std::size_t d = item.find_first_of("0123456789");
       if (d == std::string::npos || d == 0)
         throw Error(ErrorCode::invalid_argument, fmt::format("tile config item '{}' has no value", item));
-      name = item.substr(0, d);
-      value = item.substr(d);
+      // "splitk2": the longest knob name that the item starts with and that leaves a number (knob
+      // names may contain digits, so the first digit is not always where the value starts).
+      int ignored = 0;
+      for (const TileKnob& k : tile_knobs()) {
+        std::vector<std::string> names = k.aliases;
+        names.push_back(k.spelling);
+        for (const std::string& n : names)
+          if (n.size() > name.size() && item.size() > n.size() && item.compare(0, n.size(), n) == 0 &&
+              parse_int(item.substr(n.size()), ignored)) {
+            name = n;
+            knob = &k;
+          }
+      }
+      if (!knob) throw unknown(item.substr(0, d));
+      value = item.substr(name.size());
     }
     int v = 0;
-    auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
-    if (value.empty() || ec != std::errc() || ptr != value.data() + value.size() || v <= 0)
+    // The named knobs are sizes and counts; a further knob may be a flag or a mode (0 allowed).
+    if (!parse_int(value, v) || (knob->field && v <= 0) || (!knob->field && v < 0))
       throw Error(ErrorCode::invalid_argument,
-                  fmt::format("tile config: '{}' must be a positive integer, got '{}'", name, value));
-    if (name == "bm" || name == "block_m") t.block_m = v;
-    else if (name == "bn" || name == "block_n") t.block_n = v;
-    else if (name == "w" || name == "warps") t.warps = v;
-    else if (name == "s" || name == "stages") t.stages = v;
-    else
-      throw Error(ErrorCode::invalid_argument,
-                  fmt::format("tile config: unknown knob '{}' (knobs: bm, bn, w, s)", name));
+                  fmt::format("tile config: '{}' must be a {} integer, got '{}'", name,
+                              knob->field ? "positive" : "non-negative", value));
+    t.set(knob->name, v);
     if (pos > norm.size()) break;
   }
   return t;
@@ -131,6 +198,10 @@ std::size_t hash_value(const TileConfig& t) noexcept {
   std::size_t h = 0;
   for (std::size_t v : {std::size_t(t.block_m), std::size_t(t.block_n), std::size_t(t.warps), std::size_t(t.stages)})
     mix(h, v);
+  for (const auto& [name, value] : t.extra) {
+    mix(h, std::hash<std::string>{}(name));
+    mix(h, std::size_t(value));
+  }
   return h;
 }
 

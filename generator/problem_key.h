@@ -4,7 +4,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include "flashbias/flashbias.hpp"
 
@@ -45,16 +49,38 @@ struct ProblemKey {
   std::string str() const;  // stable, human-readable, used in logs, errors and cache keys
 };
 
-/// Tunable knobs of the sm80 forward template (the manifest names them; see templates/README.md).
+/// The tuned knobs of a kernel: the template parameters its manifest marks tunable (see
+/// templates/README.md and generator/knobs.h). The four every template has are named fields; any
+/// further knob a template declares lives in `extra`, so adding a knob to a template needs no
+/// change here.
 struct TileConfig {
-  int block_m = 128;  ///< query rows per CTA
-  int block_n = 64;   ///< key rows per main-loop step
-  int warps = 4;      ///< warps per CTA; each owns block_m / warps query rows (a multiple of 16)
-  int stages = 1;     ///< 1: K and V single-buffered (loads overlap the other GEMM); 2: K/V double-buffered
+  int block_m = 128;  ///< query rows per CTA (template knob kBlockM)
+  int block_n = 64;   ///< key rows per main-loop step (kBlockN)
+  int warps = 4;      ///< warps per CTA; each owns block_m / warps query rows, a multiple of 16 (kWarps)
+  int stages = 1;     ///< 1: K and V single-buffered (loads overlap the other GEMM); 2: K/V double-buffered (kStages)
+  /// Every other knob, by its template parameter name ({"kSplitK", 2}), in manifest order, holding
+  /// only values that differ from the template's default. A tile that leaves a new knob at its
+  /// default therefore keeps the spelling, hash and cache keys it had before the knob existed.
+  /// set() keeps this form; operator== relies on it.
+  std::vector<std::pair<std::string, int>> extra;
 
   bool operator==(const TileConfig&) const = default;
-  std::string str() const;                        // "bm128_bn64_w4_s1"
-  static TileConfig parse(const std::string& s);  // "bm=128,bn=64,w=4,s=1" or str() form; throws Error
+  /// "bm128_bn64_w4_s1", then "_<spelling><value>" per extra knob ("bm128_bn64_w4_s2_splitk2");
+  /// the spelling of kSplitK is "splitk" (knob_spelling() in generator/knobs.h).
+  std::string str() const;
+  /// "bm=128,bn=64,w=4,s=1,splitk=2" (any order; knobs not named keep their defaults) or str()'s
+  /// form. Knob names: bm/block_m, bn/block_n, w/warps, s/stages, and for every knob any template
+  /// declares, its spelling or template parameter name (splitk, kSplitK). Throws Error naming the
+  /// allowed knobs.
+  static TileConfig parse(const std::string& s);
+
+  /// The value of a knob by template parameter name (kBlockM, ..., kSplitK): a named field, an
+  /// extra, or the template's default for an extra the tile leaves unset. nullopt when no template
+  /// declares the knob (or it has no constant default and the tile leaves it unset).
+  std::optional<int> get(std::string_view knob) const;
+  /// Set a knob by template parameter name. Throws Error(invalid_argument) naming the knobs when
+  /// no template declares it.
+  TileConfig& set(std::string_view knob, int value);
 };
 
 struct KernelSpec {

@@ -3,13 +3,34 @@
 #include <fmt/format.h>
 
 #include "generator/kernel_source.h"
+#include "generator/knobs.h"
 
 namespace flashbias {
 
+std::size_t KnobSpace::size() const {
+  std::size_t n = 1;
+  for (const auto& [name, values] : all) n *= values.size();
+  return n;
+}
+
 const KnobSpace& fwd_knob_space(const Arch& arch) {
-  // Mirrors sm80::FwdKnobs in templates/sm80/fwd_kernel.cuh; the manifest check at build time
-  // keeps the two equal.
-  static const KnobSpace sm80{{64, 128}, {32, 64, 128}, {4, 8}, {1, 2}};
+  static const KnobSpace sm80 = [] {
+    ProblemKey key;
+    key.direction = Direction::fwd;
+    const manifest::EntryInfo& e = kernel_entry(key);
+    KnobSpace ks;
+    for (const manifest::KnobInfo& k : e.knobs) {
+      std::vector<int> values(k.values.begin(), k.values.end());
+      const TileKnob* t = find_tile_knob(k.name);
+      if (t && t->field == &TileConfig::block_m) ks.block_m = values;
+      else if (t && t->field == &TileConfig::block_n) ks.block_n = values;
+      else if (t && t->field == &TileConfig::warps) ks.warps = values;
+      else if (t && t->field == &TileConfig::stages) ks.stages = values;
+      else ks.extra.emplace_back(std::string(k.name), values);
+      ks.all.emplace_back(std::string(k.name), std::move(values));
+    }
+    return ks;
+  }();
   (void)arch;  // every supported arch runs the sm80 family today
   return sm80;
 }
@@ -24,13 +45,17 @@ std::size_t default_smem_limit(const Arch& arch) {
 std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_limit) {
   const KnobSpace& ks = fwd_knob_space(key.arch);
   std::vector<TileConfig> out;
-  for (int bm : ks.block_m)
-    for (int bn : ks.block_n)
-      for (int w : ks.warps)
-        for (int st : ks.stages) {
-          TileConfig t{bm, bn, w, st};
-          if (legality_error(key, t, smem_limit).empty()) out.push_back(t);
-        }
+  if (ks.size() == 0) return out;
+  // An odometer over the knobs in manifest order, the last one fastest.
+  std::vector<std::size_t> at(ks.all.size(), 0);
+  for (;;) {
+    TileConfig t;
+    for (std::size_t i = 0; i < ks.all.size(); ++i) t.set(ks.all[i].first, ks.all[i].second[at[i]]);
+    if (legality_error(key, t, smem_limit).empty()) out.push_back(std::move(t));
+    std::size_t i = ks.all.size();
+    while (i > 0 && ++at[i - 1] == ks.all[i - 1].second.size()) at[--i] = 0;
+    if (i == 0) break;
+  }
   return out;
 }
 

@@ -1,23 +1,34 @@
 // The one table of kernel variants and tunable knobs. The tuner's search space, the built-in
 // heuristic, the default variant set (CLI demo, nvrtc tests, bundles) and the CLI's listings all
-// read it from here; nothing else declares knob values.
+// read it from here. Knob values are not declared here either: they come from the template
+// manifest (templates/README.md), which the kernel templates declare next to the code.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "generator/problem_key.h"
 
 namespace flashbias {
 
-/// Candidate values of each knob of a kernel template.
+/// Candidate values of each knob of a kernel template, as its manifest entry lists them.
 struct KnobSpace {
+  /// The knobs TileConfig carries in named fields (kBlockM, kBlockN, kWarps, kStages).
   std::vector<int> block_m, block_n, warps, stages;
+  /// Every further knob of the template, by template parameter name, in manifest order.
+  std::vector<std::pair<std::string, std::vector<int>>> extra;
+  /// Every knob (named ones included) in manifest order: what enumerate_tiles() takes the product of.
+  std::vector<std::pair<std::string, std::vector<int>>> all;
+
+  /// Number of configurations in the product of all knobs (before any rule).
+  std::size_t size() const;
 };
 
-/// The knobs of the forward template for this arch family (sm80 family today).
+/// The knobs of the forward template for this arch family (sm80 family today), read from the
+/// template manifest.
 const KnobSpace& fwd_knob_space(const Arch& arch);
 
 /// What changes only the best tile choice, not the code: sequence lengths and batch*heads.
@@ -27,8 +38,9 @@ struct ShapeInfo {
   std::int64_t seqlen_k = 1;
 };
 
-/// Every legal TileConfig for `key` (legality rules + shared memory under `smem_limit`), in the
-/// knob space's order. Empty means no variant covers the key.
+/// Every legal TileConfig for `key`: the product of all the template's knobs (KnobSpace::all, the
+/// last knob varying fastest), pruned by the template's host-evaluable rules and by shared memory
+/// under `smem_limit`. Empty means no variant covers the key.
 std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_limit);
 
 /// The built-in choice for keys nobody tuned: the first legal entry of a short preference list

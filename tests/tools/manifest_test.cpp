@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -326,7 +327,15 @@ TEST_CASE("real manifest: the generator's knob space is the template's", "[cpu][
     CHECK(std::vector<long long>(k->values.begin(), k->values.end()) ==
           std::vector<long long>(values->begin(), values->end()));
   }
-  CHECK(e->knobs.size() == std::size(fields));
+  // Every further knob of the template is in the knob space too, with its values.
+  for (const auto& [knob, values] : ks.extra) {
+    INFO(knob);
+    const mf::KnobInfo* k = e->find_knob(knob);
+    REQUIRE(k != nullptr);
+    CHECK(std::vector<long long>(k->values.begin(), k->values.end()) ==
+          std::vector<long long>(values.begin(), values.end()));
+  }
+  CHECK(e->knobs.size() == std::size(fields) + ks.extra.size());
 }
 
 namespace {
@@ -350,6 +359,12 @@ std::vector<long long> args_for(const mf::EntryInfo& e, const flashbias::Problem
   set("kBlockN", t.block_n);
   set("kWarps", t.warps);
   set("kStages", t.stages);
+  // Knobs beyond the four named fields: the tile's value, or the template's default.
+  for (const auto& k : e.knobs) {
+    const std::optional<int> v = t.get(k.name);
+    REQUIRE(v.has_value());
+    set(k.name, *v);
+  }
   return a;
 }
 

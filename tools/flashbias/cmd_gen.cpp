@@ -1,9 +1,11 @@
 // `flashbias gen`: print a generated kernel's source, or compile it (no GPU needed) and print
-// its resources. `--list` prints the variant space: every knob and its candidate values.
+// its resources. `--list` prints the template manifest: every kernel template, its parameters,
+// knobs with their candidate values, and its rules.
 #include <fmt/format.h>
 
 #include "commands.h"
 #include "generator/kernel_source.h"
+#include "generator/knobs.h"
 #include "generator/variants.h"
 #include "runtime/compiler.h"
 
@@ -41,24 +43,29 @@ void add_gen(CLI::App& app, int& rc) {
   cmd->add_option("--head-dim,-d", o->head_dim, "head dim D (multiple of 8, 8..256)");
   cmd->add_option("--rank,-r", o->rank, "bias rank R (0..128)")->capture_default_str();
   cmd->add_option("--mask", o->mask, "none or causal")->capture_default_str();
-  cmd->add_option("--config", o->config, "tile config, e.g. bm=128,bn=64,w=4,s=2 (default: the heuristic's)");
+  cmd->add_option("--config", o->config, "tile config, e.g. bm=128,bn=64,w=4,s=2 (knobs: gen --list; default: the heuristic's)");
   cmd->add_option("--emit", o->emit, "source | resources")->check(CLI::IsMember({"source", "resources"}))->capture_default_str();
   cmd->add_option("--qkv-align", o->qkv_align, "alignment class of Q/K/V/O rows in bytes (16, 8, 4, 2)")->capture_default_str();
   cmd->add_option("--bias-align", o->bias_align, "alignment class of factor rows in bytes (default: widest the rank allows)");
   cmd->add_option("--seqlen", o->seqlen, "sequence length the heuristic tile is chosen for")->capture_default_str();
-  cmd->add_flag("--list", o->list, "print the variant space (knobs and candidate values) and exit");
+  cmd->add_flag("--list", o->list, "print the template manifest (templates, parameters, knobs and values, rules) and exit");
   cmd->callback([o, &rc] {
     const Arch arch = Arch::parse(o->arch);
     if (o->list) {
+      // The template manifest as the build extracted it from templates/ (tools/manifest): every
+      // kernel template, its parameters, knobs with their values, and rules. Then how --config
+      // spells each knob, and the size of the space the tuner searches on this arch.
+      fmt::print("{}", manifest::kListing);
+      if (!manifest::kListing.ends_with('\n')) fmt::print("\n");
+      std::string spellings;
+      for (const TileKnob& k : tile_knobs()) {
+        spellings += fmt::format("{}{}={}", spellings.empty() ? "" : ", ", k.spelling, k.name);
+      }
+      fmt::print("\n--config knobs: {}\n", spellings);
       const KnobSpace& ks = fwd_knob_space(arch);
-      auto join = [](const std::vector<int>& v) {
-        std::string s;
-        for (int x : v) s += (s.empty() ? "" : ", ") + std::to_string(x);
-        return s;
-      };
-      fmt::print("kernel fwd (sm80 family; runs on {}):\n", arch.name());
-      fmt::print("  knob block_m: {}\n  knob block_n: {}\n  knob warps:   {}\n  knob stages:  {}\n", join(ks.block_m),
-                 join(ks.block_n), join(ks.warps), join(ks.stages));
+      fmt::print("search space on {}: {} tile configs (product of {} knobs), pruned per key by the [host] rules and "
+                 "shared memory\n",
+                 arch.name(), ks.size(), ks.all.size());
       rc = 0;
       return;
     }
