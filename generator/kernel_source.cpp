@@ -16,7 +16,7 @@ namespace {
 
 // Bumped whenever this file changes what it emits for an unchanged template, so caches keyed on
 // templates_hash() never serve code from an older generator.
-constexpr int kGeneratorVersion = 1;
+constexpr int kGeneratorVersion = 2;
 
 // Mirrors of the template's layout constants (templates/sm80/fwd_kernel.cuh). The generated
 // source static_asserts that both sides agree, so a drift fails the compile, not the launch.
@@ -100,7 +100,8 @@ using Kernel = {name}<{args}>;
 static_assert(Kernel::kSmemBytes == {smem}, "generator and template disagree on the shared memory size");
 static_assert(Kernel::kThreads == {threads}, "generator and template disagree on the block size");
 
-extern "C" __global__ void __launch_bounds__({threads}, 1) {entry}(const flashbias::FwdParams params) {{
+// The template states how many CTAs per SM its registers must allow (its kMinBlocks knob).
+extern "C" __global__ void __launch_bounds__({threads}, Kernel::kMinBlocksPerSm) {entry}(const flashbias::FwdParams params) {{
   Kernel::run(params);
 }}
 )",

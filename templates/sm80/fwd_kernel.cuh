@@ -14,11 +14,11 @@
 //
 // Pipelines: kStages == 1 keeps one K and one V buffer and overlaps the V load with Q K^T and the
 // next K load with P V. kStages == 2 double-buffers K, Kb and V and prefetches two tiles ahead.
-// kOverlap == 1 (with two stages) software-pipelines the scores: S of tile j+1 is computed before
-// the softmax of tile j, so the tensor-core work of one tile and the exp/FP32 work of the other
-// are independent instructions in one basic block that the scheduler can interleave; it costs a
-// second score tile in registers. K and V buffers then rotate independently: K runs one tile
-// ahead of V, and one barrier per tile suffices.
+//
+// kMinBlocks is the CTAs per SM the entry point's __launch_bounds__ asks for: ptxas then caps the
+// registers (65536 / (threads * kMinBlocks)). At small head dims the tensor-core, exp (MUFU) and
+// FP32 work of one warp run nearly back to back, so more resident warps per SM is what overlaps
+// them (docs/PERF_NOTES.md).
 #pragma once
 
 #include "common/manifest.h"
@@ -37,7 +37,7 @@ struct FwdKnobs {
   static constexpr int kBlockN[] = {32, 64, 128};
   static constexpr int kWarps[] = {4, 8};
   static constexpr int kStages[] = {1, 2};
-  static constexpr int kOverlap[] = {0, 1};
+  static constexpr int kMinBlocks[] = {1, 2, 3};
 };
 
 struct alignas(16) Vec16 { u32 x, y, z, w; };
@@ -53,7 +53,7 @@ __device__ __forceinline__ void copy_chunk(void* dst, const void* src) {
 }
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
-          int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kOverlap = 0>
+          int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kMinBlocks = 1>
 struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -63,12 +63,12 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   static_assert(kBlockM % (kWarps * 16) == 0, "block_m must be a multiple of 16 * warps (each warp owns whole m16 tiles)");
   static_assert(kBlockN % 16 == 0, "block_n must be a multiple of 16 (the k step of P V)");
   static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
-  static_assert(kOverlap == 0 || kOverlap == 1, "overlap must be 0 or 1");
-  static_assert(kOverlap == 0 || kStages == 2, "overlap needs two K/V stages");
+  static_assert(kMinBlocks >= 1 && kMinBlocks <= 4, "min_blocks must be in [1, 4]");
   static_assert((kHeadDim * 2) % kQkvAlign == 0, "qkv_align must divide a row of head_dim elements");
   static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
 
   static constexpr int kThreads = kWarps * 32;
+  static constexpr int kMinBlocksPerSm = kMinBlocks;
   static constexpr bool kHasBias = kRank > 0;
   static constexpr int kRankPad = round_up(kRank, 8);
   // 16 bytes of padding per shared row: the 8 row addresses of one ldmatrix then fall in
@@ -320,38 +320,6 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
           cp_async_commit();
         }
         gemm_pv(acc_o, pa, addr_v(0), lane);
-      }
-    } else if constexpr (kOverlap) {
-      float s_next[kMTiles][kNTiles][4];
-      if (n_blocks > 0) {
-        load_k(n_blocks - 1, 0);
-        load_v(n_blocks - 1, 0);
-      }
-      if (n_blocks > 1) load_k(n_blocks - 2, 1);
-      cp_async_commit();
-      cp_async_wait<0>();
-      block_sync();
-      if (n_blocks > 0) scores(s, aQ, aQb, addr_k(0), addr_kb(0), p.scale, lane, warp_row0);
-      // Tile `it` (key block nb = n_blocks - 1 - it): its scores are in `cur`; K of tile it+1 sits
-      // in K buffer (it+1)&1 and V of tile it in V buffer it&1, both loaded one step earlier.
-      auto step = [&](int it, float (&cur)[kMTiles][kNTiles][4], float (&nxt)[kMTiles][kNTiles][4]) {
-        const int nb = n_blocks - 1 - it;
-        cp_async_wait<0>();
-        block_sync();  // K(it+1), V(it) landed; every warp is done with K(it) and V(it-1)
-        if (it + 2 < n_blocks) load_k(nb - 2, it & 1);
-        if (it + 1 < n_blocks) load_v(nb - 1, (it + 1) & 1);
-        cp_async_commit();
-        if (it + 1 < n_blocks) scores(nxt, aQ, aQb, addr_k((it + 1) & 1), addr_kb((it + 1) & 1), p.scale, lane, warp_row0);
-        const int n0 = nb * kBlockN;
-        if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(cur, mask, m0 + warp_row0, n0, lane);
-        softmax.update(cur, acc_o, scale_log2);
-        pack_p(pa, cur);
-        gemm_pv(acc_o, pa, addr_v(it & 1), lane);
-      };
-      // Unrolled by two so that the two score tiles keep fixed registers (no copies).
-      for (int it = 0; it < n_blocks; it += 2) {
-        step(it, s, s_next);
-        if (it + 1 < n_blocks) step(it + 1, s_next, s);
       }
     } else {
       // Two buffers; group i carries tile i (tile 0 also carries Q). Empty groups keep the
