@@ -1,4 +1,5 @@
-#include <bit>
+#include <chrono>
+#include <cstdlib>
 #include <exception>
 #include <utility>
 
@@ -56,22 +57,125 @@ int device_ordinal_of_current_context(const driver::Api& d) {
 }  // namespace
 
 std::size_t ContextImpl::DispatchHash::operator()(const DispatchKey& k) const noexcept {
-  std::size_t h = hash_value(k.key);
-  const std::size_t shape = (std::size_t{k.log2_batch_heads} << 16) | (std::size_t{k.log2_seqlen_q} << 8) |
-                            std::size_t{k.log2_seqlen_k};
-  return h ^ (shape + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2));
+  const std::size_t h = hash_value(k.key);
+  return h ^ (hash_value(k.bucket) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2));
 }
 
 ContextImpl::DispatchKey ContextImpl::dispatch_key(const ProblemKey& key, const ShapeInfo& shape) {
-  // Shape bucket: ceil(log2) of each extent. Shapes in one bucket share a tile (the one chosen
-  // for the first of them); the map stays small however many distinct lengths a service sees.
-  auto bucket = [](std::int64_t v) {
-    return static_cast<std::uint8_t>(std::bit_width(static_cast<std::uint64_t>(v > 1 ? v - 1 : 0)));
-  };
-  return DispatchKey{key, bucket(shape.batch_heads), bucket(shape.seqlen_q), bucket(shape.seqlen_k)};
+  // Shapes in one bucket share a tile (the one chosen for the first of them), and the map stays
+  // small however many distinct lengths a service sees. The bucket function is the tuner's, so a
+  // stored winner serves exactly the shapes it was tuned for.
+  return DispatchKey{key, shape_bucket(shape)};
+}
+
+const char* to_string(Policy policy) noexcept {
+  switch (policy) {
+    case Policy::heuristic: return "heuristic";
+    case Policy::tune: return "tune";
+    case Policy::cache_only: return "cache-only";
+  }
+  return "?";
+}
+
+Policy parse_policy(std::string_view text, std::string_view what) {
+  if (text == "heuristic") return Policy::heuristic;
+  if (text == "tune") return Policy::tune;
+  if (text == "cache-only" || text == "cache_only") return Policy::cache_only;
+  throw Error(ErrorCode::invalid_argument,
+              fmt::format("{} = '{}' is not a policy: use heuristic, tune or cache-only", what, text));
+}
+
+const char* to_string(TileSource source) noexcept {
+  switch (source) {
+    case TileSource::stored: return "stored winner";
+    case TileSource::tuned: return "tuned now";
+    case TileSource::heuristic: return "heuristic";
+  }
+  return "?";
+}
+
+TileDecision decide_tile(const ContextHooks& hooks, Policy policy, const ProblemKey& key, const ShapeInfo& shape,
+                         const DeviceInfo& device) {
+  if (hooks.find_tile) {
+    if (auto t = call_hook("find_tile", [&] { return hooks.find_tile(key, shape, device); }))
+      return TileDecision{*t, TileSource::stored, 0};
+  }
+  if (policy == Policy::tune) {
+    if (hooks.tune) {
+      const auto start = std::chrono::steady_clock::now();
+      auto t = call_hook("tune", [&] { return hooks.tune(key, shape, device); });
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (t) return TileDecision{*t, TileSource::tuned, s};
+      // No candidate passed (every one failed to compile, or was wrong): the heuristic's tile
+      // may still work, and if it does not, its build reports why.
+      log(LogLevel::warn, "tuning {} found no passing candidate in {:.1f} s: using the heuristic", key.str(), s);
+      return TileDecision{heuristic_tile(key, shape, device.max_smem_per_block_optin), TileSource::heuristic, s};
+    }
+    log(LogLevel::warn, "policy tune, but no tuner is attached to this Context: using the heuristic for {}",
+        key.str());
+  }
+  return TileDecision{heuristic_tile(key, shape, device.max_smem_per_block_optin), TileSource::heuristic, 0};
+}
+
+KernelAcquisition acquire_kernel(const ContextHooks& hooks, Policy policy, const KernelSource& source,
+                                 const std::function<void(const CompiledKernel&)>& load,
+                                 const std::function<CompiledKernel(const KernelSource&)>& compile_fn) {
+  const KernelSpec& spec = source.spec;
+  if (hooks.find_kernel) {
+    if (auto stored = call_hook("find_kernel", [&] { return hooks.find_kernel(source); })) {
+      try {
+        load(*stored);
+        return KernelAcquisition{KernelOrigin::store, 0};
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::driver_error) throw;
+        log(LogLevel::warn, "stored kernel {} did not load, dropping it: {}", spec.str(), e.what());
+        if (hooks.reject_kernel) call_hook("reject_kernel", [&] { hooks.reject_kernel(source, e); });
+      }
+    }
+  }
+  if (policy == Policy::cache_only) {
+    throw Error(ErrorCode::not_found,
+                fmt::format("policy cache-only: no stored kernel for {} (arch {}){}; tune or compile it into the "
+                            "cache (`flashbias tune --problem ...`) or a bundle first, or use policy heuristic",
+                            spec.str(), spec.key.arch.name(),
+                            hooks.find_kernel ? "" : " and no kernel store is attached (FLASHBIAS_CACHE=off?)"));
+  }
+  CompiledKernel compiled = compile_fn(source);
+  const double compile_ms = compiled.compile_ms;
+  if (hooks.store_kernel) {
+    try {
+      call_hook("store_kernel", [&] { hooks.store_kernel(source, compiled); });
+    } catch (const Error& e) {
+      // The kernel is good; failing to remember it only costs a recompile next process.
+      log(LogLevel::warn, "could not store kernel {}: {}", spec.str(), e.what());
+    }
+  }
+  load(compiled);
+  return KernelAcquisition{KernelOrigin::compiled, compile_ms};
+}
+
+namespace {
+
+std::mutex& factory_mutex() {
+  static std::mutex m;
+  return m;
+}
+DefaultHooksFactory& factory_slot() {
+  static DefaultHooksFactory f;
+  return f;
+}
+
+}  // namespace
+
+DefaultHooksFactory set_default_hooks_factory(DefaultHooksFactory factory) {
+  std::lock_guard lock(factory_mutex());
+  return std::exchange(factory_slot(), std::move(factory));
 }
 
 ContextImpl::ContextImpl(ContextOptions options) : options_(options) {
+  if (const char* env = std::getenv("FLASHBIAS_POLICY"); env != nullptr && *env != '\0') {
+    options_.policy = parse_policy(env, "FLASHBIAS_POLICY");
+  }
   const driver::Api& d = driver::api();
   if (options_.device < -1) {
     throw Error(ErrorCode::invalid_argument,
@@ -88,9 +192,16 @@ ContextImpl::ContextImpl(ContextOptions options) : options_(options) {
   device_ = query_device(ordinal);
   driver::check(d.cuDeviceGet(&cu_device_, ordinal), "cuDeviceGet");
   driver::check(d.cuDevicePrimaryCtxRetain(&primary_, cu_device_), "cuDevicePrimaryCtxRetain");
-  log(LogLevel::info, "context on device {} ({}, {}, {} SMs, {} KiB smem/block), driver {}, policy {}", ordinal,
+  DefaultHooksFactory factory;
+  {
+    std::lock_guard lock(factory_mutex());
+    factory = factory_slot();
+  }
+  if (factory) hooks_ = call_hook("default hooks factory", [&] { return factory(*this); });
+  log(LogLevel::info, "context on device {} ({}, {}, {} SMs, {} KiB smem/block), driver {}, policy {}, {}", ordinal,
       device_.name, device_.arch.name(), device_.sm_count, device_.max_smem_per_block_optin / 1024,
-      device_.driver_version, static_cast<int>(options_.policy));
+      device_.driver_version, to_string(options_.policy),
+      hooks_.find_kernel ? "kernel store attached" : "no kernel store");
 }
 
 ContextImpl::~ContextImpl() {
@@ -107,6 +218,11 @@ ContextStats ContextImpl::stats() const {
   s.compiles = compiles_.load(std::memory_order_relaxed);
   s.store_hits = store_hits_.load(std::memory_order_relaxed);
   s.dispatch_misses = dispatch_misses_.load(std::memory_order_relaxed);
+  s.tiles_stored = tiles_stored_.load(std::memory_order_relaxed);
+  s.tiles_tuned = tiles_tuned_.load(std::memory_order_relaxed);
+  s.tiles_heuristic = tiles_heuristic_.load(std::memory_order_relaxed);
+  s.compile_ms = double(compile_us_.load(std::memory_order_relaxed)) / 1e3;
+  s.tune_seconds = double(tune_us_.load(std::memory_order_relaxed)) / 1e6;
   return s;
 }
 
@@ -131,38 +247,35 @@ void ContextImpl::forward(const ForwardArgs& args, CUstream stream) {
 
 const LaunchPlan& ContextImpl::miss(const ProblemKey& key, const ShapeInfo& shape, const DispatchKey& dkey) {
   dispatch_misses_.fetch_add(1, std::memory_order_relaxed);
+  const auto start = std::chrono::steady_clock::now();
   const TileConfig tile = choose_tile(key, shape);
   const LaunchPlan& p = plan(KernelSpec{key, tile});
   {
     std::unique_lock lock(dispatch_mutex_);
     dispatch_.emplace(dkey, &p);  // a racing thread may have inserted the same plan: keep either
   }
-  log(LogLevel::info, "miss {} (batch*heads {}, seqlen_q {}, seqlen_k {}) -> tile {}", key.str(), shape.batch_heads,
-      shape.seqlen_q, shape.seqlen_k, tile.str());
+  if (log_enabled(LogLevel::info)) {
+    log(LogLevel::info, "miss {} bucket {} (batch*heads {}, seqlen_q {}, seqlen_k {}) -> {} in {:.2f} ms", key.str(),
+        dkey.bucket.str(), shape.batch_heads, shape.seqlen_q, shape.seqlen_k, tile.str(),
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
   return p;
 }
 
 TileConfig ContextImpl::choose_tile(const ProblemKey& key, const ShapeInfo& shape) {
-  if (hooks_.find_tile) {
-    if (auto t = call_hook("find_tile", [&] { return hooks_.find_tile(key, shape, device_); })) {
-      log(LogLevel::info, "tile {} for {}: stored winner", t->str(), key.str());
-      return *t;
-    }
+  const TileDecision d = decide_tile(hooks_, options_.policy, key, shape, device_);
+  switch (d.source) {
+    case TileSource::stored: tiles_stored_.fetch_add(1, std::memory_order_relaxed); break;
+    case TileSource::tuned: tiles_tuned_.fetch_add(1, std::memory_order_relaxed); break;
+    case TileSource::heuristic: tiles_heuristic_.fetch_add(1, std::memory_order_relaxed); break;
   }
-  if (options_.policy == Policy::tune) {
-    if (hooks_.tune) {
-      if (auto t = call_hook("tune", [&] { return hooks_.tune(key, shape, device_); })) {
-        log(LogLevel::info, "tile {} for {}: tuned now", t->str(), key.str());
-        return *t;
-      }
-    } else {
-      log(LogLevel::warn, "policy tune, but no tuner is attached to this Context: using the heuristic for {}",
-          key.str());
-    }
-  }
-  const TileConfig t = heuristic_tile(key, shape, device_.max_smem_per_block_optin);
-  log(LogLevel::info, "tile {} for {}: heuristic", t.str(), key.str());
-  return t;
+  if (d.tune_seconds > 0)
+    tune_us_.fetch_add(static_cast<std::uint64_t>(d.tune_seconds * 1e6), std::memory_order_relaxed);
+  if (d.source == TileSource::tuned)
+    log(LogLevel::info, "tile {} for {}: {} in {:.1f} s", d.tile.str(), key.str(), to_string(d.source), d.tune_seconds);
+  else
+    log(LogLevel::info, "tile {} for {}: {}", d.tile.str(), key.str(), to_string(d.source));
+  return d.tile;
 }
 
 const LaunchPlan& ContextImpl::plan(const KernelSpec& spec) {
@@ -198,49 +311,36 @@ std::unique_ptr<LaunchPlan> ContextImpl::build(const KernelSpec& spec) {
   }
   driver::ScopedContext scope(primary_);
 
-  auto finish = [&](std::shared_ptr<const LoadedKernel> kernel) {
-    // A kernel whose registers x threads (+ smem) exceed one SM would only fail at launch time.
-    if (kernel->max_active_blocks_per_sm() == 0) {
-      throw Error(ErrorCode::unsupported,
-                  fmt::format("kernel {} cannot be resident on device {} ({}): {} registers x {} threads, {} bytes "
-                              "dynamic smem",
-                              spec.str(), device_.ordinal, device_.name,
-                              kernel->attribute(CU_FUNC_ATTRIBUTE_NUM_REGS), kernel->threads(), kernel->smem_bytes()));
-    }
-    return std::make_unique<LaunchPlan>(std::move(kernel), spec);
-  };
-
-  if (hooks_.find_kernel) {
-    if (auto stored = call_hook("find_kernel", [&] { return hooks_.find_kernel(source); })) {
-      try {
-        auto kernel = std::make_shared<const LoadedKernel>(*stored);
-        store_hits_.fetch_add(1, std::memory_order_relaxed);
-        log(LogLevel::info, "loaded stored kernel {}", spec.str());
-        return finish(std::move(kernel));
-      } catch (const Error& e) {
-        if (e.code() != ErrorCode::driver_error) throw;
-        log(LogLevel::warn, "stored kernel {} did not load, dropping it: {}", spec.str(), e.what());
-        if (hooks_.reject_kernel) call_hook("reject_kernel", [&] { hooks_.reject_kernel(source, e); });
-      }
-    }
+  std::shared_ptr<const LoadedKernel> kernel;
+  const auto load_start = std::chrono::steady_clock::now();
+  const KernelAcquisition got = acquire_kernel(
+      hooks_, options_.policy, source,
+      [&](const CompiledKernel& k) { kernel = std::make_shared<const LoadedKernel>(k); },
+      [&](const KernelSource& s) {
+        CompiledKernel c = compile(s);
+        compiles_.fetch_add(1, std::memory_order_relaxed);
+        compile_us_.fetch_add(static_cast<std::uint64_t>(c.compile_ms * 1e3), std::memory_order_relaxed);
+        return c;
+      });
+  if (got.origin == KernelOrigin::store) store_hits_.fetch_add(1, std::memory_order_relaxed);
+  if (log_enabled(LogLevel::info)) {
+    const double total_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
+    if (got.origin == KernelOrigin::store)
+      log(LogLevel::info, "kernel {}: source cache (store hit), loaded in {:.2f} ms", spec.str(), total_ms);
+    else
+      log(LogLevel::info, "kernel {}: source compile (NVRTC {:.1f} ms), ready in {:.1f} ms", spec.str(),
+          got.compile_ms, total_ms);
   }
-  if (options_.policy == Policy::cache_only) {
-    throw Error(ErrorCode::not_found,
-                fmt::format("policy cache_only: no stored kernel for {} (arch {}); compile it into the cache or a "
-                            "bundle first, or use Policy::heuristic",
-                            spec.str(), device_.arch.name()));
+  // A kernel whose registers x threads (+ smem) exceed one SM would only fail at launch time.
+  if (kernel->max_active_blocks_per_sm() == 0) {
+    throw Error(ErrorCode::unsupported,
+                fmt::format("kernel {} cannot be resident on device {} ({}): {} registers x {} threads, {} bytes "
+                            "dynamic smem",
+                            spec.str(), device_.ordinal, device_.name, kernel->attribute(CU_FUNC_ATTRIBUTE_NUM_REGS),
+                            kernel->threads(), kernel->smem_bytes()));
   }
-  CompiledKernel compiled = compile(source);
-  compiles_.fetch_add(1, std::memory_order_relaxed);
-  if (hooks_.store_kernel) {
-    try {
-      call_hook("store_kernel", [&] { hooks_.store_kernel(source, compiled); });
-    } catch (const Error& e) {
-      // The kernel is good; failing to remember it only costs a recompile next process.
-      log(LogLevel::warn, "could not store kernel {}: {}", spec.str(), e.what());
-    }
-  }
-  return finish(std::make_shared<const LoadedKernel>(compiled));
+  return std::make_unique<LaunchPlan>(std::move(kernel), spec);
 }
 
 // --- flashbias::Context: a thin owner of the impl.

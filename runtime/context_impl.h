@@ -1,6 +1,6 @@
 // ContextImpl: the dispatch behind flashbias::Context.
 //
-//   forward(args): validate -> ProblemKey -> dispatch map (ProblemKey, shape bucket) -> LaunchPlan
+//   forward(args): validate -> ProblemKey -> dispatch map (ProblemKey, ShapeBucket) -> LaunchPlan
 //     hit:  a shared-lock lookup and a launch. No allocation, no synchronisation: graph-capture safe.
 //     miss: TileConfig (hooks.find_tile, tuner by policy, else heuristic_tile) -> KernelSpec ->
 //           per-spec build, done once even under concurrent first calls:
@@ -20,11 +20,13 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "flashbias/flashbias.hpp"
 #include "generator/kernel_source.h"
 #include "generator/problem_key.h"
+#include "generator/shape_bucket.h"
 #include "generator/variants.h"
 #include "runtime/compiler.h"
 #include "runtime/device.h"
@@ -56,12 +58,67 @@ struct ContextStats {
   std::uint64_t compiles = 0;      ///< NVRTC compilations
   std::uint64_t store_hits = 0;    ///< kernels restored through hooks.find_kernel
   std::uint64_t dispatch_misses = 0;
+  std::uint64_t tiles_stored = 0;     ///< dispatch misses answered by a stored tuning winner
+  std::uint64_t tiles_tuned = 0;      ///< ... by tuning on the spot (Policy::tune)
+  std::uint64_t tiles_heuristic = 0;  ///< ... by the built-in heuristic
+  double compile_ms = 0;              ///< total NVRTC wall time
+  double tune_seconds = 0;            ///< total time spent in hooks.tune
 };
+
+/// "heuristic", "tune", "cache-only".
+const char* to_string(Policy policy) noexcept;
+/// "heuristic" | "tune" | "cache-only" (also "cache_only"); throws Error(invalid_argument)
+/// naming `what` (e.g. "FLASHBIAS_POLICY"), the value and the allowed ones.
+Policy parse_policy(std::string_view text, std::string_view what);
+
+/// Where a dispatch miss got its tile from (logged, counted in ContextStats).
+enum class TileSource : std::uint8_t { stored, tuned, heuristic };
+const char* to_string(TileSource source) noexcept;
+
+struct TileDecision {
+  TileConfig tile;
+  TileSource source = TileSource::heuristic;
+  double tune_seconds = 0;  ///< time spent in hooks.tune (0 unless it was called)
+};
+
+/// The policy's tile choice for a dispatch miss, apart from any GPU so that it is tested with fake
+/// hooks: a stored winner (hooks.find_tile) under every policy; else under Policy::tune a tuning
+/// run now (hooks.tune); else heuristic_tile within the device's shared memory. A hook that throws
+/// a non-flashbias exception becomes Error(internal) naming the hook.
+TileDecision decide_tile(const ContextHooks& hooks, Policy policy, const ProblemKey& key, const ShapeInfo& shape,
+                         const DeviceInfo& device);
+
+/// Where a built kernel's cubin came from.
+enum class KernelOrigin : std::uint8_t { store, compiled };
+
+struct KernelAcquisition {
+  KernelOrigin origin = KernelOrigin::compiled;
+  double compile_ms = 0;  ///< NVRTC time when compiled here
+};
+
+/// The kernel half of a miss, apart from the driver: try hooks.find_kernel and `load` it (a load
+/// that throws Error(driver_error), e.g. a cubin from a newer toolkit, is reported through
+/// hooks.reject_kernel and skipped); then, unless Policy::cache_only (Error(not_found) naming the
+/// spec: NVRTC is never touched), `compile_fn`, hooks.store_kernel (a failure only warns), `load`.
+KernelAcquisition acquire_kernel(const ContextHooks& hooks, Policy policy, const KernelSource& source,
+                                 const std::function<void(const CompiledKernel&)>& load,
+                                 const std::function<CompiledKernel(const KernelSource&)>& compile_fn);
+
+class ContextImpl;
+/// Builds the hooks every new Context starts with (the layer that owns the store and the tuner
+/// registers one: see tuner/default_hooks.h). The runtime cannot name those layers (they depend
+/// on it), so they come in through this one process-wide slot. Empty: Contexts start hook-less.
+using DefaultHooksFactory = std::function<ContextHooks(const ContextImpl&)>;
+/// Replace the factory; returns the previous one. Thread-safe; affects Contexts created later.
+DefaultHooksFactory set_default_hooks_factory(DefaultHooksFactory factory);
 
 class ContextImpl {
  public:
   /// Load the driver, pick the device (options.device; -1: the current context's device, else
-  /// 0), retain its primary context. Throws Error(no_gpu), Error(invalid_argument) for a bad ordinal.
+  /// 0), retain its primary context, install the default hooks (set_default_hooks_factory).
+  /// FLASHBIAS_POLICY, when set, overrides options.policy: it is the operator's switch for a
+  /// deployed program (e.g. cache-only in production, tune on a staging box). Throws
+  /// Error(no_gpu), Error(invalid_argument) for a bad ordinal or a bad FLASHBIAS_POLICY.
   explicit ContextImpl(ContextOptions options);
   ~ContextImpl();
   ContextImpl(const ContextImpl&) = delete;
@@ -88,7 +145,7 @@ class ContextImpl {
   struct Build;  // one per KernelSpec: built once, then immutable
   struct DispatchKey {
     ProblemKey key;
-    std::uint8_t log2_batch_heads, log2_seqlen_q, log2_seqlen_k;
+    ShapeBucket bucket;  // shape_bucket(): the same classes the tuner stores winners for
     bool operator==(const DispatchKey&) const = default;
   };
   struct DispatchHash {
@@ -114,6 +171,8 @@ class ContextImpl {
   std::unordered_map<KernelSpec, std::shared_ptr<Build>> builds_;
 
   std::atomic<std::uint64_t> compiles_{0}, store_hits_{0}, plans_{0}, dispatch_misses_{0};
+  std::atomic<std::uint64_t> tiles_stored_{0}, tiles_tuned_{0}, tiles_heuristic_{0};
+  std::atomic<std::uint64_t> compile_us_{0}, tune_us_{0};
 };
 
 }  // namespace flashbias

@@ -10,5 +10,8 @@ void add_info(CLI::App& app, int& rc);
 void add_gen(CLI::App& app, int& rc);
 void add_check(CLI::App& app, int& rc);
 void add_demo(CLI::App& app, int& rc);
+void add_tune(CLI::App& app, int& rc);
+void add_cache(CLI::App& app, int& rc);
+void add_bench_runtime(CLI::App& app, int& rc);
 
 }  // namespace flashbias::cli

@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "flashbias/flashbias.hpp"
+#include "tuner/default_hooks.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"FlashBias JIT: attention with a low-rank bias, generated, compiled and tuned at run time.\n"
@@ -16,6 +17,11 @@ int main(int argc, char** argv) {
   flashbias::cli::add_gen(app, rc);
   flashbias::cli::add_check(app, rc);
   flashbias::cli::add_demo(app, rc);
+  flashbias::cli::add_tune(app, rc);
+  flashbias::cli::add_cache(app, rc);
+  flashbias::cli::add_bench_runtime(app, rc);
+  // Contexts made by any subcommand use the per-user kernel store and the tuned winners.
+  flashbias::tuner::enable_default_store_hooks();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

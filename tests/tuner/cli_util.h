@@ -1,0 +1,39 @@
+// Running the `flashbias` CLI from tests: the binary sits in the build root, one level above the
+// test binary (build/tests/flashbias_tests -> build/flashbias).
+#pragma once
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+
+namespace flashbias::test {
+
+inline std::filesystem::path cli_path() {
+  return std::filesystem::canonical("/proc/self/exe").parent_path().parent_path() / "flashbias";
+}
+
+struct CliResult {
+  int status = -1;     ///< exit code
+  std::string output;  ///< stdout (and stderr when merged)
+};
+
+/// Run `env flashbias args` through the shell; `args` is pasted as is (quote it yourself).
+/// stderr is merged into output unless `stdout_only`.
+inline CliResult run_cli(const std::string& env, const std::string& args, bool stdout_only = false) {
+  const std::string cmd = env + " '" + cli_path().string() + "' " + args + (stdout_only ? " 2>/dev/null" : " 2>&1");
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (!f) throw std::runtime_error("popen failed: " + cmd);
+  CliResult r;
+  std::array<char, 4096> buf{};
+  while (std::size_t n = std::fread(buf.data(), 1, buf.size(), f)) r.output.append(buf.data(), n);
+  const int status = ::pclose(f);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace flashbias::test

@@ -1,0 +1,114 @@
+// `flashbias tune` option handling, without a GPU: the request is resolved and checked before any
+// device is touched, so every mistake fails fast with the flag named.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+
+#include "cache/cache_test_util.h"
+#include "flashbias/flashbias.hpp"
+#include "tuner/cli_util.h"
+#include "tuner/tune_request.h"
+
+using namespace flashbias;
+using Catch::Matchers::Contains;
+
+TEST_CASE("tune request: problems, presets, files, strategy options, budget", "[cpu][tuner][cli]") {
+  tuner::TuneArgs a;
+  a.problems = {"b=2,h=4,n=1000,d=64,r=8", "n=4096,d=128,r=16,mask=causal"};
+  tuner::TuneRequest r = tuner::resolve_tune_args(a);
+  REQUIRE(r.problems.size() == 2);
+  CHECK(r.problems[1].spec.mask == MaskKind::causal);
+  CHECK(r.strategy == "halving");
+  CHECK(r.budget_seconds == tuner::kDefaultBudgetSeconds);
+  CHECK(r.strategy_options.at("budget") == "60");
+
+  a.strategy = "exhaustive";
+  a.budget = 0.0;
+  a.strategy_options = {"repeats=7"};
+  r = tuner::resolve_tune_args(a);
+  CHECK(r.budget_seconds == 0);
+  CHECK(r.strategy_options.at("repeats") == "7");
+
+  tuner::TuneArgs p;
+  p.preset = "bench";
+  CHECK(tuner::resolve_tune_args(p).problems.size() == bench_presets().size());
+  p.preset = bench_presets().front().name;
+  CHECK(tuner::resolve_tune_args(p).problems.size() == 1);
+
+  cache::test::TempDir dir;
+  {
+    std::ofstream f(dir / "problems.txt");
+    f << "# cases to tune\n\nb=1,h=8,n=512,d=64,r=4   # short\n  n=2048,d=32,r=2,mask=causal\n";
+  }
+  tuner::TuneArgs fa;
+  fa.file = (dir / "problems.txt").string();
+  r = tuner::resolve_tune_args(fa);
+  REQUIRE(r.problems.size() == 2);
+  CHECK(r.problems[0].name == "problems.txt:3");
+  CHECK(r.problems[1].spec.head_dim == 32);
+  {
+    std::ofstream f(dir / "bad.txt");
+    f << "n=128,d=64\nn=128,d=65\n";
+  }
+  fa.file = (dir / "bad.txt").string();
+  CHECK_THROWS_WITH(tuner::resolve_tune_args(fa), Contains("bad.txt line 2") && Contains("d"));
+}
+
+TEST_CASE("tune request errors name the flag", "[cpu][tuner][cli]") {
+  auto err = [](tuner::TuneArgs a) {
+    try {
+      tuner::resolve_tune_args(a);
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::invalid_argument);
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  tuner::TuneArgs a;
+  CHECK_THAT(err(a), Contains("say what to tune"));
+  a.problems = {"n=128,d=64"};
+  a.preset = "bench";
+  CHECK_THAT(err(a), Contains("alternatives"));
+  a.preset.clear();
+  a.strategy = "random";
+  CHECK_THAT(err(a), Contains("unknown tuning strategy 'random'"));
+  a.strategy = "halving";
+  a.strategy_options = {"eta=1"};
+  CHECK_THAT(err(a), Contains("'eta' = 1 is outside"));
+  a.strategy_options = {"repeats=3"};
+  CHECK_THAT(err(a), Contains("has no option 'repeats'"));
+  a.strategy_options = {"budget=5"};
+  a.budget = 10.0;
+  CHECK_THAT(err(a), Contains("budget is given twice"));
+  a.strategy_options.clear();
+  a.budget = -1.0;
+  CHECK_THAT(err(a), Contains("--budget -1 is outside [0, 86400]"));
+  a.budget.reset();
+  a.problems = {"n=128,d=64", "n=128,d=7"};
+  CHECK_THAT(err(a), Contains("--problem #2 'n=128,d=7'"));
+  tuner::TuneArgs p;
+  p.preset = "nope";
+  CHECK_THAT(err(p), Contains("--preset 'nope' is unknown") && Contains("bench, demo"));
+  tuner::TuneArgs f;
+  f.file = "/nonexistent/problems.txt";
+  CHECK_THAT(err(f), Contains("cannot be opened"));
+}
+
+TEST_CASE("flashbias tune rejects bad options before touching a GPU", "[cpu][tuner][cli]") {
+  using test::run_cli;
+  auto r = run_cli("", "tune --strategy bogus -p n=128,d=64");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("unknown tuning strategy 'bogus'"));
+  r = run_cli("", "tune");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("say what to tune"));
+  r = run_cli("", "tune -p n=128,d=64 --strategy exhaustive --strategy-option eta=3");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("strategy 'exhaustive' has no option 'eta'"));
+  r = run_cli("", "tune -p n=128,d=64 --budget 100000");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("--budget 100000 is outside"));
+  r = run_cli("", "tune --help");
+  CHECK(r.status == 0);
+  CHECK_THAT(r.output, Contains("--strategy") && Contains("--budget") && Contains("--json") && Contains("--file"));
+}

@@ -1,0 +1,49 @@
+// Persistent tuning end to end on a GPU: one process tunes a small key into a fresh store, and a
+// second process serves the same shape class from it with no compile: the stored winner's tile
+// and the stored cubin (Context stats from the first-call probe, and the info log's cache hit).
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "cache/cache_test_util.h"
+#include "cache/store.h"
+#include "tuner/cli_util.h"
+
+using namespace flashbias;
+using Catch::Matchers::Contains;
+
+TEST_CASE("a tuned winner is used by the next process without compiling", "[gpu][tuner]") {
+  using test::run_cli;
+  cache::test::TempDir dir;
+  const std::string env = "FLASHBIAS_CACHE_DIR='" + dir.path().string() + "'";
+  const std::string problem = "b=1,h=2,n=256,d=64,r=8";
+
+  auto tuned = run_cli(env, "tune --json --strategy halving --budget 120 -p " + problem, true);
+  INFO(tuned.output);
+  REQUIRE(tuned.status == 0);
+  const nlohmann::json report = nlohmann::json::parse(tuned.output).at(0);
+  REQUIRE(report["winner"].is_string());
+  CHECK(report["stored"] == true);
+  CHECK(report["counts"]["passed"].get<int>() >= 1);
+  // Every prepared candidate is in the stored run, not just the winner.
+  CHECK(report["run"]["candidates"].size() >= std::size_t(report["counts"]["passed"].get<int>()));
+
+  // Another shape of the same bucket (nq, nk in 129..256, batch*heads 2).
+  auto probe = run_cli(env + " FLASHBIAS_LOG=info", "bench-runtime --probe b=1,h=2,n=200,d=64,r=8");
+  INFO(probe.output);
+  REQUIRE(probe.status == 0);
+  CHECK_THAT(probe.output, Contains("tuning hit") && Contains("kernel store hit"));
+  const std::string json_line = probe.output.substr(probe.output.rfind('{'));
+  const nlohmann::json j = nlohmann::json::parse(json_line);
+  CHECK(j["compiles"] == 0);
+  CHECK(j["store_hits"] == 1);
+  CHECK(j["tiles_stored"] == 1);
+  CHECK_THAT(probe.output, Contains(report["winner"].get<std::string>()));
+
+  // Policy cache-only serves it too, and a key with nothing stored is an error naming the key.
+  auto cache_only = run_cli(env + " FLASHBIAS_POLICY=cache-only", "bench-runtime --probe b=1,h=2,n=256,d=64,r=8", true);
+  CHECK(cache_only.status == 0);
+  auto miss = run_cli(env + " FLASHBIAS_POLICY=cache-only", "bench-runtime --probe b=1,h=2,n=256,d=128,r=8");
+  CHECK(miss.status != 0);
+  CHECK_THAT(miss.output, Contains("cache-only") && Contains("d128"));
+}

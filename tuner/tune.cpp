@@ -1,0 +1,158 @@
+#include "tuner/tune.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+
+#include "cache/store.h"
+#include "generator/kernel_source.h"
+#include "generator/variants.h"
+#include "runtime/log.h"
+#include "runtime/nvrtc_api.h"
+#include "tuner/store_records.h"
+
+namespace flashbias::tuner {
+
+cache::TuningRun make_run_record(const StrategyResult& result, const std::vector<std::string>& names,
+                                 OutcomeCounts* counts) {
+  cache::TuningRun run;
+  OutcomeCounts c;
+  for (std::size_t i = 0; i < result.candidates.size(); ++i) {
+    const CandidateResult& r = result.candidates[i];
+    if (!r.verdict) {
+      ++c.skipped;
+      continue;
+    }
+    cache::TuningCandidate t;
+    t.tile = names.at(i);
+    t.outcome = r.verdict->outcome;
+    t.reason = r.verdict->reason;
+    t.compile_ms = r.verdict->compile_ms;
+    t.max_error = r.verdict->max_error;
+    if (r.timing && r.verdict->outcome == Outcome::passed) {
+      t.median_ms = r.timing->median_ms;
+      t.min_ms = r.timing->min_ms;
+      t.max_ms = r.timing->max_ms;
+      t.repeats = r.timing->repeats;
+    }
+    switch (t.outcome) {
+      case Outcome::passed: ++c.passed; break;
+      case Outcome::incorrect: ++c.incorrect; break;
+      case Outcome::compile_failed: ++c.compile_failed; break;
+      case Outcome::launch_failed: ++c.launch_failed; break;
+      case Outcome::not_supported: ++c.not_supported; break;
+    }
+    run.candidates.push_back(std::move(t));
+  }
+  if (result.winner) run.winner_tile = names.at(*result.winner);
+  if (counts) *counts = c;
+  return run;
+}
+
+ProblemSpec problem_for(const ProblemKey& key, const ShapeInfo& shape) {
+  ProblemSpec p;
+  p.dtype = key.dtype;
+  p.batch = 1;
+  p.heads = std::max<std::int64_t>(1, shape.batch_heads);
+  p.seqlen_q = std::max<std::int64_t>(1, shape.seqlen_q);
+  p.seqlen_k = std::max<std::int64_t>(1, shape.seqlen_k);
+  p.head_dim = key.head_dim;
+  p.rank = key.rank;
+  p.mask = key.mask;
+  if (key.rank > 0) {
+    p.qb_layout = FactorLayout{(key.broadcast & kQbBatch) != 0, (key.broadcast & kQbHead) != 0};
+    p.kb_layout = FactorLayout{(key.broadcast & kKbBatch) != 0, (key.broadcast & kKbHead) != 0};
+  }
+  validate(p);
+  return p;
+}
+
+TuneReport tune(const ProblemSpec& problem, const DeviceInfo& device, cache::Store* store, const TuneOptions& options,
+                const ProgressFn& progress) {
+  const auto start = std::chrono::steady_clock::now();
+  auto strategy = make_strategy(options.strategy);
+  const StrategyOptions strategy_options = resolve_options(*strategy, options.strategy_options);
+
+  TuneReport report;
+  report.problem = problem;
+  const ShapeInfo shape{problem.batch * problem.heads, problem.seqlen_q, problem.seqlen_k};
+  report.bucket = shape_bucket(shape);
+  report.device = fingerprint(device).str();
+
+  // The key depends on the buffers' alignment, so the source (which owns the buffers) derives it;
+  // the search space is then the variant table's for that key, ignoring shared memory: candidates
+  // over the device's limit are recorded as not_supported with the figure, not silently absent.
+  auto source = std::make_unique<GpuSource>(device, problem, std::vector<TileConfig>{}, options.key, options.source);
+  const std::vector<TileConfig> tiles = enumerate_tiles(source->key(), std::numeric_limits<std::size_t>::max());
+  if (tiles.empty()) {
+    throw Error(ErrorCode::unsupported,
+                fmt::format("no tile configuration in the variant table covers {}", source->key().str()));
+  }
+  source->set_tiles(tiles);
+  report.key = source->key();
+  report.heuristic = heuristic_tile(report.key, shape, device.max_smem_per_block_optin);
+  log(LogLevel::info, "tuning {} bucket {} on {}: {} candidates, strategy {}", report.key.str(), report.bucket.str(),
+      device.name, tiles.size(), strategy->name());
+
+  const StrategyResult result = strategy->run(*source, strategy_options, progress);
+  report.budget_exhausted = result.budget_exhausted;
+
+  std::vector<std::string> names;
+  for (const TileConfig& t : tiles) names.push_back(t.str());
+  report.run = make_run_record(result, names, &report.counts);
+  report.run.device = fingerprint(device);
+  report.run.problem_key = report.key.str();
+  report.run.arch = report.key.arch.name();
+  report.run.bucket = report.bucket.str();
+  report.run.strategy = std::string(strategy->name());
+  report.run.templates_hash = templates_hash();
+  report.run.nvrtc_version = nvrtc_version_number(nvrtc::api().version());
+
+  if (result.winner) {
+    report.winner = tiles[*result.winner];
+    report.winner_ms = result.candidates[*result.winner].timing->median_ms;
+  }
+
+  // Side by side with the heuristic, on the same inputs and flush, so the speed-up column compares
+  // like with like (the strategy's numbers come from different rungs and moments).
+  const auto h = std::find(tiles.begin(), tiles.end(), report.heuristic);
+  if (h == tiles.end()) {
+    report.heuristic_note = "not in the variant table";
+  } else {
+    const std::size_t hi = std::size_t(h - tiles.begin());
+    const Verdict hv = source->prepare({hi}).front();
+    if (hv.outcome != Outcome::passed) {
+      report.heuristic_note = fmt::format("{}: {}", cache::to_string(hv.outcome), hv.reason);
+    } else if (options.compare_repeats > 0) {
+      try {
+        if (report.winner) report.winner_ms = source->time(*result.winner, options.compare_repeats).median_ms;
+        report.heuristic_ms = source->time(hi, options.compare_repeats).median_ms;
+      } catch (const Error& e) {
+        report.heuristic_note = fmt::format("comparison failed: {}", e.what());
+      }
+    } else if (result.candidates[hi].timing) {
+      report.heuristic_ms = result.candidates[hi].timing->median_ms;
+    }
+  }
+
+  report.run.tuning_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (store != nullptr) {
+    try {
+      report.run.id = store->put_tuning_run(report.run);
+      if (report.winner) {
+        const std::size_t w = *result.winner;
+        store->put_kernel(kernel_record(*source->source(w), *source->compiled(w), device.driver_version));
+      }
+      report.stored = true;
+    } catch (const Error& e) {
+      report.store_warning = e.what();
+      log(LogLevel::warn, "tuning results for {} not stored: {}", report.key.str(), e.what());
+    }
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+}  // namespace flashbias::tuner
