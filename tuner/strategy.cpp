@@ -99,6 +99,11 @@ std::optional<std::size_t> pick_winner(const std::vector<CandidateResult>& resul
 
 namespace {
 
+OptionSpec passes_option(double default_passes) {
+  return {"passes", "interleaved passes a rung's repeats are split into (evens out clock drift)", default_passes, 1,
+          100, true};
+}
+
 OptionSpec budget_option() {
   return {"budget", "wall-clock seconds for the whole run, compilation included; 0 = unlimited", 0, 0, 86400, false};
 }
@@ -152,21 +157,71 @@ class Run {
     return passed;
   }
 
-  /// Time one candidate. A run-time failure turns its verdict into launch_failed (it can no longer
-  /// win) instead of aborting the whole run.
-  std::optional<Timing> time(std::size_t i, int repeats, int rung) {
+  /// Time `ids` with `repeats` runs each, split into `passes` interleaved passes (A, B, C, A, B,
+  /// C, ...): a slow drift of the GPU clock (heat, power limit; 3-4 % between back-to-back
+  /// timings of one kernel on an H100) then lands on every candidate alike instead of on whichever
+  /// was timed last. A candidate's timing is the median of its pass medians, min of mins, max of
+  /// maxes. A run-time failure turns its verdict into launch_failed (it can no longer win) instead
+  /// of aborting the run. Returns (median, id) of every candidate timed, in `ids` order.
+  std::vector<std::pair<double, std::size_t>> time_rung(const std::vector<std::size_t>& ids, int repeats, int passes,
+                                                        int rung) {
+    passes = std::clamp(passes, 1, repeats);
+    std::vector<std::vector<Timing>> got(ids.size());
+    std::vector<bool> failed(ids.size(), false);
+    for (int p = 0; p < passes && !result_.budget_exhausted; ++p) {
+      const int r = repeats / passes + (p < repeats % passes ? 1 : 0);
+      for (std::size_t j = 0; j < ids.size(); ++j) {
+        if (failed[j]) continue;
+        if (!time_fits(ids[j], r)) break;
+        if (auto t = measure(ids[j], r, passes > 1 ? fmt::format("time x{} ({}/{})", repeats, p + 1, passes)
+                                                   : fmt::format("time x{}", repeats))) {
+          got[j].push_back(*t);
+          note_best(ids[j], t->median_ms, rung);  // provisional, for the progress line
+        } else {
+          failed[j] = true;
+        }
+      }
+    }
+    std::vector<std::pair<double, std::size_t>> out;
+    for (std::size_t j = 0; j < ids.size(); ++j) {
+      if (failed[j] || got[j].empty()) continue;
+      std::vector<double> medians;
+      Timing m{0, got[j].front().min_ms, got[j].front().max_ms, 0};
+      for (const Timing& t : got[j]) {
+        medians.push_back(t.median_ms);
+        m.min_ms = std::min(m.min_ms, t.min_ms);
+        m.max_ms = std::max(m.max_ms, t.max_ms);
+        m.repeats += t.repeats;
+      }
+      std::sort(medians.begin(), medians.end());
+      const std::size_t h = medians.size() / 2;
+      m.median_ms = medians.size() % 2 ? medians[h] : 0.5 * (medians[h - 1] + medians[h]);
+      CandidateResult& c = result_.candidates[ids[j]];
+      c.timing = m;
+      c.rung = rung;
+      note_best(ids[j], m.median_ms, rung);
+      out.emplace_back(m.median_ms, ids[j]);
+    }
+    return out;
+  }
+
+  StrategyResult finish() {
+    result_.winner = pick_winner(result_.candidates);
+    if (result_.winner) {  // the final line shows the winner, not a provisional pass leader
+      best_ = result_.winner;
+      best_ms_ = result_.candidates[*result_.winner].timing->median_ms;
+    }
+    total_ = done_;
+    report("done");
+    return std::move(result_);
+  }
+
+ private:
+  std::optional<Timing> measure(std::size_t i, int repeats, const std::string& phase) {
     const double t0 = source_.elapsed_seconds();
     std::optional<Timing> t;
     try {
       t = source_.time(i, repeats);
-      CandidateResult& r = result_.candidates[i];
-      r.timing = t;
-      r.rung = rung;
-      if (!best_ || best_rung_ < rung || (best_rung_ == rung && t->median_ms < best_ms_)) {
-        best_ = i;
-        best_ms_ = t->median_ms;
-        best_rung_ = rung;
-      }
     } catch (const Error& e) {
       if (e.code() != ErrorCode::launch_failed && e.code() != ErrorCode::driver_error) throw;
       CandidateResult& r = result_.candidates[i];
@@ -177,18 +232,18 @@ class Run {
     time_cost_.add(source_.elapsed_seconds() - t0, std::size_t(repeats));
     ++result_.measurements;
     ++done_;
-    report(fmt::format("time x{}", repeats));
+    report(phase);
     return t;
   }
 
-  StrategyResult finish() {
-    result_.winner = pick_winner(result_.candidates);
-    total_ = done_;
-    report("done");
-    return std::move(result_);
+  void note_best(std::size_t i, double ms, int rung) {
+    if (!best_ || best_rung_ < rung || (best_rung_ == rung && ms < best_ms_)) {
+      best_ = i;
+      best_ms_ = ms;
+      best_rung_ = rung;
+    }
   }
 
- private:
   bool within(double expected) {
     if (budget_ <= 0 || source_.elapsed_seconds() + expected <= budget_) return true;
     result_.budget_exhausted = true;
@@ -262,6 +317,7 @@ class Exhaustive final : public Strategy {
   const std::vector<OptionSpec>& options() const override {
     static const std::vector<OptionSpec> table{
         {"repeats", "timed runs per candidate (median and spread are taken over them)", 20, 1, 10000, true},
+        passes_option(2),
         budget_option(),
     };
     return table;
@@ -272,12 +328,10 @@ class Exhaustive final : public Strategy {
     const std::size_t n = source.size();
     run.set_total(2 * n);  // prepare n + time up to n; refined once verdicts are known
     const std::vector<std::size_t> passed = prepare_all(run, source);
-    run.set_total(n + passed.size());
     const int repeats = options.integer("repeats");
-    for (std::size_t i : passed) {
-      if (!run.time_fits(i, repeats)) break;
-      run.time(i, repeats, 0);
-    }
+    const int passes = std::min(options.integer("passes"), repeats);
+    run.set_total(n + passed.size() * std::size_t(passes));
+    run.time_rung(passed, repeats, passes, 0);
     return run.finish();
   }
 };
@@ -294,6 +348,7 @@ class Halving final : public Strategy {
         {"eta", "keep the best 1/eta of each rung; repeats grow eta-fold per rung", 3, 2, 16, true},
         {"min_repeats", "timed runs per candidate in the first rung", 3, 1, 1000, true},
         {"max_repeats", "timed runs per candidate in the last rung", 27, 1, 10000, true},
+        passes_option(3),
         budget_option(),
     };
     return table;
@@ -308,19 +363,16 @@ class Halving final : public Strategy {
                   fmt::format("strategy 'halving': min_repeats = {} exceeds max_repeats = {}", min_repeats,
                               max_repeats));
     }
+    const int passes = options.integer("passes");
     Run run(source, options.number("budget"), progress);
     const std::size_t n = source.size();
-    run.set_total(n + planned_timings(n, eta, min_repeats, max_repeats));
+    run.set_total(n + planned_timings(n, eta, min_repeats, max_repeats, passes));
     std::vector<std::size_t> survivors = prepare_all(run, source);
-    run.set_total(n + planned_timings(survivors.size(), eta, min_repeats, max_repeats));
+    run.set_total(n + planned_timings(survivors.size(), eta, min_repeats, max_repeats, passes));
 
     int repeats = min_repeats;
     for (int rung = 0; !survivors.empty(); ++rung) {
-      std::vector<std::pair<double, std::size_t>> timed;
-      for (std::size_t i : survivors) {
-        if (!run.time_fits(i, repeats)) break;
-        if (auto t = run.time(i, repeats, rung)) timed.emplace_back(t->median_ms, i);
-      }
+      std::vector<std::pair<double, std::size_t>> timed = run.time_rung(survivors, repeats, passes, rung);
       if (run.result().budget_exhausted || timed.size() <= 1 || repeats >= max_repeats) break;
       std::sort(timed.begin(), timed.end());
       const std::size_t keep = (timed.size() + std::size_t(eta) - 1) / std::size_t(eta);
@@ -334,10 +386,10 @@ class Halving final : public Strategy {
 
  private:
   // Timings the plan makes for `m` passed candidates, to size the progress bar.
-  static std::size_t planned_timings(std::size_t m, int eta, int repeats, int max_repeats) {
+  static std::size_t planned_timings(std::size_t m, int eta, int repeats, int max_repeats, int passes) {
     std::size_t total = 0;
     while (m > 0) {
-      total += m;
+      total += m * std::size_t(std::clamp(passes, 1, repeats));
       if (m <= 1 || repeats >= max_repeats) break;
       m = (m + std::size_t(eta) - 1) / std::size_t(eta);
       if (m <= 1) break;

@@ -125,10 +125,24 @@ TuneReport tune(const ProblemSpec& problem, const DeviceInfo& device, cache::Sto
     const Verdict hv = source->prepare({hi}).front();
     if (hv.outcome != Outcome::passed) {
       report.heuristic_note = fmt::format("{}: {}", cache::to_string(hv.outcome), hv.reason);
+    } else if (options.compare_repeats > 0 && report.winner && *report.winner == report.heuristic) {
+      report.heuristic_ms = report.winner_ms;  // one kernel: timing it twice would only show drift
     } else if (options.compare_repeats > 0) {
+      // Alternate the two in rounds so that clock drift falls on both alike; median of rounds.
+      constexpr int kRounds = 5;
+      const int per_round = std::max(1, options.compare_repeats / kRounds);
+      std::vector<double> w_ms, h_ms;
       try {
-        if (report.winner) report.winner_ms = source->time(*result.winner, options.compare_repeats).median_ms;
-        report.heuristic_ms = source->time(hi, options.compare_repeats).median_ms;
+        for (int round = 0; round < kRounds; ++round) {
+          if (report.winner) w_ms.push_back(source->time(*result.winner, per_round).median_ms);
+          h_ms.push_back(source->time(hi, per_round).median_ms);
+        }
+        auto median = [](std::vector<double> v) {
+          std::sort(v.begin(), v.end());
+          return v[v.size() / 2];
+        };
+        if (!w_ms.empty()) report.winner_ms = median(w_ms);
+        report.heuristic_ms = median(h_ms);
       } catch (const Error& e) {
         report.heuristic_note = fmt::format("comparison failed: {}", e.what());
       }

@@ -1,5 +1,6 @@
-// Running the `flashbias` CLI from tests: the binary sits in the build root, one level above the
-// test binary (build/tests/flashbias_tests -> build/flashbias).
+// Running the `flashbias` CLI from tests: $FLASHBIAS_CLI if set, else a `flashbias` beside the
+// test binary (carry/ on the GPU machine), else the build root one level above it
+// (build/tests/flashbias_tests -> build/flashbias).
 #pragma once
 
 #include <sys/wait.h>
@@ -7,6 +8,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -14,7 +16,10 @@
 namespace flashbias::test {
 
 inline std::filesystem::path cli_path() {
-  return std::filesystem::canonical("/proc/self/exe").parent_path().parent_path() / "flashbias";
+  if (const char* env = std::getenv("FLASHBIAS_CLI"); env != nullptr && *env != '\0') return env;
+  const std::filesystem::path dir = std::filesystem::canonical("/proc/self/exe").parent_path();
+  if (std::filesystem::exists(dir / "flashbias")) return dir / "flashbias";
+  return dir.parent_path() / "flashbias";
 }
 
 struct CliResult {

@@ -91,6 +91,7 @@ void add_cache(CLI::App& app, int& rc) {
       "cache", "Inspect and maintain the kernel and tuning cache ($FLASHBIAS_CACHE_DIR, else $XDG_CACHE_HOME/flashbias, "
                "else ~/.cache/flashbias)");
   cmd->require_subcommand(1);
+  cmd->fallthrough();  // `cache stats --json` as well as `cache --json stats`
   cmd->add_option("--db", o->db, "a store file to use instead of the default location");
   cmd->add_flag("--json", o->json, "print the structured result as JSON");
 
