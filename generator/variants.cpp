@@ -60,25 +60,42 @@ std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_
 }
 
 TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
-  // Preference lists per head-dim class, best first. Register counts are ptxas's for sm_80
-  // (fp16, rank 16), read with `flashbias gen --emit resources`:
-  //  - d <= 64: 4 warps of 32 rows keep 167-220 registers with no spills, and 128x64 tiles with
-  //    two K/V stages fit in under 64 KiB, so several CTAs share an SM.
-  //  - d <= 128: 4 warps of 32 rows need 255 registers and spill at rank 16; 8 warps of 16 rows
-  //    need about 185, so the 128-row tile uses 8 warps.
+  // Preference lists per head-dim class, best first, from the sweep of every legal tile on the
+  // benchmark shapes (H100, 2026-11-24, docs/PERF_NOTES.md step 6); a tuned winner overrides them.
+  //  - d <= 64, long rows: 128x128 tiles, 4 warps of 32 rows, one K/V stage (242 registers, 2 CTAs
+  //    per SM): wide key tiles halve the per-tile barriers and row reductions. Best on seed_n4k,
+  //    seed_n16k, alibi_gpt2 and llm_d64.
+  //  - d <= 64, short rows (Nk <= 512, e.g. AlphaFold triangle attention at N = 384): 128x64 with
+  //    two stages and 3 CTAs per SM (167 registers): too few key tiles to amortise a 128-wide one.
+  //  - d <= 128: 128x64, 4 warps of 32 rows, one stage, 2 CTAs per SM (252 registers, no spill
+  //    since P is packed to 16 bits early); 8 warps of 16 rows double the shared-memory reads per
+  //    FLOP and lose 25-35%.
   //  - d <= 256: a 128x64 tile needs 135 KiB + the factors (over the A100's 163 KiB at rank 128),
   //    so the 64-row tile with 4 warps is the fallback.
-  static const std::vector<TileConfig> small_d{{128, 64, 4, 2}, {128, 64, 4, 1}, {64, 64, 4, 1}};
-  static const std::vector<TileConfig> mid_d{{128, 64, 8, 2}, {128, 64, 8, 1}, {64, 64, 4, 1}};
-  static const std::vector<TileConfig> large_d{{128, 64, 8, 1}, {64, 64, 4, 1}, {64, 32, 4, 1}};
-  const auto& prefs = key.head_dim <= 64 ? small_d : key.head_dim <= 128 ? mid_d : large_d;
+  static const std::vector<TileConfig> small_d_long{TileConfig::parse("bm=128,bn=128,w=4,s=1"),
+                                                    TileConfig::parse("bm=128,bn=64,w=4,s=1,minblocks=3"),
+                                                    TileConfig::parse("bm=64,bn=64,w=4,s=1")};
+  static const std::vector<TileConfig> small_d_short{TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=3"),
+                                                     TileConfig::parse("bm=128,bn=64,w=4,s=2"),
+                                                     TileConfig::parse("bm=64,bn=64,w=4,s=1")};
+  static const std::vector<TileConfig> mid_d{TileConfig::parse("bm=128,bn=64,w=4,s=1,minblocks=2"),
+                                             TileConfig::parse("bm=128,bn=32,w=4,s=2"),
+                                             TileConfig::parse("bm=64,bn=64,w=4,s=1")};
+  static const std::vector<TileConfig> large_d{TileConfig::parse("bm=128,bn=64,w=8,s=1"),
+                                               TileConfig::parse("bm=64,bn=64,w=4,s=1"),
+                                               TileConfig::parse("bm=64,bn=32,w=4,s=1")};
+  const auto& prefs = key.head_dim <= 64 ? (shape.seqlen_k <= 512 ? small_d_short : small_d_long)
+                      : key.head_dim <= 128 ? mid_d
+                                            : large_d;
 
-  // Short query sequences (many small problems, e.g. AlphaFold triangle attention) waste half of
-  // a 128-row tile when Nq is not a multiple of 128: prefer 64-row tiles when that halves padding.
+  // Short query sequences waste most of a 128-row tile: prefer 64-row tiles there.
   const bool short_rows = shape.seqlen_q <= 64;
   for (const TileConfig& t : prefs) {
     TileConfig c = t;
-    if (short_rows && c.block_m == 128) c = TileConfig{64, c.block_n, 4, c.stages};
+    if (short_rows && c.block_m == 128) {
+      c.block_m = 64;
+      c.warps = 4;
+    }
     if (legality_error(key, c, smem_limit).empty()) return c;
   }
   for (const TileConfig& t : enumerate_tiles(key, smem_limit)) return t;
