@@ -13,5 +13,6 @@ void add_demo(CLI::App& app, int& rc);
 void add_tune(CLI::App& app, int& rc);
 void add_cache(CLI::App& app, int& rc);
 void add_bench_runtime(CLI::App& app, int& rc);
+void add_bundle(CLI::App& app, int& rc);
 
 }  // namespace flashbias::cli

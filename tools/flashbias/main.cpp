@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "flashbias/flashbias.hpp"
+#include "tuner/bundle_hooks.h"
 #include "tuner/default_hooks.h"
 
 int main(int argc, char** argv) {
@@ -20,8 +21,10 @@ int main(int argc, char** argv) {
   flashbias::cli::add_tune(app, rc);
   flashbias::cli::add_cache(app, rc);
   flashbias::cli::add_bench_runtime(app, rc);
+  flashbias::cli::add_bundle(app, rc);
   // Contexts made by any subcommand use the per-user kernel store and the tuned winners.
   flashbias::tuner::enable_default_store_hooks();
+  flashbias::tuner::enable_bundle_hooks();  // then FLASHBIAS_BUNDLE and embedded bundles
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
