@@ -54,6 +54,7 @@ struct TuneReport {
   std::string heuristic_note;           ///< why heuristic_ms is absent
   OutcomeCounts counts;
   bool budget_exhausted = false;
+  bool heuristic_won = false;           ///< the comparison found the heuristic's tile faster: it is the winner
   bool stored = false;                  ///< run (and winner kernel) written to the store
   std::string store_warning;            ///< why not, when a store was given
   double seconds = 0;                   ///< the whole tune() call

@@ -94,6 +94,7 @@ nlohmann::json report_json(const NamedProblem& p, const tuner::TuneReport& r) {
                  {"not_supported", r.counts.not_supported},
                  {"skipped", r.counts.skipped}};
   j["budget_exhausted"] = r.budget_exhausted;
+  j["heuristic_won"] = r.heuristic_won;
   j["stored"] = r.stored;
   j["store_warning"] = r.store_warning;
   j["seconds"] = r.seconds;
@@ -114,6 +115,7 @@ void print_table(const std::vector<std::pair<NamedProblem, tuner::TuneReport>>& 
                fmt::format("{}/{}/{}/{}/{}/{}", c.passed, c.incorrect, c.compile_failed, c.launch_failed,
                            c.not_supported, c.skipped),
                r.seconds, r.budget_exhausted ? "  (budget)" : "");
+    if (r.heuristic_won) fmt::print("    the heuristic's tile was fastest side by side: stored as the winner\n");
     if (!r.heuristic_ms && !r.heuristic_note.empty()) fmt::print("    heuristic: {}\n", r.heuristic_note);
     if (!r.stored) fmt::print("    not stored: {}\n", r.store_warning.empty() ? "no store" : r.store_warning);
     for (const cache::TuningCandidate& cand : r.run.candidates)
