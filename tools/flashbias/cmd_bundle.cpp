@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -269,7 +270,15 @@ int run_inspect(const std::string& path) {
   fmt::print("format        {} version {} (schema {})\n", meta("bundle_format"), info.format_version,
              meta("schema_version"));
   fmt::print("archs         {}\n", fmt::join(info.archs, ", "));
-  fmt::print("created by    {} at {}\n", meta("bundle_created_by"), meta("bundle_created_at"));
+  std::string when = meta("bundle_created_at");
+  try {
+    const std::time_t t = std::time_t(std::stoll(when));
+    std::tm tm{};
+    char buf[32];
+    if (::gmtime_r(&t, &tm) && std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm)) when = buf;
+  } catch (const std::exception&) {
+  }
+  fmt::print("created by    {} at {}\n", meta("bundle_created_by"), when);
   fmt::print("toolchain     NVRTC {}, templates {}\n", meta("bundle_nvrtc_version"), meta("bundle_templates_hash"));
   fmt::print("size          {} on disk, {} kernels ({})\n", human_bytes(std::int64_t(fs::file_size(path, ec))),
              info.stats.kernel_count, human_bytes(info.stats.kernel_bytes));
