@@ -159,6 +159,15 @@ int run_export(const ExportArgs& a) {
     }
   }
 
+  for (const cache::WinnerEntry& w : winners) {
+    const std::string spec = w.problem_key + "/" + w.winner.tile;
+    if (!todo.count(spec) && !from_cache_kernels.count(spec))
+      fmt::print(stderr,
+                 "bundle: warning: tuned winner {} ({}) has no stored kernel to ship: a process without NVRTC "
+                 "cannot run it; export with --problem for that key to compile it\n",
+                 spec, w.device);
+  }
+
   // Kernels to compile: those the cache does not already hold for this templates hash.
   std::vector<KernelSpec> compile_list;
   int reused = 0;
