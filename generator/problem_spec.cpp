@@ -296,4 +296,27 @@ const NamedProblem* find_preset(const std::vector<NamedProblem>& presets, std::s
   return it == presets.end() ? nullptr : &*it;
 }
 
+namespace {
+// The widest access in {16, 8, 4, 2} bytes dividing a row of `bytes` bytes.
+int row_alignment(std::int64_t bytes) {
+  for (int a : {16, 8, 4}) if (bytes % a == 0) return a;
+  return 2;
+}
+}  // namespace
+
+ProblemKey dense_problem_key(const ProblemSpec& spec, const Arch& arch) {
+  ProblemKey k;
+  k.arch = arch;
+  k.dtype = spec.dtype;
+  k.head_dim = int(spec.head_dim);
+  k.rank = int(spec.rank);
+  k.mask = spec.mask;
+  k.direction = Direction::fwd;
+  k.broadcast = spec.broadcast_bits();
+  // Every stride of a dense tensor is a multiple of its row, so the row length decides.
+  k.qkv_align = row_alignment(spec.head_dim * 2);
+  k.bias_align = spec.rank > 0 ? row_alignment(spec.rank * 2) : 16;  // rank 0: canonical, as validate_forward
+  return k;
+}
+
 }  // namespace flashbias

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "flashbias/flashbias.hpp"
+#include "generator/problem_key.h"
 
 namespace flashbias {
 
@@ -83,6 +84,12 @@ struct ProblemSpec {
   /// Backward FLOPs by the same convention: five matmuls instead of two, 10 * B * H * pairs * D.
   double backward_flops() const;
 };
+
+/// The ProblemKey of `spec` on `arch` when its tensors are laid out densely (BSHD, factors as the
+/// spec's layouts say) in allocations aligned to 16 bytes, as every CUDA allocator gives: the
+/// alignment classes follow from the row lengths alone (head_dim * 2 and rank * 2 bytes). What
+/// `flashbias gen`, bundle export and the default variant set use when no tensor exists yet.
+ProblemKey dense_problem_key(const ProblemSpec& spec, const Arch& arch);
 
 /// Throw Error(invalid_argument) if a field is outside the limits listed at the top of this
 /// header; the message names the field, its value and the allowed range. parse_problem calls it;

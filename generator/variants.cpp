@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "generator/kernel_source.h"
+#include "generator/problem_spec.h"
 #include "generator/knobs.h"
 
 namespace flashbias {
@@ -62,29 +63,35 @@ std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_
 TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
   // Preference lists per head-dim class, best first, from the sweep of every legal tile on the
   // benchmark shapes (H100, 2026-11-24, docs/PERF_NOTES.md step 6); a tuned winner overrides them.
-  //  - d <= 64, long rows: 128x128 tiles, 4 warps of 32 rows, one K/V stage (242 registers, 2 CTAs
+  //  - d <= 32, long rows: 128x128 tiles, 4 warps of 32 rows, one K/V stage (242 registers, 2 CTAs
   //    per SM): wide key tiles halve the per-tile barriers and row reductions. Best on seed_n4k,
-  //    seed_n16k, alibi_gpt2 and llm_d64.
-  //  - d <= 64, short rows (Nk <= 512, e.g. AlphaFold triangle attention at N = 384): 128x64 with
+  //    seed_n16k and alibi_gpt2.
+  //  - d <= 32, short rows (Nk <= 512, e.g. AlphaFold triangle attention at N = 384): 128x64 with
   //    two stages and 3 CTAs per SM (167 registers): too few key tiles to amortise a 128-wide one.
+  //  - d <= 64: 128x64, two stages (217 registers). The sweep's faster 128x128 and min-blocks
+  //    variants spill at d64 (the nvrtc test of the default set refuses spills).
   //  - d <= 128: 128x64, 4 warps of 32 rows, one stage, 2 CTAs per SM (252 registers, no spill
   //    since P is packed to 16 bits early); 8 warps of 16 rows double the shared-memory reads per
   //    FLOP and lose 25-35%.
   //  - d <= 256: a 128x64 tile needs 135 KiB + the factors (over the A100's 163 KiB at rank 128),
   //    so the 64-row tile with 4 warps is the fallback.
-  static const std::vector<TileConfig> small_d_long{TileConfig::parse("bm=128,bn=128,w=4,s=1"),
-                                                    TileConfig::parse("bm=128,bn=64,w=4,s=1,minblocks=3"),
-                                                    TileConfig::parse("bm=64,bn=64,w=4,s=1")};
-  static const std::vector<TileConfig> small_d_short{TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=3"),
-                                                     TileConfig::parse("bm=128,bn=64,w=4,s=2"),
-                                                     TileConfig::parse("bm=64,bn=64,w=4,s=1")};
+  static const std::vector<TileConfig> d32_long{TileConfig::parse("bm=128,bn=128,w=4,s=1"),
+                                                TileConfig::parse("bm=128,bn=64,w=4,s=2"),
+                                                TileConfig::parse("bm=64,bn=64,w=4,s=1")};
+  static const std::vector<TileConfig> d32_short{TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=3"),
+                                                 TileConfig::parse("bm=128,bn=64,w=4,s=2"),
+                                                 TileConfig::parse("bm=64,bn=64,w=4,s=1")};
+  static const std::vector<TileConfig> d64{TileConfig::parse("bm=128,bn=64,w=4,s=2"),
+                                           TileConfig::parse("bm=128,bn=64,w=4,s=1"),
+                                           TileConfig::parse("bm=64,bn=64,w=4,s=1")};
   static const std::vector<TileConfig> mid_d{TileConfig::parse("bm=128,bn=64,w=4,s=1,minblocks=2"),
                                              TileConfig::parse("bm=128,bn=32,w=4,s=2"),
                                              TileConfig::parse("bm=64,bn=64,w=4,s=1")};
   static const std::vector<TileConfig> large_d{TileConfig::parse("bm=128,bn=64,w=8,s=1"),
                                                TileConfig::parse("bm=64,bn=64,w=4,s=1"),
                                                TileConfig::parse("bm=64,bn=32,w=4,s=1")};
-  const auto& prefs = key.head_dim <= 64 ? (shape.seqlen_k <= 512 ? small_d_short : small_d_long)
+  const auto& prefs = key.head_dim <= 32    ? (shape.seqlen_k <= 512 ? d32_short : d32_long)
+                      : key.head_dim <= 64  ? d64
                       : key.head_dim <= 128 ? mid_d
                                             : large_d;
 
@@ -125,7 +132,7 @@ std::vector<DefaultVariant> default_variants(const Arch& arch) {
       k.rank = r.r;
       k.mask = r.mask;
       k.qkv_align = 16;
-      k.bias_align = (r.r * 2) % 16 == 0 ? 16 : (r.r * 2) % 8 == 0 ? 8 : (r.r * 2) % 4 == 0 ? 4 : 2;
+      k.bias_align = dense_problem_key(ProblemSpec{.rank = r.r}, arch).bias_align;
       out.push_back({fmt::format("{}_{}", r.name, to_string(dt)), k});
     }
   return out;

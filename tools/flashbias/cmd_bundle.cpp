@@ -59,17 +59,7 @@ std::vector<Arch> parse_archs(const std::string& s) {
   return out;
 }
 
-ProblemKey key_for(const ProblemSpec& spec, const Arch& arch) {
-  ProblemKey k;
-  k.arch = arch;
-  k.dtype = spec.dtype;
-  k.head_dim = int(spec.head_dim);
-  k.rank = int(spec.rank);
-  k.mask = spec.mask;
-  k.direction = Direction::fwd;
-  k.broadcast = spec.broadcast_bits();
-  return k;  // 16-byte alignment: what tensors from any allocator give
-}
+ProblemKey key_for(const ProblemSpec& spec, const Arch& arch) { return dense_problem_key(spec, arch); }
 
 std::string human_bytes(std::int64_t n) {
   if (n >= (1 << 20)) return fmt::format("{:.1f} MiB", double(n) / (1 << 20));

@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "generator/kernel_source.h"
+#include "generator/problem_spec.h"
 #include "generator/knobs.h"
 #include "generator/variants.h"
 #include "runtime/compiler.h"
@@ -26,12 +27,6 @@ struct GenOptions {
   long long seqlen = 4096;
   bool list = false;
 };
-
-int natural_bias_align(int rank) {
-  const int bytes = rank * 2;
-  for (int a : {16, 8, 4}) if (bytes % a == 0) return a;
-  return 2;
-}
 
 }  // namespace
 
@@ -77,7 +72,9 @@ void add_gen(CLI::App& app, int& rc) {
     key.rank = o->rank;
     key.mask = parse_mask(o->mask);
     key.qkv_align = o->qkv_align;
-    key.bias_align = o->rank > 0 ? (o->bias_align ? o->bias_align : natural_bias_align(o->rank)) : 16;
+    key.bias_align = o->rank > 0 ? (o->bias_align ? o->bias_align
+                                                   : dense_problem_key(ProblemSpec{.rank = o->rank}, arch).bias_align)
+                                   : 16;
     const std::size_t smem_limit = default_smem_limit(arch);
     TileConfig tile = o->config.empty()
                           ? heuristic_tile(key, ShapeInfo{1, o->seqlen, o->seqlen}, smem_limit)

@@ -1,0 +1,57 @@
+// The default variant set (the benchmark keys in both dtypes, heuristic tiles) compiles under
+// NVRTC for sm_80 and sm_90a with zero spill bytes. Runs without a GPU.
+#include <catch2/catch.hpp>
+
+#include <fmt/format.h>
+
+#include <future>
+#include <thread>
+
+#include "generator/kernel_source.h"
+#include "generator/variants.h"
+#include "runtime/compiler.h"
+
+namespace flashbias {
+
+TEST_CASE("the default variant set compiles for sm_80 and sm_90a with zero spills", "[nvrtc][generator]") {
+  struct Job {
+    KernelSpec spec;
+    std::string name;
+  };
+  std::vector<Job> jobs;
+  for (const char* a : {"sm_80", "sm_90a"}) {
+    const Arch arch = Arch::parse(a);
+    for (const DefaultVariant& v : default_variants(arch))
+      // Long and short sequences pick different heuristic tiles; both belong to the set.
+      for (std::int64_t n : {384, 8192}) {
+        const TileConfig t = heuristic_tile(v.key, ShapeInfo{8, n, n}, default_smem_limit(arch));
+        jobs.push_back({KernelSpec{v.key, t}, fmt::format("{} n={}", v.name, n)});
+      }
+  }
+  // Deduplicate (several shapes share a tile), then compile on every core.
+  std::vector<Job> unique;
+  for (const Job& j : jobs) {
+    bool seen = false;
+    for (const Job& u : unique) seen = seen || u.spec == j.spec;
+    if (!seen) unique.push_back(j);
+  }
+  const unsigned width = std::max(1u, std::thread::hardware_concurrency());
+  for (std::size_t begin = 0; begin < unique.size(); begin += width) {
+    std::vector<std::future<CompiledKernel>> batch;
+    for (std::size_t i = begin; i < std::min(unique.size(), begin + width); ++i)
+      batch.push_back(std::async(std::launch::async, [spec = unique[i].spec] { return compile(generate(spec)); }));
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const Job& job = unique[begin + i];
+      const CompiledKernel ck = batch[i].get();
+      INFO(job.name << " " << job.spec.str() << ": " << ck.resources.str());
+      CHECK(ck.resources.complete());
+      CHECK(ck.resources.spill_store_bytes == 0);
+      CHECK(ck.resources.spill_load_bytes == 0);
+      CHECK(ck.resources.stack_frame_bytes == 0);
+      CHECK(ck.resources.registers <= 255);
+      CHECK_FALSE(ck.cubin.empty());
+    }
+  }
+}
+
+}  // namespace flashbias

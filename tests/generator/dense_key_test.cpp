@@ -1,0 +1,34 @@
+// dense_problem_key: the key every no-tensor path (gen, bundle export, default variants) uses.
+#include <catch2/catch.hpp>
+
+#include "generator/kernel_source.h"
+#include "generator/problem_spec.h"
+#include "generator/variants.h"
+
+namespace flashbias {
+
+TEST_CASE("dense keys carry the alignment the row lengths allow, and every rank gets a tile", "[cpu][generator]") {
+  const Arch arch = Arch::parse("sm_80");
+  struct Row {
+    int rank, bias_align;
+  };
+  // rank * 2 bytes per factor row: 1 -> 2 B, 2 -> 4 B, 3 -> 6 B, 4 -> 8 B, 12 -> 24 B, 8 -> 16 B.
+  for (Row r : {Row{1, 2}, Row{2, 4}, Row{3, 2}, Row{4, 8}, Row{12, 8}, Row{8, 16}, Row{128, 16}}) {
+    ProblemSpec spec = parse_problem("n=300,d=40");
+    spec.rank = r.rank;
+    const ProblemKey key = dense_problem_key(spec, arch);
+    INFO("rank " << r.rank << ": " << key.str());
+    CHECK(key.bias_align == r.bias_align);
+    CHECK(key.qkv_align == 16);  // 40 halves = 80 bytes
+    // The bug this guards: a 16-byte factor class for rank 1 left no legal tile at all.
+    const TileConfig t = heuristic_tile(key, ShapeInfo{1, 300, 300}, default_smem_limit(arch));
+    CHECK(legality_error(key, t, default_smem_limit(arch)).empty());
+  }
+  ProblemSpec plain = parse_problem("n=17,d=72");
+  CHECK(dense_problem_key(plain, arch).qkv_align == 16);
+  CHECK(dense_problem_key(plain, arch).bias_align == 16);  // canonical for rank 0
+  ProblemSpec odd = parse_problem("n=17,d=8,r=3");
+  CHECK(dense_problem_key(odd, arch).qkv_align == 16);
+}
+
+}  // namespace flashbias
