@@ -4,7 +4,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <future>
+#include <optional>
 #include <thread>
 
 #include "commands.h"
@@ -15,6 +15,7 @@
 #include "runtime/compiler.h"
 #include "runtime/driver_api.h"
 #include "tuner/harness.h"
+#include "tuner/parallel.h"
 
 namespace flashbias::cli {
 
@@ -35,33 +36,30 @@ int compile_report(unsigned jobs) {
     for (const DefaultVariant& v : default_variants(arch))
       todo.push_back({arch, v, heuristic_tile(v.key, ShapeInfo{8, 4096, 4096}, default_smem_limit(arch))});
   }
-  std::vector<std::future<CompiledKernel>> results(todo.size());
-  // Bounded parallel compilation: NVRTC is thread-safe per program; each job holds one.
-  std::size_t next = 0;
-  std::vector<std::size_t> order;
+  // NVRTC is thread-safe per program: compile on `jobs` threads, then print in table order.
+  std::vector<std::optional<CompiledKernel>> compiled(todo.size());
+  std::vector<std::string> errors(todo.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  detail::parallel_for(std::int64_t(todo.size()), jobs, [&](std::int64_t i) {
+    const Job& job = todo[std::size_t(i)];
+    try {
+      compiled[std::size_t(i)] = compile(generate(KernelSpec{job.v.key, job.tile}));
+    } catch (const Error& e) {
+      errors[std::size_t(i)] = e.what();
+    }
+  });
   int failures = 0;
-  auto t0 = std::chrono::steady_clock::now();
-  while (next < todo.size()) {
-    std::vector<std::pair<std::size_t, std::future<CompiledKernel>>> batch;
-    for (unsigned j = 0; j < jobs && next < todo.size(); ++j, ++next) {
-      const Job& job = todo[next];
-      batch.emplace_back(next, std::async(std::launch::async, [job] {
-                           return compile(generate(KernelSpec{job.v.key, job.tile}));
-                         }));
+  for (std::size_t i = 0; i < todo.size(); ++i) {
+    const Job& job = todo[i];
+    if (!compiled[i]) {
+      ++failures;
+      fmt::print("{:<8} {:<24} {:<18} FAILED: {}\n", job.arch.name(), job.v.name, job.tile.str(), errors[i]);
+      continue;
     }
-    for (auto& [i, fut] : batch) {
-      const Job& job = todo[i];
-      try {
-        const CompiledKernel ck = fut.get();
-        fmt::print("{:<8} {:<24} {:<18} {:>5} {:>8} {:>9} {:>8} {:>8.0f}\n", job.arch.name(), job.v.name,
-                   job.tile.str(), ck.resources.registers, ck.resources.spill_store_bytes, ck.smem_bytes,
-                   ck.cubin.size(), ck.compile_ms);
-        if (ck.resources.spills()) ++failures;
-      } catch (const Error& e) {
-        ++failures;
-        fmt::print("{:<8} {:<24} {:<18} FAILED: {}\n", job.arch.name(), job.v.name, job.tile.str(), e.what());
-      }
-    }
+    const CompiledKernel& ck = *compiled[i];
+    fmt::print("{:<8} {:<24} {:<18} {:>5} {:>8} {:>9} {:>8} {:>8.0f}\n", job.arch.name(), job.v.name, job.tile.str(),
+               ck.resources.registers, ck.resources.spill_store_bytes, ck.smem_bytes, ck.cubin.size(), ck.compile_ms);
+    if (ck.resources.spills()) ++failures;
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   fmt::print("{} variants compiled in {:.1f} s, {} with spills or errors\n", todo.size(), secs, failures);

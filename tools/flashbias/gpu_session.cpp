@@ -1,7 +1,5 @@
 #include "gpu_session.h"
 
-#include <future>
-#include <thread>
 
 #include "generator/kernel_source.h"
 #include "generator/variants.h"
@@ -9,6 +7,7 @@
 #include "runtime/loaded_kernel.h"
 #include "runtime/validate.h"
 #include "tuner/harness.h"
+#include "tuner/parallel.h"
 
 namespace flashbias::cli {
 
@@ -53,15 +52,12 @@ void GpuSession::precompile(const ForwardArgs& args, const std::vector<std::opti
   std::vector<KernelSpec> todo;
   for (const auto& t : tiles)
     if (t && !compiled_.count(KernelSpec{key, *t})) todo.push_back(KernelSpec{key, *t});
-  const unsigned jobs = std::max(1u, std::thread::hardware_concurrency());
-  for (std::size_t begin = 0; begin < todo.size(); begin += jobs) {
-    std::vector<std::future<std::shared_ptr<const CompiledKernel>>> batch;
-    for (std::size_t i = begin; i < std::min(todo.size(), begin + jobs); ++i)
-      batch.push_back(std::async(std::launch::async, [spec = todo[i]] {
-        return std::make_shared<const CompiledKernel>(compile(generate(spec)));
-      }));
-    for (std::size_t i = 0; i < batch.size(); ++i) compiled_[todo[begin + i]] = batch[i].get();
-  }
+  // One NVRTC program per hardware thread (NVRTC is thread-safe per program).
+  std::vector<std::shared_ptr<const CompiledKernel>> out(todo.size());
+  detail::parallel_for(std::int64_t(todo.size()), 0, [&](std::int64_t i) {
+    out[std::size_t(i)] = std::make_shared<const CompiledKernel>(compile(generate(todo[std::size_t(i)])));
+  });
+  for (std::size_t i = 0; i < todo.size(); ++i) compiled_[todo[i]] = out[i];
 }
 
 }  // namespace flashbias::cli
