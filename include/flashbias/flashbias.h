@@ -63,6 +63,41 @@ typedef struct flashbias_forward_args {
   int32_t has_softmax_scale;
 } flashbias_forward_args;
 
+/* Backward (issue 6): gradients of O = softmax(scale Q K^T + Qb Kb^T + mask) V with respect to
+ * Q, K, V, Qb and Kb, given dO and the forward's O and LSE. dqb/dkb have the factors' own shape:
+ * where qb/kb broadcast (batch or head stride 0), the gradient is the sum over that dimension and
+ * dqb/dkb hold one slice there (their stride in that dimension is ignored). */
+typedef enum flashbias_backward_mode {
+  FLASHBIAS_BACKWARD_DETERMINISTIC = 0 /* bitwise identical results run to run (no float atomics) */
+} flashbias_backward_mode;
+
+typedef struct flashbias_backward_args {
+  int32_t dtype; /* flashbias_dtype */
+  int32_t mask;  /* flashbias_mask */
+  int64_t batch, heads, seqlen_q, seqlen_k, head_dim, rank;
+  const void* q;  flashbias_strides q_stride;
+  const void* k;  flashbias_strides k_stride;
+  const void* v;  flashbias_strides v_stride;
+  const void* qb; flashbias_strides qb_stride; /* batch/head strides may be 0 (broadcast) */
+  const void* kb; flashbias_strides kb_stride;
+  const void* o;  flashbias_strides o_stride;   /* the forward's output */
+  const void* dout; flashbias_strides dout_stride; /* gradient of the loss w.r.t. O */
+  const float* lse;   /* required: the forward's [batch, heads, seqlen_q] fp32 LSE */
+  void* dq;  flashbias_strides dq_stride;
+  void* dk;  flashbias_strides dk_stride;
+  void* dv;  flashbias_strides dv_stride;
+  void* dqb; flashbias_strides dqb_stride; /* required when rank > 0 */
+  void* dkb; flashbias_strides dkb_stride;
+  float softmax_scale;   /* used when has_softmax_scale != 0, else 1/sqrt(head_dim) */
+  int32_t has_softmax_scale;
+  int32_t mode;          /* flashbias_backward_mode */
+  /* Scratch device memory of at least flashbias_backward_workspace_size() bytes, 16-byte aligned,
+   * used in stream order. NULL: the call allocates and frees it in stream order itself
+   * (cuMemAllocAsync/cuMemFreeAsync), which never synchronises either. */
+  void* workspace;
+  uint64_t workspace_bytes;
+} flashbias_backward_args;
+
 typedef struct flashbias_context flashbias_context;
 
 /* device: CUDA ordinal, or -1 for the current context's device (device 0 if none). */
@@ -70,6 +105,12 @@ FLASHBIAS_API flashbias_status flashbias_context_create(int device, int policy, 
 FLASHBIAS_API void flashbias_context_destroy(flashbias_context* ctx);
 FLASHBIAS_API flashbias_status flashbias_forward(flashbias_context* ctx, const flashbias_forward_args* args,
                                                  flashbias_stream stream);
+/* Scratch bytes a backward call with these arguments needs (pointers are not read). */
+FLASHBIAS_API flashbias_status flashbias_backward_workspace_size(flashbias_context* ctx,
+                                                                 const flashbias_backward_args* args,
+                                                                 uint64_t* bytes);
+FLASHBIAS_API flashbias_status flashbias_backward(flashbias_context* ctx, const flashbias_backward_args* args,
+                                                  flashbias_stream stream);
 /* The message of the last failed call on this thread ("" if none). Valid until the next call. */
 FLASHBIAS_API const char* flashbias_last_error(void);
 FLASHBIAS_API const char* flashbias_status_string(flashbias_status status);

@@ -5,6 +5,7 @@
 // Public C++ API. The C ABI lives in flashbias.h and is a thin layer over this header.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -81,6 +82,46 @@ struct ForwardArgs {
   MaskKind mask = MaskKind::none;
 };
 
+enum class BackwardMode : std::uint8_t {
+  /// Bitwise identical results run to run: no float atomics anywhere. dK, dV, dKb are reduced
+  /// per key block and dQ, dQb per query block by separate kernels; gradients of broadcast
+  /// factors are summed over the broadcast dimensions in a fixed order.
+  deterministic = 0,
+};
+
+/// Arguments of one backward call: the forward's inputs, its O and LSE, and dO in; the five
+/// gradients out. Pointers are device pointers; nothing is copied.
+struct BackwardArgs {
+  DType dtype = DType::f16;
+  std::int64_t batch = 0, heads = 0, seqlen_q = 0, seqlen_k = 0, head_dim = 0;
+  std::int64_t rank = 0;
+
+  const void* q = nullptr;    Strides q_stride;     ///< [B, Nq, H, D]
+  const void* k = nullptr;    Strides k_stride;     ///< [B, Nk, H, D]
+  const void* v = nullptr;    Strides v_stride;     ///< [B, Nk, H, D]
+  const void* qb = nullptr;   Strides qb_stride;    ///< [B, Nq, H, R]; batch/head stride may be 0
+  const void* kb = nullptr;   Strides kb_stride;    ///< [B, Nk, H, R]; batch/head stride may be 0
+  const void* o = nullptr;    Strides o_stride;     ///< the forward's output [B, Nq, H, D]
+  const void* dout = nullptr; Strides dout_stride;  ///< dLoss/dO [B, Nq, H, D]
+  const float* lse = nullptr;  ///< required: the forward's [B, H, Nq] fp32 LSE
+
+  void* dq = nullptr;  Strides dq_stride;   ///< [B, Nq, H, D]
+  void* dk = nullptr;  Strides dk_stride;   ///< [B, Nk, H, D]
+  void* dv = nullptr;  Strides dv_stride;   ///< [B, Nk, H, D]
+  /// [B|1, Nq, H|1, R]: one slice along each dimension where qb broadcasts (its stride there is
+  /// ignored), holding the sum of the gradient over it. Required when rank > 0.
+  void* dqb = nullptr; Strides dqb_stride;
+  void* dkb = nullptr; Strides dkb_stride;  ///< [B|1, Nk, H|1, R], as dqb
+
+  std::optional<float> softmax_scale;  ///< default 1/sqrt(head_dim)
+  MaskKind mask = MaskKind::none;
+  BackwardMode mode = BackwardMode::deterministic;
+  /// Scratch memory of at least backward_workspace_size(*this) bytes, 16-byte aligned, used in
+  /// stream order. Null: backward() allocates and frees it in stream order (cuMemAllocAsync).
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
+};
+
 /// How a kernel's tile configuration is chosen on a dispatch miss.
 enum class Policy : std::uint8_t {
   heuristic = 0,   ///< stored winner for this device and shape bucket, else the built-in heuristic
@@ -110,6 +151,11 @@ class Context {
 
   /// Enqueue the forward pass on `stream`. Throws flashbias::Error on bad arguments or failures.
   void forward(const ForwardArgs& args, CUstream stream);
+
+  /// Scratch bytes backward(args) needs (pointers are not read). Throws on invalid sizes.
+  std::size_t backward_workspace_size(const BackwardArgs& args);
+  /// Enqueue the backward pass on `stream`: dq, dk, dv, dqb, dkb. Never synchronises.
+  void backward(const BackwardArgs& args, CUstream stream);
 
   ContextImpl& impl() { return *impl_; }
 
