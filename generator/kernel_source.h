@@ -13,12 +13,36 @@ namespace flashbias {
 
 struct KernelSource {
   KernelSpec spec;
-  std::string entry;                 ///< extern "C" symbol of the __global__ entry point
+  std::string entry;                 ///< extern "C" symbol of the (main) __global__ entry point
+  /// Every entry point of the module, `entry` first: one for the forward; the backward's four
+  /// kernels (kBwdEntries) share one module, so one cubin serves the whole backward.
+  std::vector<std::string> entries;
   std::string source;                ///< the generated translation unit (includes embedded templates)
   std::vector<std::string> options;  ///< NVRTC options, arch included (--gpu-architecture=sm_90a)
   int threads = 0;                   ///< block size
-  std::size_t smem_bytes = 0;        ///< dynamic shared memory per CTA
+  std::size_t smem_bytes = 0;        ///< dynamic shared memory per CTA (the largest of the entries')
 };
+
+/// Entry points of a backward module, in launch order of the compute kernels' roles.
+inline constexpr const char* kBwdEntryDkdv = "flashbias_bwd_dkdv";  ///< dK, dV, dKb per key block (main entry)
+inline constexpr const char* kBwdEntryDq = "flashbias_bwd_dq";      ///< dQ, dQb per query block
+inline constexpr const char* kBwdEntryPrep = "flashbias_bwd_prep";  ///< Delta = rowsum(dO * O)
+inline constexpr const char* kBwdEntryReduce = "flashbias_bwd_reduce";  ///< sums over broadcast dims
+
+/// Shared memory of the backward's two tiled kernels for (key, tile).
+struct BwdSmem {
+  std::size_t dkdv = 0;
+  std::size_t dq = 0;
+};
+BwdSmem bwd_smem_bytes(const ProblemKey& key, const TileConfig& tile);
+
+/// Output slices per (block, batch, head) of the backward's tiled kernels: `split` head-dim slices,
+/// plus one for the factor gradient when rank > 0 and (split > 1 or rank > 32).
+int bwd_slices(const ProblemKey& key, const TileConfig& tile);
+
+/// Dynamic shared memory of the kernel (key, tile) names: the forward's, or the larger of the
+/// backward's two tiled kernels.
+std::size_t kernel_smem_bytes(const ProblemKey& key, const TileConfig& tile);
 
 /// Generate the source for one kernel. Throws Error(unsupported) naming the rule that a
 /// (key, tile) pair breaks, before any compiler runs.

@@ -14,27 +14,36 @@ std::size_t KnobSpace::size() const {
   return n;
 }
 
-const KnobSpace& fwd_knob_space(const Arch& arch) {
-  static const KnobSpace sm80 = [] {
-    ProblemKey key;
-    key.direction = Direction::fwd;
-    const manifest::EntryInfo& e = kernel_entry(key);
-    KnobSpace ks;
-    for (const manifest::KnobInfo& k : e.knobs) {
-      std::vector<int> values(k.values.begin(), k.values.end());
-      const TileKnob* t = find_tile_knob(k.name);
-      if (t && t->field == &TileConfig::block_m) ks.block_m = values;
-      else if (t && t->field == &TileConfig::block_n) ks.block_n = values;
-      else if (t && t->field == &TileConfig::warps) ks.warps = values;
-      else if (t && t->field == &TileConfig::stages) ks.stages = values;
-      else ks.extra.emplace_back(std::string(k.name), values);
-      ks.all.emplace_back(std::string(k.name), std::move(values));
-    }
-    return ks;
-  }();
-  (void)arch;  // every supported arch runs the sm80 family today
-  return sm80;
+namespace {
+
+KnobSpace read_knob_space(Direction direction) {
+  ProblemKey key;
+  key.direction = direction;
+  const manifest::EntryInfo& e = kernel_entry(key);
+  KnobSpace ks;
+  for (const manifest::KnobInfo& k : e.knobs) {
+    std::vector<int> values(k.values.begin(), k.values.end());
+    const TileKnob* t = find_tile_knob(k.name);
+    if (t && t->field == &TileConfig::block_m) ks.block_m = values;
+    else if (t && t->field == &TileConfig::block_n) ks.block_n = values;
+    else if (t && t->field == &TileConfig::warps) ks.warps = values;
+    else if (t && t->field == &TileConfig::stages) ks.stages = values;
+    else ks.extra.emplace_back(std::string(k.name), values);
+    ks.all.emplace_back(std::string(k.name), std::move(values));
+  }
+  return ks;
 }
+
+}  // namespace
+
+const KnobSpace& knob_space(const Arch& arch, Direction direction) {
+  static const KnobSpace fwd = read_knob_space(Direction::fwd);
+  static const KnobSpace bwd = read_knob_space(Direction::bwd);
+  (void)arch;  // every supported arch runs the sm80 family today
+  return direction == Direction::bwd ? bwd : fwd;
+}
+
+const KnobSpace& fwd_knob_space(const Arch& arch) { return knob_space(arch, Direction::fwd); }
 
 std::size_t default_smem_limit(const Arch& arch) {
   // Opt-in shared memory per block: A100 163 KiB, H100 227 KiB, consumer Ampere/Ada 99 KiB.
@@ -44,7 +53,7 @@ std::size_t default_smem_limit(const Arch& arch) {
 }
 
 std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_limit) {
-  const KnobSpace& ks = fwd_knob_space(key.arch);
+  const KnobSpace& ks = knob_space(key.arch, key.direction);
   std::vector<TileConfig> out;
   if (ks.size() == 0) return out;
   // An odometer over the knobs in manifest order, the last one fastest.
@@ -60,7 +69,34 @@ std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_
   return out;
 }
 
+namespace {
+
+/// The backward's preference lists (compiled with zero spills for sm_90a; see
+/// docs/PERF_NOTES.md, backward). Both tiled kernels use the tile: block_m is the query tile
+/// (the dq kernel's rows, the dkdv kernel's inner loop), block_n the key tile.
+TileConfig bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
+  static const std::vector<TileConfig> d64{TileConfig::parse("bm=64,bn=64,w=4,s=2"),
+                                           TileConfig::parse("bm=64,bn=64,w=4,s=1"),
+                                           TileConfig::parse("bm=32,bn=32,w=2,s=1")};
+  static const std::vector<TileConfig> d128{TileConfig::parse("bm=64,bn=64,w=4,s=2,split=2"),
+                                            TileConfig::parse("bm=64,bn=64,w=4,s=1,split=2"),
+                                            TileConfig::parse("bm=32,bn=32,w=2,s=1,split=2")};
+  static const std::vector<TileConfig> d256{TileConfig::parse("bm=64,bn=64,w=4,s=1,split=4"),
+                                            TileConfig::parse("bm=32,bn=32,w=2,s=1,split=4")};
+  const auto& prefs = key.head_dim <= 64 ? d64 : key.head_dim <= 128 ? d128 : d256;
+  (void)shape;
+  for (const TileConfig& t : prefs)
+    if (legality_error(key, t, smem_limit).empty()) return t;
+  for (const TileConfig& t : enumerate_tiles(key, smem_limit)) return t;
+  throw Error(ErrorCode::unsupported,
+              fmt::format("no backward tile configuration fits {} within {} bytes of shared memory", key.str(),
+                          smem_limit));
+}
+
+}  // namespace
+
 TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
+  if (key.direction == Direction::bwd) return bwd_heuristic_tile(key, shape, smem_limit);
   // Preference lists per head-dim class, best first, from the sweep of every legal tile on the
   // benchmark shapes (H100, 2026-11-24, docs/PERF_NOTES.md step 6); a tuned winner overrides them.
   //  - d <= 32, long rows: 128x128 tiles, 4 warps of 32 rows, one K/V stage (242 registers, 2 CTAs

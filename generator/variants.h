@@ -27,6 +27,9 @@ struct KnobSpace {
   std::size_t size() const;
 };
 
+/// The knobs of the kernel template for this arch family and direction, read from the manifest.
+const KnobSpace& knob_space(const Arch& arch, Direction direction);
+
 /// The knobs of the forward template for this arch family (sm80 family today), read from the
 /// template manifest.
 const KnobSpace& fwd_knob_space(const Arch& arch);

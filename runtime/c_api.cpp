@@ -2,6 +2,7 @@
 // exception: nothing may unwind into C (or into Python through ctypes).
 #include "flashbias/flashbias.h"
 
+#include <cstdint>
 #include <new>
 #include <string>
 
@@ -68,6 +69,53 @@ flashbias_status guarded(F&& f) noexcept {
 
 flashbias::Strides strides(const flashbias_strides& s) { return flashbias::Strides{s.batch, s.seq, s.head}; }
 
+void check_enums(std::int32_t dtype, std::int32_t mask) {
+  using flashbias::Error;
+  using flashbias::ErrorCode;
+  // The C++ enums are 8-bit: reject what would wrap; validation checks the rest.
+  if (dtype < 0 || dtype > 255)
+    throw Error(ErrorCode::invalid_argument, fmt::format("dtype has the invalid value {} (f16 = 0, bf16 = 1)", dtype));
+  if (mask < 0 || mask > 255)
+    throw Error(ErrorCode::invalid_argument, fmt::format("mask has the invalid value {} (none = 0, causal = 1)", mask));
+}
+
+flashbias::BackwardArgs backward_args(const flashbias_backward_args* args) {
+  using flashbias::Error;
+  using flashbias::ErrorCode;
+  if (args == nullptr) throw Error(ErrorCode::invalid_argument, "args is null");
+  check_enums(args->dtype, args->mask);
+  if (args->mode != FLASHBIAS_BACKWARD_DETERMINISTIC)
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("mode has the invalid value {} (deterministic = 0)", args->mode));
+  flashbias::BackwardArgs a;
+  a.dtype = static_cast<flashbias::DType>(args->dtype);
+  a.mask = static_cast<flashbias::MaskKind>(args->mask);
+  a.batch = args->batch;
+  a.heads = args->heads;
+  a.seqlen_q = args->seqlen_q;
+  a.seqlen_k = args->seqlen_k;
+  a.head_dim = args->head_dim;
+  a.rank = args->rank;
+  a.q = args->q, a.q_stride = strides(args->q_stride);
+  a.k = args->k, a.k_stride = strides(args->k_stride);
+  a.v = args->v, a.v_stride = strides(args->v_stride);
+  a.qb = args->qb, a.qb_stride = strides(args->qb_stride);
+  a.kb = args->kb, a.kb_stride = strides(args->kb_stride);
+  a.o = args->o, a.o_stride = strides(args->o_stride);
+  a.dout = args->dout, a.dout_stride = strides(args->dout_stride);
+  a.lse = args->lse;
+  a.dq = args->dq, a.dq_stride = strides(args->dq_stride);
+  a.dk = args->dk, a.dk_stride = strides(args->dk_stride);
+  a.dv = args->dv, a.dv_stride = strides(args->dv_stride);
+  a.dqb = args->dqb, a.dqb_stride = strides(args->dqb_stride);
+  a.dkb = args->dkb, a.dkb_stride = strides(args->dkb_stride);
+  if (args->has_softmax_scale != 0) a.softmax_scale = args->softmax_scale;
+  a.mode = flashbias::BackwardMode::deterministic;
+  a.workspace = args->workspace;
+  a.workspace_bytes = static_cast<std::size_t>(args->workspace_bytes);
+  return a;
+}
+
 }  // namespace
 
 extern "C" {
@@ -100,15 +148,7 @@ flashbias_status flashbias_forward(flashbias_context* ctx, const flashbias_forwa
     using flashbias::ErrorCode;
     if (ctx == nullptr) throw Error(ErrorCode::invalid_argument, "ctx is null");
     if (args == nullptr) throw Error(ErrorCode::invalid_argument, "args is null");
-    // The C++ enums are 8-bit: reject what would wrap; validate_forward checks the rest.
-    if (args->dtype < 0 || args->dtype > 255) {
-      throw Error(ErrorCode::invalid_argument,
-                  fmt::format("dtype has the invalid value {} (f16 = 0, bf16 = 1)", args->dtype));
-    }
-    if (args->mask < 0 || args->mask > 255) {
-      throw Error(ErrorCode::invalid_argument,
-                  fmt::format("mask has the invalid value {} (none = 0, causal = 1)", args->mask));
-    }
+    check_enums(args->dtype, args->mask);
     flashbias::ForwardArgs a;
     a.dtype = static_cast<flashbias::DType>(args->dtype);
     a.mask = static_cast<flashbias::MaskKind>(args->mask);
@@ -133,6 +173,25 @@ flashbias_status flashbias_forward(flashbias_context* ctx, const flashbias_forwa
     a.lse = args->lse;
     if (args->has_softmax_scale != 0) a.softmax_scale = args->softmax_scale;
     ctx->context.forward(a, stream);
+  });
+}
+
+flashbias_status flashbias_backward_workspace_size(flashbias_context* ctx, const flashbias_backward_args* args,
+                                                   uint64_t* bytes) {
+  return guarded([&] {
+    using flashbias::Error;
+    using flashbias::ErrorCode;
+    if (ctx == nullptr) throw Error(ErrorCode::invalid_argument, "ctx is null");
+    if (bytes == nullptr) throw Error(ErrorCode::invalid_argument, "bytes is null");
+    *bytes = ctx->context.backward_workspace_size(backward_args(args));
+  });
+}
+
+flashbias_status flashbias_backward(flashbias_context* ctx, const flashbias_backward_args* args,
+                                    flashbias_stream stream) {
+  return guarded([&] {
+    if (ctx == nullptr) throw flashbias::Error(flashbias::ErrorCode::invalid_argument, "ctx is null");
+    ctx->context.backward(backward_args(args), stream);
   });
 }
 

@@ -120,6 +120,20 @@ CompiledKernel compile(const KernelSource& source) {
   out.threads = source.threads;
   out.smem_bytes = source.smem_bytes;
   out.resources = kernel_resources(out.cubin, nvrtc_log, source.entry);
+  // A module of several entries (the backward) reports its worst: the most registers, stack and
+  // static shared memory of any entry, and the spills of all of them.
+  for (std::size_t i = 1; i < source.entries.size(); ++i) {
+    const KernelResources r = kernel_resources(out.cubin, nvrtc_log, source.entries[i]);
+    KernelResources& a = out.resources;
+    auto worst = [](int& x, int y) { x = (x < 0 || y < 0) ? -1 : std::max(x, y); };
+    auto total = [](int& x, int y) { x = (x < 0 || y < 0) ? -1 : x + y; };
+    worst(a.registers, r.registers);
+    total(a.spill_store_bytes, r.spill_store_bytes);
+    total(a.spill_load_bytes, r.spill_load_bytes);
+    worst(a.stack_frame_bytes, r.stack_frame_bytes);
+    worst(a.static_smem_bytes, r.static_smem_bytes);
+    if (r.barriers >= 0) a.barriers = std::max(a.barriers, r.barriers);
+  }
   out.compile_ms = ms;
   out.nvrtc_version = api.version();
   out.log = std::move(nvrtc_log);

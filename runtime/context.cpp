@@ -245,6 +245,53 @@ void ContextImpl::forward(const ForwardArgs& args, CUstream stream) {
   plan->launch_forward(args, stream);
 }
 
+const LaunchPlan& ContextImpl::lookup(const ProblemKey& key, const ShapeInfo& shape) {
+  const DispatchKey dkey = dispatch_key(key, shape);
+  {
+    std::shared_lock lock(dispatch_mutex_);
+    if (auto it = dispatch_.find(dkey); it != dispatch_.end()) return *it->second;
+  }
+  return miss(key, shape, dkey);
+}
+
+std::size_t ContextImpl::backward_workspace_size(const BackwardArgs& args) const {
+  return bwd_workspace_layout(args).bytes;
+}
+
+void ContextImpl::backward(const BackwardArgs& args, CUstream stream) {
+  const ProblemKey key = validate_backward(args, device_);
+  const ShapeInfo shape{args.batch * args.heads, args.seqlen_q, args.seqlen_k};
+  const std::size_t need = bwd_workspace_layout(args).bytes;
+  if (args.workspace != nullptr && args.workspace_bytes < need) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("workspace_bytes = {} is too small: this backward needs {} bytes "
+                            "(Context::backward_workspace_size)",
+                            args.workspace_bytes, need));
+  }
+  driver::ScopedContext scope(primary_);
+  if (options_.check_pointers) check_device_pointers(args, device_);
+  const LaunchPlan& plan = lookup(key, shape);
+  if (args.workspace != nullptr) {
+    plan.launch_backward(args, args.workspace, stream);
+    return;
+  }
+  // No caller workspace: allocate and free it in stream order (no synchronisation; capturable).
+  const driver::Api& d = driver::api();
+  CUdeviceptr ws = 0;
+  if (CUresult r = d.cuMemAllocAsync(&ws, need, stream); r != CUDA_SUCCESS) {
+    throw Error(ErrorCode::driver_error,
+                fmt::format("cuMemAllocAsync of the {} byte backward workspace failed: {}; pass a workspace instead",
+                            need, driver::error_text(r)));
+  }
+  try {
+    plan.launch_backward(args, reinterpret_cast<void*>(ws), stream);
+  } catch (...) {
+    d.cuMemFreeAsync(ws, stream);
+    throw;
+  }
+  driver::check(d.cuMemFreeAsync(ws, stream), "cuMemFreeAsync");
+}
+
 const LaunchPlan& ContextImpl::miss(const ProblemKey& key, const ShapeInfo& shape, const DispatchKey& dkey) {
   dispatch_misses_.fetch_add(1, std::memory_order_relaxed);
   const auto start = std::chrono::steady_clock::now();
@@ -349,6 +396,16 @@ Context::Context(ContextOptions options) : impl_(std::make_unique<ContextImpl>(o
 Context::~Context() = default;
 Context::Context(Context&&) noexcept = default;
 Context& Context::operator=(Context&&) noexcept = default;
+
+std::size_t Context::backward_workspace_size(const BackwardArgs& args) {
+  if (!impl_) throw Error(ErrorCode::invalid_argument, "backward_workspace_size() on a moved-from Context");
+  return impl_->backward_workspace_size(args);
+}
+
+void Context::backward(const BackwardArgs& args, CUstream stream) {
+  if (!impl_) throw Error(ErrorCode::invalid_argument, "backward() on a moved-from Context");
+  impl_->backward(args, stream);
+}
 
 void Context::forward(const ForwardArgs& args, CUstream stream) {
   if (!impl_) throw Error(ErrorCode::invalid_argument, "forward() on a moved-from Context");

@@ -125,6 +125,10 @@ class ContextImpl {
   ContextImpl& operator=(const ContextImpl&) = delete;
 
   void forward(const ForwardArgs& args, CUstream stream);
+  /// The backward: validate, dispatch (direction bwd is part of the key), then prep, dkdv, dq
+  /// (and reduce) on `stream`, with the caller's workspace or a stream-ordered allocation.
+  void backward(const BackwardArgs& args, CUstream stream);
+  std::size_t backward_workspace_size(const BackwardArgs& args) const;
 
   /// The plan for one spec, building it on first use (tools launch a chosen tile with it;
   /// `check` and benches). Thread-safe; the reference stays valid for the Context's lifetime.
@@ -154,6 +158,7 @@ class ContextImpl {
 
   static DispatchKey dispatch_key(const ProblemKey& key, const ShapeInfo& shape);
   const LaunchPlan& miss(const ProblemKey& key, const ShapeInfo& shape, const DispatchKey& dkey);
+  const LaunchPlan& lookup(const ProblemKey& key, const ShapeInfo& shape);
   std::unique_ptr<LaunchPlan> build(const KernelSpec& spec);
 
   ContextOptions options_;

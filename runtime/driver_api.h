@@ -61,7 +61,9 @@ namespace flashbias::driver {
   X(cuEventDestroy, 4000)                             \
   X(cuPointerGetAttribute, 4000)                      \
   X(cuPointerGetAttributes, 7000)                     \
-  X(cuOccupancyMaxActiveBlocksPerMultiprocessor, 6050)
+  X(cuOccupancyMaxActiveBlocksPerMultiprocessor, 6050) \
+  X(cuMemAllocAsync, 11020)                           \
+  X(cuMemFreeAsync, 11020)
 
 /// The loaded function table. Obtained only through api(); never destroyed (libcuda is never
 /// dlclose'd), so pointers stay valid for the whole process lifetime.

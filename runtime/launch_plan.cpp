@@ -1,8 +1,11 @@
 #include "runtime/launch_plan.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <fmt/format.h>
+
+#include "generator/kernel_source.h"
 
 namespace flashbias {
 namespace {
@@ -65,8 +68,155 @@ std::uint32_t fwd_grid_size(const ForwardArgs& a, int block_m) {
   return static_cast<std::uint32_t>(ctas);
 }
 
+BwdWorkspaceLayout bwd_workspace_layout(const BackwardArgs& a) {
+  auto align = [](std::size_t v) { return (v + 255) / 256 * 256; };
+  auto floats = [&](std::initializer_list<std::int64_t> dims) {
+    std::int64_t n = 1;
+    for (std::int64_t d : dims)
+      if (d <= 0 || __builtin_mul_overflow(n, d, &n))
+        throw Error(ErrorCode::invalid_argument, "backward workspace size overflows (batch, heads, seqlen, rank)");
+    std::int64_t bytes = 0;
+    if (__builtin_mul_overflow(n, std::int64_t{4}, &bytes))
+      throw Error(ErrorCode::invalid_argument, "backward workspace size overflows (batch, heads, seqlen, rank)");
+    return align(static_cast<std::size_t>(bytes));
+  };
+  BwdWorkspaceLayout w;
+  w.delta = 0;
+  w.bytes = floats({a.batch, a.heads, a.seqlen_q});
+  if (a.rank > 0) {
+    w.has_dqb_accum = a.qb_stride.batch == 0 || a.qb_stride.head == 0;
+    w.has_dkb_accum = a.kb_stride.batch == 0 || a.kb_stride.head == 0;
+    if (w.has_dqb_accum) {
+      w.dqb_accum = w.bytes;
+      w.bytes += floats({a.batch, a.heads, a.seqlen_q, a.rank});
+    }
+    if (w.has_dkb_accum) {
+      w.dkb_accum = w.bytes;
+      w.bytes += floats({a.batch, a.heads, a.seqlen_k, a.rank});
+    }
+  }
+  return w;
+}
+
+BwdParams make_bwd_params(const BackwardArgs& a, const TileConfig& tile, int slices, void* workspace) {
+  BwdParams p{};
+  const bool bias = a.rank > 0;
+  p.q = a.q;
+  p.k = a.k;
+  p.v = a.v;
+  p.qb = bias ? a.qb : nullptr;
+  p.kb = bias ? a.kb : nullptr;
+  p.o = a.o;
+  p.dout = a.dout;
+  p.lse = a.lse;
+  p.dq = a.dq;
+  p.dk = a.dk;
+  p.dv = a.dv;
+  p.dqb = bias ? a.dqb : nullptr;
+  p.dkb = bias ? a.dkb : nullptr;
+  const BwdWorkspaceLayout w = bwd_workspace_layout(a);
+  char* ws = static_cast<char*>(workspace);
+  p.delta = reinterpret_cast<float*>(ws + w.delta);
+  p.dqb_accum = w.has_dqb_accum ? reinterpret_cast<float*>(ws + w.dqb_accum) : nullptr;
+  p.dkb_accum = w.has_dkb_accum ? reinterpret_cast<float*>(ws + w.dkb_accum) : nullptr;
+  auto set = [](long long& b, long long& r, long long& h, const Strides& s) {
+    b = s.batch;
+    r = s.seq;
+    h = s.head;
+  };
+  set(p.q_batch_stride, p.q_row_stride, p.q_head_stride, a.q_stride);
+  set(p.k_batch_stride, p.k_row_stride, p.k_head_stride, a.k_stride);
+  set(p.v_batch_stride, p.v_row_stride, p.v_head_stride, a.v_stride);
+  set(p.o_batch_stride, p.o_row_stride, p.o_head_stride, a.o_stride);
+  set(p.do_batch_stride, p.do_row_stride, p.do_head_stride, a.dout_stride);
+  set(p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride, a.dq_stride);
+  set(p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride, a.dk_stride);
+  set(p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride, a.dv_stride);
+  if (bias) {
+    set(p.qb_batch_stride, p.qb_row_stride, p.qb_head_stride, a.qb_stride);
+    set(p.kb_batch_stride, p.kb_row_stride, p.kb_head_stride, a.kb_stride);
+    set(p.dqb_batch_stride, p.dqb_row_stride, p.dqb_head_stride, a.dqb_stride);
+    set(p.dkb_batch_stride, p.dkb_row_stride, p.dkb_head_stride, a.dkb_stride);
+    // One slice along a broadcast dimension: only index 0 is ever formed there.
+    p.qb_batch_bcast = a.qb_stride.batch == 0;
+    p.qb_head_bcast = a.qb_stride.head == 0;
+    p.kb_batch_bcast = a.kb_stride.batch == 0;
+    p.kb_head_bcast = a.kb_stride.head == 0;
+    if (p.qb_batch_bcast) p.dqb_batch_stride = 0;
+    if (p.qb_head_bcast) p.dqb_head_stride = 0;
+    if (p.kb_batch_bcast) p.dkb_batch_stride = 0;
+    if (p.kb_head_bcast) p.dkb_head_stride = 0;
+  }
+  p.batch = static_cast<int>(a.batch);
+  p.heads = static_cast<int>(a.heads);
+  p.seqlen_q = static_cast<int>(a.seqlen_q);
+  p.seqlen_k = static_cast<int>(a.seqlen_k);
+  p.num_m_blocks = static_cast<int>((a.seqlen_q + tile.block_m - 1) / tile.block_m);
+  p.num_n_blocks = static_cast<int>((a.seqlen_k + tile.block_n - 1) / tile.block_n);
+  p.num_slices = slices;
+  p.scale = a.softmax_scale.value_or(1.0f / std::sqrt(static_cast<float>(a.head_dim)));
+  return p;
+}
+
 LaunchPlan::LaunchPlan(std::shared_ptr<const LoadedKernel> kernel, const KernelSpec& spec)
-    : kernel_(std::move(kernel)), spec_(spec) {}
+    : kernel_(std::move(kernel)), spec_(spec) {
+  if (spec_.key.direction == Direction::bwd) {
+    const BwdSmem smem = bwd_smem_bytes(spec_.key, spec_.tile);
+    bwd_dkdv_smem_ = smem.dkdv;
+    bwd_dq_smem_ = smem.dq;
+    bwd_slices_ = bwd_slices(spec_.key, spec_.tile);
+    bwd_dq_ = kernel_->module_function(kBwdEntryDq, smem.dq);
+    bwd_prep_ = kernel_->module_function(kBwdEntryPrep, 0);
+    bwd_reduce_ = kernel_->module_function(kBwdEntryReduce, 0);
+    if (kernel_->max_active_blocks_per_sm(bwd_dq_, smem.dq) == 0) {
+      throw Error(ErrorCode::unsupported,
+                  fmt::format("kernel {} entry {} cannot be resident on this device ({} threads, {} bytes dynamic smem)",
+                              spec_.str(), kBwdEntryDq, kernel_->threads(), smem.dq));
+    }
+  }
+}
+
+namespace {
+
+std::uint32_t checked_grid(std::int64_t blocks, std::int64_t batch_heads, std::int64_t slices, const char* what) {
+  std::int64_t ctas = 0;
+  if (__builtin_mul_overflow(blocks, batch_heads, &ctas) || __builtin_mul_overflow(ctas, slices, &ctas) ||
+      ctas > kMaxGridX) {
+    throw Error(ErrorCode::unsupported,
+                fmt::format("the {} launch grid {} blocks * {} batch*heads * {} slices exceeds the CUDA grid limit {}",
+                            what, blocks, batch_heads, slices, kMaxGridX));
+  }
+  return static_cast<std::uint32_t>(ctas);
+}
+
+}  // namespace
+
+void LaunchPlan::launch_backward(const BackwardArgs& args, void* workspace, CUstream stream) const {
+  if (spec_.key.direction != Direction::bwd)
+    throw Error(ErrorCode::internal, fmt::format("launch_backward on the forward plan {}", spec_.str()));
+  BwdParams params = make_bwd_params(args, spec_.tile, bwd_slices_, workspace);
+  void* kernel_params[] = {&params};
+  const std::int64_t bh = args.batch * args.heads;
+  const int threads = kernel_->threads();
+  const std::int64_t rows = bh * args.seqlen_q;
+  const std::int64_t rows_per_cta = threads / 8;
+  const std::uint32_t prep_grid = checked_grid((rows + rows_per_cta - 1) / rows_per_cta, 1, 1, "prep");
+  const std::uint32_t dkdv_grid = checked_grid(params.num_n_blocks, bh, bwd_slices_, "dK/dV");
+  const std::uint32_t dq_grid = checked_grid(params.num_m_blocks, bh, bwd_slices_, "dQ");
+  kernel_->launch_function(bwd_prep_, kBwdEntryPrep, prep_grid, 0, stream, kernel_params);
+  kernel_->launch_function(kernel_->function(), kBwdEntryDkdv, dkdv_grid, bwd_dkdv_smem_, stream, kernel_params);
+  kernel_->launch_function(bwd_dq_, kBwdEntryDq, dq_grid, bwd_dq_smem_, stream, kernel_params);
+  if (params.dqb_accum != nullptr || params.dkb_accum != nullptr) {
+    std::int64_t total = 0;
+    if (params.dqb_accum)
+      total += (params.qb_batch_bcast ? 1 : args.batch) * (params.qb_head_bcast ? 1 : args.heads) * args.seqlen_q * args.rank;
+    if (params.dkb_accum)
+      total += (params.kb_batch_bcast ? 1 : args.batch) * (params.kb_head_bcast ? 1 : args.heads) * args.seqlen_k * args.rank;
+    const std::int64_t blocks = std::min<std::int64_t>((total + threads - 1) / threads, 65536);
+    kernel_->launch_function(bwd_reduce_, kBwdEntryReduce, static_cast<std::uint32_t>(blocks), 0, stream,
+                             kernel_params);
+  }
+}
 
 void LaunchPlan::launch_forward(const ForwardArgs& args, CUstream stream) const {
   const std::uint32_t grid = fwd_grid_size(args, spec_.tile.block_m);

@@ -3,6 +3,7 @@
 // the grid from the arguments (no allocation, no synchronisation).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 
@@ -20,6 +21,21 @@ FwdParams make_fwd_params(const ForwardArgs& args, int block_m);
 /// Error(unsupported) if it exceeds gridDim.x's limit of 2^31 - 1.
 std::uint32_t fwd_grid_size(const ForwardArgs& args, int block_m);
 
+/// Where the backward's scratch buffers live in its workspace (byte offsets, 256-byte aligned).
+struct BwdWorkspaceLayout {
+  std::size_t delta = 0;      ///< fp32 [batch, heads, seqlen_q]
+  std::size_t dqb_accum = 0;  ///< fp32 [batch, heads, seqlen_q, rank] when qb broadcasts
+  std::size_t dkb_accum = 0;  ///< fp32 [batch, heads, seqlen_k, rank] when kb broadcasts
+  bool has_dqb_accum = false;
+  bool has_dkb_accum = false;
+  std::size_t bytes = 0;      ///< total
+};
+/// Pure: sizes only (pointers are not read). Throws Error(invalid_argument) on overflow.
+BwdWorkspaceLayout bwd_workspace_layout(const BackwardArgs& args);
+
+/// BwdParams for validated arguments, a tile and a workspace of bwd_workspace_layout(args).bytes.
+BwdParams make_bwd_params(const BackwardArgs& args, const TileConfig& tile, int slices, void* workspace);
+
 class LaunchPlan {
  public:
   LaunchPlan(std::shared_ptr<const LoadedKernel> kernel, const KernelSpec& spec);
@@ -29,12 +45,23 @@ class LaunchPlan {
   /// driver refuses the launch.
   void launch_forward(const ForwardArgs& args, CUstream stream) const;
 
+  /// Enqueue the backward's kernels (prep, dkdv, dq, and reduce when a factor broadcasts).
+  /// `workspace` holds bwd_workspace_layout(args).bytes. Same contract as launch_forward.
+  void launch_backward(const BackwardArgs& args, void* workspace, CUstream stream) const;
+
   const LoadedKernel& kernel() const { return *kernel_; }
   const KernelSpec& spec() const { return spec_; }
 
  private:
   std::shared_ptr<const LoadedKernel> kernel_;
   KernelSpec spec_;
+  // The backward module's other entries (null for a forward plan) and its kernels' smem.
+  CUfunction bwd_dq_ = nullptr;
+  CUfunction bwd_prep_ = nullptr;
+  CUfunction bwd_reduce_ = nullptr;
+  std::size_t bwd_dkdv_smem_ = 0;
+  std::size_t bwd_dq_smem_ = 0;
+  int bwd_slices_ = 1;
 };
 
 }  // namespace flashbias

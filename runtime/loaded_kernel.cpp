@@ -119,6 +119,46 @@ void LoadedKernel::launch(unsigned grid_x, unsigned grid_y, unsigned grid_z, CUs
   }
 }
 
+CUfunction LoadedKernel::module_function(const char* name, std::size_t smem_bytes) const {
+  const driver::Api& d = driver::api();
+  CUfunction f = nullptr;
+  if (CUresult r = d.cuModuleGetFunction(&f, module_, name); r != CUDA_SUCCESS) {
+    throw Error(ErrorCode::driver_error,
+                fmt::format("cuModuleGetFunction(\"{}\") failed for kernel {}: {}", name, key_, driver::error_text(r)));
+  }
+  if (smem_bytes > kDefaultDynamicSmemLimit) {
+    if (CUresult r = d.cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                          static_cast<int>(smem_bytes));
+        r != CUDA_SUCCESS) {
+      throw Error(ErrorCode::unsupported,
+                  fmt::format("kernel {} entry {} needs {} bytes of dynamic shared memory, which this device does not "
+                              "allow (cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES) failed: {})",
+                              key_, name, smem_bytes, driver::error_text(r)));
+    }
+  }
+  return f;
+}
+
+void LoadedKernel::launch_function(CUfunction function, const char* name, unsigned grid_x, std::size_t smem_bytes,
+                                   CUstream stream, void** params) const {
+  const driver::Api& d = driver::api();
+  const CUresult r = d.cuLaunchKernel(function, grid_x, 1, 1, static_cast<unsigned>(threads_), 1, 1,
+                                      static_cast<unsigned>(smem_bytes), stream, params, nullptr);
+  if (r != CUDA_SUCCESS) {
+    throw Error(ErrorCode::launch_failed,
+                fmt::format("cuLaunchKernel failed for kernel {} entry {}: grid {}, block {}, {} bytes dynamic smem: {}",
+                            key_, name, grid_x, threads_, smem_bytes, driver::error_text(r)));
+  }
+}
+
+int LoadedKernel::max_active_blocks_per_sm(CUfunction function, std::size_t smem_bytes) const {
+  const driver::Api& d = driver::api();
+  int blocks = 0;
+  driver::check(d.cuOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, function, threads_, smem_bytes),
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+  return blocks;
+}
+
 int LoadedKernel::max_active_blocks_per_sm() const {
   const driver::Api& d = driver::api();
   int blocks = 0;

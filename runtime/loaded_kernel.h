@@ -39,8 +39,18 @@ class LoadedKernel {
   /// Throws Error(launch_failed) naming the key and the geometry.
   void launch(unsigned grid_x, unsigned grid_y, unsigned grid_z, CUstream stream, void** params) const;
 
+  /// Another entry point of the same module (the backward's modules hold four), with its dynamic
+  /// shared memory limit raised to `smem_bytes` where that exceeds the default 48 KiB.
+  /// Throws Error(driver_error) naming the entry.
+  CUfunction module_function(const char* name, std::size_t smem_bytes) const;
+  /// Enqueue one launch of `function` (an entry of this module) with the kernel's block size.
+  void launch_function(CUfunction function, const char* name, unsigned grid_x, std::size_t smem_bytes,
+                       CUstream stream, void** params) const;
+
   /// Resident CTAs per SM at the kernel's block size and dynamic smem (0: does not fit).
   int max_active_blocks_per_sm() const;
+  /// The same for another entry of the module at its own dynamic smem.
+  int max_active_blocks_per_sm(CUfunction function, std::size_t smem_bytes) const;
   /// cuFuncGetAttribute (e.g. CU_FUNC_ATTRIBUTE_NUM_REGS) as the driver sees the loaded code.
   int attribute(CUfunction_attribute attribute) const;
 

@@ -199,16 +199,16 @@ ProblemKey validate_forward(const ForwardArgs& a, const DeviceInfo& device) {
   return key;
 }
 
-void check_device_pointers(const ForwardArgs& a, const DeviceInfo& device) {
+namespace {
+
+struct NamedPointer {
+  const char* name;
+  const void* ptr;
+};
+
+void check_pointers(std::initializer_list<NamedPointer> pointers, const DeviceInfo& device) {
   const driver::Api& d = driver::api();
-  struct Named {
-    const char* name;
-    const void* ptr;
-  };
-  const Named pointers[] = {{"q", a.q},   {"k", a.k},   {"v", a.v}, {"o", a.o},
-                            {"qb", a.rank > 0 ? a.qb : nullptr}, {"kb", a.rank > 0 ? a.kb : nullptr},
-                            {"lse", a.lse}};
-  for (const Named& p : pointers) {
+  for (const NamedPointer& p : pointers) {
     if (p.ptr == nullptr) continue;
     // One cuPointerGetAttributes call per pointer: unlike cuPointerGetAttribute it reports a
     // pointer CUDA does not know (pageable host memory) as memory type 0 instead of failing.
@@ -241,6 +241,110 @@ void check_device_pointers(const ForwardArgs& a, const DeviceInfo& device) {
                        address(p.ptr), ordinal, device.ordinal));
     }
   }
+}
+
+}  // namespace
+
+ProblemKey validate_backward(const BackwardArgs& a, const DeviceInfo& device) {
+  if (static_cast<int>(a.mode) != static_cast<int>(BackwardMode::deterministic)) {
+    fail(ErrorCode::invalid_argument,
+         fmt::format("mode has the invalid value {} (deterministic = 0)", static_cast<int>(a.mode)));
+  }
+  // The forward's rules for everything the two calls share.
+  ForwardArgs f;
+  f.dtype = a.dtype;
+  f.batch = a.batch;
+  f.heads = a.heads;
+  f.seqlen_q = a.seqlen_q;
+  f.seqlen_k = a.seqlen_k;
+  f.head_dim = a.head_dim;
+  f.rank = a.rank;
+  f.q = a.q, f.q_stride = a.q_stride;
+  f.k = a.k, f.k_stride = a.k_stride;
+  f.v = a.v, f.v_stride = a.v_stride;
+  f.qb = a.qb, f.qb_stride = a.qb_stride;
+  f.kb = a.kb, f.kb_stride = a.kb_stride;
+  // o is read here, never written; validate_forward's no-overlap rule for it is harmless.
+  f.o = const_cast<void*>(a.o), f.o_stride = a.o_stride;
+  f.lse = const_cast<float*>(a.lse);
+  f.softmax_scale = a.softmax_scale;
+  f.mask = a.mask;
+  ProblemKey key = validate_forward(f, device);
+  key.direction = Direction::bwd;
+
+  if (a.lse == nullptr) {
+    fail(ErrorCode::invalid_argument,
+         "lse is null; the backward needs the forward's log-sum-exp [batch, heads, seqlen_q] (pass ForwardArgs::lse "
+         "to forward())");
+  }
+  const std::string_view elem_why = "the element size of f16/bf16";
+  struct Tensor {
+    const char* name;
+    const void* ptr;
+    const Strides& stride;
+    std::int64_t seq;
+  };
+  const Tensor dense[] = {{"dout", a.dout, a.dout_stride, a.seqlen_q},
+                          {"dq", a.dq, a.dq_stride, a.seqlen_q},
+                          {"dk", a.dk, a.dk_stride, a.seqlen_k},
+                          {"dv", a.dv, a.dv_stride, a.seqlen_k}};
+  for (const Tensor& t : dense) {
+    require_pointer(t.name, t.ptr, kElementBytes, elem_why);
+    require_strides(t.name, t.stride, false);
+    max_offset(t.name, {{a.batch, t.stride.batch}, {t.seq, t.stride.seq}, {a.heads, t.stride.head}, {a.head_dim, 1}});
+    if (std::string_view(t.name) != "dout") require_no_overlap(t.name, a.batch, t.seq, a.heads, a.head_dim, t.stride);
+  }
+  auto bytes = [](std::int64_t elements) { return static_cast<std::uint64_t>(elements) * kElementBytes; };
+  key.qkv_align = std::min(
+      key.qkv_align,
+      alignment_class({address(a.dout), address(a.dq), address(a.dk), address(a.dv), bytes(a.dout_stride.batch),
+                       bytes(a.dout_stride.seq), bytes(a.dout_stride.head), bytes(a.dq_stride.batch),
+                       bytes(a.dq_stride.seq), bytes(a.dq_stride.head), bytes(a.dk_stride.batch),
+                       bytes(a.dk_stride.seq), bytes(a.dk_stride.head), bytes(a.dv_stride.batch),
+                       bytes(a.dv_stride.seq), bytes(a.dv_stride.head)}));
+  if (a.rank > 0) {
+    // The factor gradients have the factors' own shape: one slice where they broadcast.
+    const std::int64_t qB = a.qb_stride.batch == 0 ? 1 : a.batch, qH = a.qb_stride.head == 0 ? 1 : a.heads;
+    const std::int64_t kB = a.kb_stride.batch == 0 ? 1 : a.batch, kH = a.kb_stride.head == 0 ? 1 : a.heads;
+    const Strides dqb{qB == 1 ? 0 : a.dqb_stride.batch, a.dqb_stride.seq, qH == 1 ? 0 : a.dqb_stride.head};
+    const Strides dkb{kB == 1 ? 0 : a.dkb_stride.batch, a.dkb_stride.seq, kH == 1 ? 0 : a.dkb_stride.head};
+    require_pointer("dqb", a.dqb, kElementBytes, elem_why);
+    require_pointer("dkb", a.dkb, kElementBytes, elem_why);
+    require_strides("dqb", dqb, true);
+    require_strides("dkb", dkb, true);
+    if (qB > 1 && dqb.batch == 0) fail(ErrorCode::invalid_argument, "dqb_stride.batch is 0, but qb does not broadcast over batch");
+    if (qH > 1 && dqb.head == 0) fail(ErrorCode::invalid_argument, "dqb_stride.head is 0, but qb does not broadcast over heads");
+    if (kB > 1 && dkb.batch == 0) fail(ErrorCode::invalid_argument, "dkb_stride.batch is 0, but kb does not broadcast over batch");
+    if (kH > 1 && dkb.head == 0) fail(ErrorCode::invalid_argument, "dkb_stride.head is 0, but kb does not broadcast over heads");
+    max_offset("dqb", {{qB, dqb.batch}, {a.seqlen_q, dqb.seq}, {qH, dqb.head}, {a.rank, 1}});
+    max_offset("dkb", {{kB, dkb.batch}, {a.seqlen_k, dkb.seq}, {kH, dkb.head}, {a.rank, 1}});
+    require_no_overlap("dqb", qB, a.seqlen_q, qH, a.rank, dqb);
+    require_no_overlap("dkb", kB, a.seqlen_k, kH, a.rank, dkb);
+    key.bias_align = std::min(key.bias_align,
+                              alignment_class({address(a.dqb), address(a.dkb), bytes(dqb.batch), bytes(dqb.seq),
+                                               bytes(dqb.head), bytes(dkb.batch), bytes(dkb.seq), bytes(dkb.head)}));
+  }
+  if (a.workspace != nullptr && address(a.workspace) % 16 != 0) {
+    fail(ErrorCode::invalid_argument,
+         fmt::format("workspace ({:#x}) is not aligned to 16 bytes", address(a.workspace)));
+  }
+  return key;
+}
+
+void check_device_pointers(const ForwardArgs& a, const DeviceInfo& device) {
+  const bool bias = a.rank > 0;
+  check_pointers({{"q", a.q}, {"k", a.k}, {"v", a.v}, {"o", a.o}, {"qb", bias ? a.qb : nullptr},
+                  {"kb", bias ? a.kb : nullptr}, {"lse", a.lse}},
+                 device);
+}
+
+void check_device_pointers(const BackwardArgs& a, const DeviceInfo& device) {
+  const bool bias = a.rank > 0;
+  check_pointers({{"q", a.q}, {"k", a.k}, {"v", a.v}, {"o", a.o}, {"dout", a.dout}, {"lse", a.lse},
+                  {"qb", bias ? a.qb : nullptr}, {"kb", bias ? a.kb : nullptr}, {"dq", a.dq}, {"dk", a.dk},
+                  {"dv", a.dv}, {"dqb", bias ? a.dqb : nullptr}, {"dkb", bias ? a.dkb : nullptr},
+                  {"workspace", a.workspace}},
+                 device);
 }
 
 }  // namespace flashbias

@@ -29,10 +29,17 @@ inline constexpr int kMinArchSm = 80;             ///< mma.sync m16n8k16 + cp.as
 /// Error(unsupported) for valid ones no kernel covers (head_dim 100, rank 200, sm_75).
 ProblemKey validate_forward(const ForwardArgs& args, const DeviceInfo& device);
 
+/// The same for a backward call: every forward rule for q, k, v, qb, kb, o (and the same limits),
+/// plus dout, lse (required), the five gradients (dqb/dkb with one slice along each dimension
+/// where qb/kb broadcast), mode and workspace. The key has direction bwd; its alignment classes
+/// cover the gradients too.
+ProblemKey validate_backward(const BackwardArgs& args, const DeviceInfo& device);
+
 /// Ask the driver where each pointer lives; throw Error(invalid_argument) naming the argument if
 /// it is host memory, unknown to CUDA, or on another device than `device`. Managed memory passes.
 /// The device's context must be current.
 void check_device_pointers(const ForwardArgs& args, const DeviceInfo& device);
+void check_device_pointers(const BackwardArgs& args, const DeviceInfo& device);
 
 /// The widest access in {16, 8, 4, 2} bytes that divides every value (addresses and byte
 /// strides); 1 if some value is odd. Zero divides nothing and constrains nothing.

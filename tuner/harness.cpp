@@ -133,6 +133,122 @@ std::size_t DeviceProblem::device_bytes() const {
   return q_.bytes() + k_.bytes() + v_.bytes() + qb_.bytes() + kb_.bytes() + o_.bytes() + lse_.bytes();
 }
 
+void DeviceProblem::enable_backward(std::uint64_t seed) {
+  dout_ = make_grad_output(spec_, seed);
+  dout_buf_ = DeviceBuffer(dout_.bytes());
+  dout_buf_.upload(dout_.data(), dout_.bytes());
+  dq_ = DeviceBuffer(inputs_.q.bytes());
+  dk_ = DeviceBuffer(inputs_.k.bytes());
+  dv_ = DeviceBuffer(inputs_.v.bytes());
+  if (spec_.rank > 0) {
+    dqb_ = DeviceBuffer(inputs_.qb.bytes());
+    dkb_ = DeviceBuffer(inputs_.kb.bytes());
+  }
+}
+
+namespace {
+// Contiguous strides of a factor's storage shape (extent 1 on shared dims).
+Strides storage_strides(const HostTensor& t) {
+  const Shape4 s = t.storage_shape();
+  return Strides{s.n * s.h * s.x, s.h * s.x, s.x};
+}
+}  // namespace
+
+BackwardArgs DeviceProblem::backward_args(void* workspace, std::size_t workspace_bytes) const {
+  if (!backward_enabled()) throw Error(ErrorCode::internal, "DeviceProblem::backward_args before enable_backward");
+  const ForwardArgs f = forward_args();
+  BackwardArgs a;
+  a.dtype = f.dtype;
+  a.batch = f.batch;
+  a.heads = f.heads;
+  a.seqlen_q = f.seqlen_q;
+  a.seqlen_k = f.seqlen_k;
+  a.head_dim = f.head_dim;
+  a.rank = f.rank;
+  a.q = f.q, a.q_stride = f.q_stride;
+  a.k = f.k, a.k_stride = f.k_stride;
+  a.v = f.v, a.v_stride = f.v_stride;
+  a.qb = f.qb, a.qb_stride = f.qb_stride;
+  a.kb = f.kb, a.kb_stride = f.kb_stride;
+  a.o = f.o, a.o_stride = f.o_stride;
+  a.lse = f.lse;
+  a.dout = dout_buf_.get(), a.dout_stride = dout_.strides();
+  a.dq = dq_.get(), a.dq_stride = inputs_.q.strides();
+  a.dk = dk_.get(), a.dk_stride = inputs_.k.strides();
+  a.dv = dv_.get(), a.dv_stride = inputs_.v.strides();
+  if (spec_.rank > 0) {
+    a.dqb = dqb_.get(), a.dqb_stride = storage_strides(inputs_.qb);
+    a.dkb = dkb_.get(), a.dkb_stride = storage_strides(inputs_.kb);
+  }
+  a.softmax_scale = f.softmax_scale;
+  a.mask = f.mask;
+  a.workspace = workspace;
+  a.workspace_bytes = workspace_bytes;
+  return a;
+}
+
+void DeviceProblem::poison_gradients() {
+  for (const DeviceBuffer* b : {&dq_, &dk_, &dv_, &dqb_, &dkb_})
+    if (b->bytes() > 0) driver::check(drv().cuMemsetD16(b->ptr(), kPoison16, b->bytes() / 2), "cuMemsetD16");
+}
+
+DeviceProblem::Gradients DeviceProblem::download_gradients() const {
+  Gradients g;
+  g.dq = HostTensor(spec_.dtype, inputs_.q.shape());
+  g.dk = HostTensor(spec_.dtype, inputs_.k.shape());
+  g.dv = HostTensor(spec_.dtype, inputs_.v.shape());
+  dq_.download(g.dq.data(), g.dq.bytes());
+  dk_.download(g.dk.data(), g.dk.bytes());
+  dv_.download(g.dv.data(), g.dv.bytes());
+  if (spec_.rank > 0) {
+    g.dqb = HostTensor(spec_.dtype, inputs_.qb.storage_shape());
+    g.dkb = HostTensor(spec_.dtype, inputs_.kb.storage_shape());
+    dqb_.download(g.dqb.data(), g.dqb.bytes());
+    dkb_.download(g.dkb.data(), g.dkb.bytes());
+  }
+  return g;
+}
+
+BackwardCheck check_backward(DeviceProblem& problem, const std::function<void(const ForwardArgs&)>& forward,
+                             const std::function<void(const BackwardArgs&)>& backward, std::uint64_t seed) {
+  const ProblemSpec& spec = problem.spec();
+  if (!problem.backward_enabled()) problem.enable_backward(seed);
+  problem.poison_outputs();
+  forward(problem.forward_args());
+  problem.poison_gradients();
+  backward(problem.backward_args());
+  driver::check(drv().cuCtxSynchronize(), "cuCtxSynchronize (after the backward kernels)", ErrorCode::launch_failed);
+  const DeviceProblem::Gradients got = problem.download_gradients();
+
+  const BackwardResult ref = reference_backward(spec, problem.inputs(), problem.dout());
+  const BackwardResult lowp = lowp_backward(spec, problem.inputs(), problem.dout());
+  BackwardCheck r;
+  auto add = [&](const RefTensor& want, const HostTensor& have, const RefTensor& plain, const char* name) {
+    r.grads.push_back(compare(want, have, name));
+    const double lowp_err = require_finite(compare(want, plain, std::string("plain ") + name)).rel_l2;
+    r.lowp_error.push_back(lowp_err);
+    r.tolerance.push_back(tolerance_for(spec.dtype, lowp_err));
+  };
+  add(ref.dq, got.dq, lowp.dq, "dQ");
+  add(ref.dk, got.dk, lowp.dk, "dK");
+  add(ref.dv, got.dv, lowp.dv, "dV");
+  if (spec.rank > 0) {
+    add(ref.dqb, got.dqb, lowp.dqb, "dQb");
+    add(ref.dkb, got.dkb, lowp.dkb, "dKb");
+  }
+  r.pass = true;
+  for (std::size_t i = 0; i < r.grads.size(); ++i) r.pass = r.pass && r.grads[i].ok(r.tolerance[i]);
+  return r;
+}
+
+std::string BackwardCheck::str() const {
+  std::string s;
+  for (std::size_t i = 0; i < grads.size(); ++i)
+    s += fmt::format("{}{} | tol {:.1e} (plain {:.2e}){}", i ? "\n" : "", grads[i].str(), tolerance[i], lowp_error[i],
+                     grads[i].ok(tolerance[i]) ? "" : "  FAIL");
+  return s + (pass ? "\nPASS" : "\nFAIL");
+}
+
 double tolerance_for(DType dtype, double lowp_error) {
   constexpr double kBound = 2e-3;  // the project's bound for fp16 inputs (shared/BENCH.md)
   if (dtype == DType::f16) return kBound;

@@ -63,11 +63,29 @@ class DeviceProblem {
   /// Bytes on the device.
   std::size_t device_bytes() const;
 
+  // --- Backward (allocated by enable_backward) ---
+  /// Draw dO (seeded) and allocate dO and the five gradients. dQb/dKb are stored in the factors'
+  /// own storage shape: extent 1 on a shared dimension.
+  void enable_backward(std::uint64_t seed);
+  bool backward_enabled() const { return !dout_.empty(); }
+  const HostTensor& dout() const { return dout_; }
+  /// Arguments of a backward call on these buffers: the forward's O and LSE (run forward first),
+  /// dO, and the gradient buffers. `workspace` may be null (stream-ordered allocation).
+  BackwardArgs backward_args(void* workspace = nullptr, std::size_t workspace_bytes = 0) const;
+  /// Fill the five gradients with NaN patterns.
+  void poison_gradients();
+  struct Gradients {
+    HostTensor dq, dk, dv, dqb, dkb;  ///< dqb/dkb in storage shape (empty when R = 0)
+  };
+  Gradients download_gradients() const;
+
  private:
   void upload();
   ProblemSpec spec_;
   AttentionInputs inputs_;
   DeviceBuffer q_, k_, v_, qb_, kb_, o_, lse_;
+  HostTensor dout_;
+  DeviceBuffer dout_buf_, dq_, dk_, dv_, dqb_, dkb_;
 };
 
 /// The outcome of one numerical check.
@@ -88,6 +106,22 @@ double tolerance_for(DType dtype, double lowp_error);
 /// LSE poisoned first, and compare against the fp64 reference on up to `max_rows` sampled rows.
 CheckResult check_forward(DeviceProblem& problem, const std::function<void(const ForwardArgs&)>& launch,
                           std::int64_t max_rows);
+
+/// The outcome of a backward check: the five gradients against the fp64 reference.
+struct BackwardCheck {
+  std::vector<Comparison> grads;      ///< dQ, dK, dV (, dQb, dKb)
+  std::vector<double> tolerance;      ///< per gradient: 2e-3, or the bf16 rule on that gradient
+  std::vector<double> lowp_error;     ///< per gradient: the plain low-precision implementation's error
+  bool pass = false;
+  std::string str() const;            ///< one line per gradient
+};
+
+/// Run `forward` (O and LSE, on `problem`'s buffers), poison the gradients, run `backward`, and
+/// compare all five gradients with the fp64 reference (every row: test-sized problems). The
+/// tolerance per gradient follows tolerance_for() with the plain low-precision backward's error.
+/// Calls enable_backward(seed) first if it was not.
+BackwardCheck check_backward(DeviceProblem& problem, const std::function<void(const ForwardArgs&)>& forward,
+                             const std::function<void(const BackwardArgs&)>& backward, std::uint64_t seed);
 
 /// Median milliseconds of `launch` over `repeats` runs timed with CUDA events on `stream`,
 /// after `warmup` runs. `spread_ms` (optional) receives max - min.

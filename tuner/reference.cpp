@@ -314,6 +314,149 @@ BackwardResult backward_impl(const ProblemSpec& spec, const Read& rq, const Read
 // Bits of a float as the dtype, back to float: the rounding a kernel does when it stores P.
 float round_f(DType t, float x) { return float(numeric::round_to(t, x)); }
 
+}  // namespace
+
+BackwardResult lowp_backward(const ProblemSpec& spec, const AttentionInputs& in, const HostTensor& dout,
+                            unsigned threads) {
+  check_inputs(spec, in);
+  check_tensor("dout", dout, q_shape(spec), spec.dtype, {});
+  const std::int64_t B = spec.batch, H = spec.heads, D = spec.head_dim, R = spec.rank;
+  const std::int64_t Nq = spec.seqlen_q, Nk = spec.seqlen_k;
+  const DType dt = spec.dtype;
+  const float scale = spec.scale();
+  BackwardResult res;
+  res.forward.rows = all_rows(spec);
+  res.forward.o = RefTensor(q_shape(spec));
+  res.forward.lse.assign(static_cast<std::size_t>(B * H * Nq), 0.0);
+  res.dq = RefTensor(q_shape(spec));
+  res.dk = RefTensor(kv_shape(spec));
+  res.dv = RefTensor(kv_shape(spec));
+  std::vector<float> dqb_full, dkb_full;  // fp32 [B, N, H, R] before the reduction
+  if (R > 0) {
+    dqb_full.assign(static_cast<std::size_t>(B * Nq * H * R), 0.f);
+    dkb_full.assign(static_cast<std::size_t>(B * Nk * H * R), 0.f);
+  }
+  const std::int64_t per_head = std::clamp<std::int64_t>((kBackwardTasks + B * H - 1) / (B * H), 1, Nq);
+  const std::int64_t chunk = (Nq + per_head - 1) / per_head;
+  const std::int64_t chunks = (Nq + chunk - 1) / chunk;
+  const std::int64_t part_stride = 2 * D + R;
+  std::vector<std::vector<float>> parts(static_cast<std::size_t>(B * H * chunks));
+  const Read16 rq{&in.q}, rk{&in.k}, rv{&in.v}, rqb{&in.qb}, rkb{&in.kb}, rdo{&dout};
+
+  detail::parallel_for(B * H * chunks, threads, [&](std::int64_t task) {
+    const std::int64_t bh = task / chunks, c = task % chunks, b = bh / H, h = bh % H;
+    const std::int64_t i0 = c * chunk, i1 = std::min(Nq, i0 + chunk);
+    const std::int64_t keys = spec.visible_keys(i1 - 1);
+    std::vector<float>& part = parts[static_cast<std::size_t>(task)];
+    part.assign(static_cast<std::size_t>(Nk * part_stride), 0.f);
+    std::vector<float> K, V, Kb, q, qb, g, s, o(static_cast<std::size_t>(D)), dq(static_cast<std::size_t>(D)),
+        dqb(static_cast<std::size_t>(R));
+    gather(rk, b, h, 0, keys, D, K);
+    gather(rv, b, h, 0, keys, D, V);
+    if (R > 0) gather(rkb, b, h, 0, keys, R, Kb);
+    for (std::int64_t i = i0; i < i1; ++i) {
+      const std::int64_t nv = spec.visible_keys(i);
+      double& lse_out = res.forward.lse[static_cast<std::size_t>((b * H + h) * Nq + i)];
+      if (nv == 0) {
+        lse_out = kNegInf;
+        continue;
+      }
+      gather(rq, b, h, i, i + 1, D, q);
+      gather(rdo, b, h, i, i + 1, D, g);
+      if (R > 0) gather(rqb, b, h, i, i + 1, R, qb);
+      // The forward as lowp_forward computes it: O rounded to the dtype, LSE in fp32.
+      s.resize(static_cast<std::size_t>(nv));
+      float m = -std::numeric_limits<float>::infinity();
+      for (std::int64_t j = 0; j < nv; ++j) {
+        float sj = scale * dot(q.data(), &K[static_cast<std::size_t>(j * D)], D);
+        if (R > 0) sj += dot(qb.data(), &Kb[static_cast<std::size_t>(j * R)], R);
+        s[static_cast<std::size_t>(j)] = sj;
+        m = std::max(m, sj);
+      }
+      float l = 0;
+      std::fill(o.begin(), o.end(), 0.f);
+      for (std::int64_t j = 0; j < nv; ++j) {
+        const float p = std::exp(s[static_cast<std::size_t>(j)] - m);
+        l += p;
+        const float p16 = round_f(dt, p);
+        for (std::int64_t x = 0; x < D; ++x) o[static_cast<std::size_t>(x)] += p16 * V[static_cast<std::size_t>(j * D + x)];
+      }
+      for (std::int64_t x = 0; x < D; ++x) {
+        o[static_cast<std::size_t>(x)] = round_f(dt, o[static_cast<std::size_t>(x)] / l);
+        res.forward.o.at(b, i, h, x) = o[static_cast<std::size_t>(x)];
+      }
+      const float lse = m + std::log(l);
+      lse_out = lse;
+      // The backward of a plain implementation: fp32 P, dP, dS; P and dS rounded to the dtype
+      // before each gradient product (fp32 accumulation); gradients rounded at the end.
+      const float delta = dot(g.data(), o.data(), D);
+      std::fill(dq.begin(), dq.end(), 0.f);
+      std::fill(dqb.begin(), dqb.end(), 0.f);
+      for (std::int64_t j = 0; j < nv; ++j) {
+        const float p = std::exp(s[static_cast<std::size_t>(j)] - lse);
+        const float dp = dot(g.data(), &V[static_cast<std::size_t>(j * D)], D);
+        const float ds = round_f(dt, p * (dp - delta));
+        const float p16 = round_f(dt, p);
+        const float* kj = &K[static_cast<std::size_t>(j * D)];
+        float* dk = &part[static_cast<std::size_t>(j * part_stride)];
+        float* dv = dk + D;
+        for (std::int64_t x = 0; x < D; ++x) {
+          dq[static_cast<std::size_t>(x)] += ds * kj[x];
+          dk[x] += ds * q[static_cast<std::size_t>(x)];
+          dv[x] += p16 * g[static_cast<std::size_t>(x)];
+        }
+        if (R > 0) {
+          const float* kbj = &Kb[static_cast<std::size_t>(j * R)];
+          float* dkb = dv + D;
+          for (std::int64_t x = 0; x < R; ++x) {
+            dqb[static_cast<std::size_t>(x)] += ds * kbj[x];
+            dkb[x] += ds * qb[static_cast<std::size_t>(x)];
+          }
+        }
+      }
+      for (std::int64_t x = 0; x < D; ++x) res.dq.at(b, i, h, x) = round_f(dt, scale * dq[static_cast<std::size_t>(x)]);
+      for (std::int64_t x = 0; x < R; ++x)
+        dqb_full[static_cast<std::size_t>(((b * Nq + i) * H + h) * R + x)] = dqb[static_cast<std::size_t>(x)];
+    }
+  });
+  detail::parallel_for(B * H, threads, [&](std::int64_t bh) {
+    const std::int64_t b = bh / H, h = bh % H;
+    std::vector<float> acc(static_cast<std::size_t>(Nk * part_stride), 0.f);
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      const std::vector<float>& part = parts[static_cast<std::size_t>(bh * chunks + c)];
+      for (std::size_t e = 0; e < acc.size(); ++e) acc[e] += part[e];
+    }
+    for (std::int64_t j = 0; j < Nk; ++j) {
+      const float* src = &acc[static_cast<std::size_t>(j * part_stride)];
+      for (std::int64_t x = 0; x < D; ++x) {
+        res.dk.at(b, j, h, x) = round_f(dt, scale * src[x]);
+        res.dv.at(b, j, h, x) = round_f(dt, src[D + x]);
+      }
+      for (std::int64_t x = 0; x < R; ++x) dkb_full[static_cast<std::size_t>(((b * Nk + j) * H + h) * R + x)] = src[2 * D + x];
+    }
+  });
+  if (R > 0) {
+    const auto reduce = [&](const std::vector<float>& full, std::int64_t n_len, FactorLayout l) {
+      const Shape4 st = factor_storage(spec, n_len, l);
+      std::vector<float> acc(static_cast<std::size_t>(st.elements()), 0.f);
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t n = 0; n < n_len; ++n)
+          for (std::int64_t h = 0; h < H; ++h)
+            for (std::int64_t x = 0; x < R; ++x)
+              acc[static_cast<std::size_t>((((l.batch_shared ? 0 : b) * st.n + n) * st.h + (l.head_shared ? 0 : h)) * R +
+                                           x)] += full[static_cast<std::size_t>(((b * n_len + n) * H + h) * R + x)];
+      RefTensor out(st);
+      for (std::size_t e = 0; e < acc.size(); ++e) out.data[e] = round_f(dt, acc[e]);
+      return out;
+    };
+    res.dqb = reduce(dqb_full, Nq, spec.qb_layout);
+    res.dkb = reduce(dkb_full, Nk, spec.kb_layout);
+  }
+  return res;
+}
+
+namespace {
+
 // Compare n values; ref(i) and got(i) give the values, where(i) names element i for messages.
 template <class RefAt, class GotAt, class Where>
 Comparison compare_impl(std::string_view name, std::int64_t n, RefAt ref, GotAt got, Where where) {

@@ -86,6 +86,13 @@ BackwardResult reference_backward(const ProblemSpec& spec, const AttentionInputs
 BackwardResult reference_backward(const ProblemSpec& spec, const RefInputs& in, const RefTensor& dout,
                                   unsigned threads = 0);
 
+/// The plain low-precision backward (the bf16/fp16 gradient tolerance's baseline): the forward of
+/// lowp_forward (O rounded, LSE in fp32), then fp32 P, dP, Delta (from the rounded O) and dS; P
+/// and dS rounded to the dtype before each gradient product, accumulated in fp32; gradients
+/// rounded to the dtype. A shared factor's gradient is summed in fp32 and then rounded.
+BackwardResult lowp_backward(const ProblemSpec& spec, const AttentionInputs& in, const HostTensor& dout,
+                             unsigned threads = 0);
+
 /// How far an output is from a reference.
 struct Comparison {
   std::string name;           ///< what was compared ("O", "LSE", "dQb", ...)

@@ -29,4 +29,48 @@ struct FwdParams {
   float scale;       // softmax scale, applied to Q K^T only (the bias enters unscaled)
 };
 
+/// Backward parameters (templates/sm80/bwd_kernel.cuh). Strides in elements; last dims contiguous.
+struct BwdParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  const void* qb;  // null when rank == 0
+  const void* kb;
+  const void* o;
+  const void* dout;
+  const float* lse;  // [batch, heads, seqlen_q] contiguous, natural log (the forward's)
+  void* dq;
+  void* dk;
+  void* dv;
+  void* dqb;  // the caller's gradient of qb (one slice along each broadcast dimension)
+  void* dkb;
+  float* delta;      // workspace [batch, heads, seqlen_q]: rowsum(dO * O)
+  float* dqb_accum;  // workspace [batch, heads, seqlen_q, rank] fp32 when qb broadcasts, else null
+  float* dkb_accum;  // workspace [batch, heads, seqlen_k, rank] fp32 when kb broadcasts, else null
+
+  long long q_batch_stride, q_row_stride, q_head_stride;
+  long long k_batch_stride, k_row_stride, k_head_stride;
+  long long v_batch_stride, v_row_stride, v_head_stride;
+  long long qb_batch_stride, qb_row_stride, qb_head_stride;
+  long long kb_batch_stride, kb_row_stride, kb_head_stride;
+  long long o_batch_stride, o_row_stride, o_head_stride;
+  long long do_batch_stride, do_row_stride, do_head_stride;
+  long long dq_batch_stride, dq_row_stride, dq_head_stride;
+  long long dk_batch_stride, dk_row_stride, dk_head_stride;
+  long long dv_batch_stride, dv_row_stride, dv_head_stride;
+  long long dqb_batch_stride, dqb_row_stride, dqb_head_stride;
+  long long dkb_batch_stride, dkb_row_stride, dkb_head_stride;
+
+  int batch;
+  int heads;
+  int seqlen_q;
+  int seqlen_k;
+  int num_m_blocks;  // ceil(seqlen_q / block_m)
+  int num_n_blocks;  // ceil(seqlen_k / block_n)
+  int num_slices;    // output slices per (block, batch, head): 1, or split + 1 with a bias
+  int qb_batch_bcast, qb_head_bcast;  // 1 where the factor's stride is 0 (its gradient is summed)
+  int kb_batch_bcast, kb_head_bcast;
+  float scale;  // softmax scale (Q K^T only)
+};
+
 }  // namespace flashbias

@@ -26,12 +26,22 @@ template <> struct ElementTraits<half_t> {
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
   }
+  static __device__ __forceinline__ float to_float(u16 bits) {
+    float r;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(bits));
+    return r;
+  }
 };
 
 template <> struct ElementTraits<bf16_t> {
   static __device__ __forceinline__ u32 pack(float lo, float hi) {
     u32 r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+  }
+  static __device__ __forceinline__ float to_float(u16 bits) {
+    float r;
+    asm("mov.b32 %0, %1;" : "=f"(r) : "r"(u32(bits) << 16));
     return r;
   }
 };
@@ -45,6 +55,12 @@ __device__ __forceinline__ float fast_exp2(float x) {
 __device__ __forceinline__ float fast_log2(float x) {
   float y;
   asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float pos_inf() {
+  float y;
+  asm("mov.b32 %0, 0x7f800000;" : "=f"(y));
   return y;
 }
 

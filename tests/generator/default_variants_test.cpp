@@ -13,7 +13,7 @@
 
 namespace flashbias {
 
-TEST_CASE("the default variant set compiles for sm_80 and sm_90a with zero spills", "[nvrtc][generator]") {
+TEST_CASE("the default variant set (forward and backward) compiles for sm_80 and sm_90a with zero spills", "[nvrtc][generator]") {
   struct Job {
     KernelSpec spec;
     std::string name;
@@ -22,11 +22,15 @@ TEST_CASE("the default variant set compiles for sm_80 and sm_90a with zero spill
   for (const char* a : {"sm_80", "sm_90a"}) {
     const Arch arch = Arch::parse(a);
     for (const DefaultVariant& v : default_variants(arch))
-      // Long and short sequences pick different heuristic tiles; both belong to the set.
-      for (std::int64_t n : {384, 8192}) {
-        const TileConfig t = heuristic_tile(v.key, ShapeInfo{8, n, n}, default_smem_limit(arch));
-        jobs.push_back({KernelSpec{v.key, t}, fmt::format("{} n={}", v.name, n)});
-      }
+      // Long and short sequences pick different heuristic tiles; both belong to the set. The
+      // backward of every key too (its four kernels share one module; spills summed over them).
+      for (Direction dir : {Direction::fwd, Direction::bwd})
+        for (std::int64_t n : {384, 8192}) {
+          ProblemKey key = v.key;
+          key.direction = dir;
+          const TileConfig t = heuristic_tile(key, ShapeInfo{8, n, n}, default_smem_limit(arch));
+          jobs.push_back({KernelSpec{key, t}, fmt::format("{} {} n={}", v.name, to_string(dir), n)});
+        }
   }
   // Deduplicate (several shapes share a tile), then compile on every core.
   std::vector<Job> unique;

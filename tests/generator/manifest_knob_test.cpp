@@ -275,11 +275,21 @@ TEST_CASE("legality_error reports the template's rule with the values it got", "
              Contains("head_dim must be a multiple of 8") && Contains("got kHeadDim = 12"));
   // The device limit is the host's own check, not a template rule.
   CHECK_THAT(legality_error(key, TileConfig{128, 128, 8, 2}, 1024), Contains("over the 1024 bytes a block may use"));
-  // A direction without a template.
+  // The backward's own template rules (its warps own whole m16 tiles of keys and of queries).
   ProblemKey bwd = key;
   bwd.direction = Direction::bwd;
-  CHECK_THAT(legality_error(bwd, TileConfig{}), Contains("backward kernels are not available in this build"));
-  CHECK_THROWS_AS(generate(KernelSpec{bwd, TileConfig{}}), Error);
+  CHECK(legality_error(bwd, TileConfig::parse("bm=64,bn=64,w=4,s=2")).empty());
+  CHECK_THAT(legality_error(bwd, TileConfig::parse("bm=64,bn=32,w=4,s=1")),
+             Contains("block_n must be a multiple of 16 * warps") && Contains("kBlockN = 32, kWarps = 4"));
+  CHECK(legality_error(bwd, TileConfig::parse("bm=64,bn=64,w=4,s=1,split=4")).empty());
+  ProblemKey bwd72 = make_key(72, 3, MaskKind::none);
+  bwd72.direction = Direction::bwd;
+  CHECK_THAT(legality_error(bwd72, TileConfig::parse("bm=64,bn=64,w=4,s=1,split=2")),
+             Contains("head_dim must be a multiple of 8 * split") && Contains("kSplit = 2"));
+  const KernelSource src = generate(KernelSpec{bwd, TileConfig::parse("bm=64,bn=64,w=4,s=2")});
+  CHECK(src.entries.size() == 4);
+  CHECK(src.entry == src.entries.front());
+  CHECK_THAT(src.source, Contains("BwdKernel<flashbias::half_t, 64, 16, false, 16, 16, 64, 64, 4, 2, 1, 1>"));
 }
 
 TEST_CASE("generate spells FwdKernel's arguments in the manifest's parameter order", "[cpu][manifest]") {

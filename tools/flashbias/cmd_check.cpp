@@ -19,6 +19,7 @@ struct CheckOptions {
   long long rows = 256;
   int repeat = 1;
   bool time = false;
+  bool backward = false;
 };
 }  // namespace
 
@@ -35,6 +36,9 @@ void add_check(CLI::App& app, int& rc) {
   cmd->add_option("--device", o->device, "CUDA device ordinal")->capture_default_str();
   cmd->add_option("--rows", o->rows, "query rows checked against the reference (sampled)")->capture_default_str();
   cmd->add_option("--repeat", o->repeat, "runs, each with fresh inputs (a moving error is a race)")->capture_default_str();
+  cmd->add_flag("--backward", o->backward,
+                "also check all five gradients (dQ, dK, dV, dQb, dKb) against the fp64 reference (every row: keep "
+                "problems test-sized); with --time, times forward + backward");
   cmd->add_flag("--time", o->time, "also time each kernel (CUDA events, median of 30 after 5 warm-up runs)");
   cmd->callback([o, &rc] {
     GpuSession session(o->device);
@@ -52,6 +56,31 @@ void add_check(CLI::App& app, int& rc) {
         tiles.emplace_back(TileConfig::parse(o->config));
       } else {
         tiles.emplace_back(std::nullopt);
+      }
+      if (o->backward) {
+        if (!o->config.empty())
+          throw Error(ErrorCode::invalid_argument, "--config with --backward is not supported: the backward runs the "
+                                                   "dispatcher's tile (tune or gen --direction bwd --config for others)");
+        Context& ctx = session.context();
+        for (int i = 0; i < o->repeat; ++i) {
+          if (i > 0) problem.regenerate(++seed);
+          const BackwardCheck r = check_backward(
+              problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
+              [&](const BackwardArgs& a) { ctx.backward(a, nullptr); }, seed + 7);
+          std::string timing;
+          if (o->time) {
+            const ForwardArgs fa = problem.forward_args();
+            const BackwardArgs ba = problem.backward_args();
+            double spread = 0;
+            const double ms = time_ms([&] { ctx.forward(fa, nullptr); ctx.backward(ba, nullptr); }, nullptr, 5, 30,
+                                      &spread);
+            timing = fmt::format("  fwd+bwd time {:.4f} ms (spread {:.4f})\n", ms, spread);
+          }
+          fmt::print("{} backward seed {}\n{}\n{}", to_string(spec), seed, r.str(), timing);
+          all_pass = all_pass && r.pass;
+        }
+        ++seed;
+        continue;
       }
       for (const auto& tile : tiles) {
         KernelSpec chosen;

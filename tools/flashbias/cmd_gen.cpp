@@ -20,6 +20,7 @@ struct GenOptions {
   int head_dim = 0;
   int rank = 0;
   std::string mask = "none";
+  std::string direction = "fwd";
   std::string config;
   std::string emit = "source";
   int qkv_align = 16;
@@ -38,6 +39,9 @@ void add_gen(CLI::App& app, int& rc) {
   cmd->add_option("--head-dim,-d", o->head_dim, "head dim D (multiple of 8, 8..256)");
   cmd->add_option("--rank,-r", o->rank, "bias rank R (0..128)")->capture_default_str();
   cmd->add_option("--mask", o->mask, "none or causal")->capture_default_str();
+  cmd->add_option("--direction", o->direction, "fwd, or bwd (the backward's four kernels, one module)")
+      ->check(CLI::IsMember({"fwd", "bwd"}))
+      ->capture_default_str();
   cmd->add_option("--config", o->config, "tile config, e.g. bm=128,bn=64,w=4,s=2 (knobs: gen --list; default: the heuristic's)");
   cmd->add_option("--emit", o->emit, "source | resources")->check(CLI::IsMember({"source", "resources"}))->capture_default_str();
   cmd->add_option("--qkv-align", o->qkv_align, "alignment class of Q/K/V/O rows in bytes (16, 8, 4, 2)")->capture_default_str();
@@ -57,10 +61,12 @@ void add_gen(CLI::App& app, int& rc) {
         spellings += fmt::format("{}{}={}", spellings.empty() ? "" : ", ", k.spelling, k.name);
       }
       fmt::print("\n--config knobs: {}\n", spellings);
-      const KnobSpace& ks = fwd_knob_space(arch);
-      fmt::print("search space on {}: {} tile configs (product of {} knobs), pruned per key by the [host] rules and "
-                 "shared memory\n",
-                 arch.name(), ks.size(), ks.all.size());
+      for (Direction dir : {Direction::fwd, Direction::bwd}) {
+        const KnobSpace& ks = knob_space(arch, dir);
+        fmt::print("{} search space on {}: {} tile configs (product of {} knobs), pruned per key by the [host] rules "
+                   "and shared memory\n",
+                   to_string(dir), arch.name(), ks.size(), ks.all.size());
+      }
       rc = 0;
       return;
     }
@@ -71,6 +77,7 @@ void add_gen(CLI::App& app, int& rc) {
     key.head_dim = o->head_dim;
     key.rank = o->rank;
     key.mask = parse_mask(o->mask);
+    key.direction = o->direction == "bwd" ? Direction::bwd : Direction::fwd;
     key.qkv_align = o->qkv_align;
     key.bias_align = o->rank > 0 ? (o->bias_align ? o->bias_align
                                                    : dense_problem_key(ProblemSpec{.rank = o->rank}, arch).bias_align)
@@ -84,6 +91,8 @@ void add_gen(CLI::App& app, int& rc) {
       fmt::print("{}", src.source);
       fmt::print("// NVRTC options:");
       for (const auto& opt : src.options) fmt::print(" {}", opt);
+      fmt::print("\n// entry points:");
+      for (const auto& e : src.entries) fmt::print(" {}", e);
       fmt::print("\n// launch: {} threads, {} bytes of dynamic shared memory\n", src.threads, src.smem_bytes);
       rc = 0;
       return;
@@ -92,7 +101,11 @@ void add_gen(CLI::App& app, int& rc) {
     fmt::print("kernel     {}\n", src.spec.str());
     fmt::print("threads    {}\n", ck.threads);
     fmt::print("smem       {} bytes dynamic\n", ck.smem_bytes);
-    fmt::print("resources  {}\n", ck.resources.str());
+    fmt::print("resources  {}{}\n", ck.resources.str(), src.entries.size() > 1 ? " (worst over the entries)" : "");
+    if (src.entries.size() > 1) {
+      for (const auto& e : src.entries)
+        fmt::print("  {:<22} {}\n", e, kernel_resources(ck.cubin, ck.log, e).str());
+    }
     fmt::print("cubin      {} bytes (NVRTC {})\n", ck.cubin.size(), ck.nvrtc_version);
     fmt::print("compile    {:.0f} ms\n", ck.compile_ms);
     if (ck.resources.spills()) fmt::print("warning: the kernel spills registers to local memory\n");

@@ -1,0 +1,597 @@
+// FlashBias backward, sm80 family (mma.sync + ldmatrix + cp.async; runs on sm_80 and newer).
+//
+//   S = scale Q K^T + Qb Kb^T (+ mask),  P = exp(S - LSE),  dV = P^T dO,  dP = dO V^T,
+//   Delta = rowsum(dO * O),  dS = P * (dP - Delta),
+//   dQ = scale dS K,  dK = scale dS^T Q,  dQb = dS Kb,  dKb = dS^T Qb.
+//
+// Deterministic by construction: every output element is summed by exactly one thread in a fixed
+// order, with no atomics. Four entry points share one module (generated together, one cubin):
+//   prep:   Delta per query row.
+//   dkdv:   one CTA per (key block, batch, head, slice); warps own key rows; walks the query
+//           blocks that see the key block and accumulates dK, dV (and dKb) in registers.
+//   dq:     one CTA per (query block, batch, head, slice); warps own query rows; walks the key
+//           blocks and accumulates dQ (and dQb). It recomputes S and dP instead of sharing dS
+//           with dkdv through atomics or a global buffer (the cost of determinism: two extra
+//           products of the seven).
+//   reduce: sums the fp32 factor gradients over broadcast batch/head dimensions (fixed order)
+//           into the caller's dQb/dKb; only launched when a factor broadcasts.
+// The bias is R extra contraction columns of S and R extra output columns of dQ/dK, padded to a
+// multiple of 8 in shared memory only.
+//
+// kSplit > 1 cuts the output columns into slices computed by separate CTAs: kSplit slices of the
+// head dim (dK and dV, or dQ) plus one for the factor gradient (which also gets its own slice at
+// rank > 32). Each slice recomputes S and dP, and holds only its own accumulators: how wide heads
+// (d > 128) and wide factors avoid spilling.
+#pragma once
+
+#include "common/manifest.h"
+#include "common/params.h"
+#include "common/sm80_ops.cuh"
+#include "sm80/mask.cuh"
+#include "sm80/tile_loader.cuh"
+#include "sm80/warp_gemm.cuh"
+
+namespace flashbias {
+namespace sm80 {
+
+/// Dynamic shared memory is declared in 16-byte words so that cp.async destinations are aligned.
+struct alignas(16) BwdSmemWord { u32 w[4]; };
+
+__device__ __forceinline__ u32 grid_dim() { u32 r; asm("mov.u32 %0, %%nctaid.x;" : "=r"(r)); return r; }
+
+/// The tunable template parameters of BwdKernel and their candidate values (templates/README.md).
+struct BwdKnobs {
+  static constexpr int kBlockM[] = {32, 64, 128};
+  static constexpr int kBlockN[] = {32, 64, 128};
+  static constexpr int kWarps[] = {2, 4, 8};
+  static constexpr int kStages[] = {1, 2};
+  static constexpr int kSplit[] = {1, 2, 4};
+  static constexpr int kMinBlocks[] = {1, 2};
+};
+
+template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
+          int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kSplit = 1, int kMinBlocks = 1>
+struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
+  using Knobs = BwdKnobs;
+
+  static_assert(kHeadDim % 8 == 0 && kHeadDim >= 8 && kHeadDim <= 256, "head_dim must be a multiple of 8 in [8, 256]");
+  static_assert(kRank >= 0 && kRank <= 128, "rank must be in [0, 128]");
+  static_assert(kWarps >= 1 && kWarps <= 16, "warps must be in [1, 16]");
+  static_assert(kBlockM % (kWarps * 16) == 0, "block_m must be a multiple of 16 * warps (the dq kernel's warps own whole m16 tiles of queries)");
+  static_assert(kBlockN % (kWarps * 16) == 0, "block_n must be a multiple of 16 * warps (the dkdv kernel's warps own whole m16 tiles of keys)");
+  static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
+  static_assert(kSplit == 1 || kSplit == 2 || kSplit == 4, "split must be 1, 2 or 4");
+  static_assert(kHeadDim % (8 * kSplit) == 0, "head_dim must be a multiple of 8 * split (each slice owns whole n8 tiles)");
+  static_assert(kMinBlocks >= 1 && kMinBlocks <= 4, "min_blocks must be in [1, 4]");
+  static_assert((kHeadDim * 2) % kQkvAlign == 0, "qkv_align must divide a row of head_dim elements");
+  static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
+
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kMinBlocksPerSm = kMinBlocks;
+  static constexpr bool kHasBias = kRank > 0;
+  static constexpr int kRankPad = round_up(kRank, 8);
+  static constexpr int kRowPad = 8;
+  static constexpr int kDStride = kHeadDim + kRowPad;
+  static constexpr int kRStride = kRankPad + kRowPad;
+  static constexpr int kDOut = kHeadDim / kSplit;  // head-dim columns of one slice
+  // The factor gradient gets its own slice (CTAs) when the head dim is split, or when its two
+  // accumulators (below) would crowd the head-dim ones out of registers (rank > 32).
+  static constexpr bool kBiasSlice = kHasBias && (kSplit > 1 || kRank > 32);
+  static constexpr int kSlices = kSplit + (kBiasSlice ? 1 : 0);
+  // The factor gradients sum dS over a whole sequence, and sum_j dS_ij = 0 exactly, so they cancel:
+  // dS rounded to 16 bits alone costs them up to ~1e-2 relative error on a short row. They take dS
+  // as hi + lo / kLoScale (two products into two accumulators): about 22 bits of dS.
+  static constexpr float kLoScale = 2048.f;
+
+  // Shared memory, in bytes. dkdv: K | V | Kb, then per stage Q | dO | Qb | lse | delta (fp32).
+  // dq: Q | dO | Qb, then per stage K | V | Kb.
+  static constexpr int kRElemsM = kHasBias ? kBlockM * kRStride : 0;
+  static constexpr int kRElemsN = kHasBias ? kBlockN * kRStride : 0;
+  static constexpr int kDkdvFixedElems = 2 * kBlockN * kDStride + kRElemsN;
+  static constexpr int kDkdvStageBytes = 2 * (2 * kBlockM * kDStride + kRElemsM) + 8 * kBlockM;
+  static constexpr int kDkdvSmemBytes = 2 * kDkdvFixedElems + kStages * kDkdvStageBytes;
+  static constexpr int kDqFixedElems = 2 * kBlockM * kDStride + kRElemsM;
+  static constexpr int kDqStageElems = 2 * kBlockN * kDStride + kRElemsN;
+  static constexpr int kDqSmemBytes = 2 * (kDqFixedElems + kStages * kDqStageElems);
+
+  using Traits = ElementTraits<Element>;
+  using LoadM = TileLoader<Element, kBlockM, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
+  using LoadN = TileLoader<Element, kBlockN, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
+  using LoadBM = TileLoader<Element, kBlockM, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
+  using LoadBN = TileLoader<Element, kBlockN, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
+
+  /// Which outputs a CTA of slice `slice` accumulates: head-dim columns [col0, col0 + kDOut) and/or
+  /// the factor gradient.
+  struct Slice {
+    bool d;
+    bool bias;
+    int col0;
+  };
+  static __device__ __forceinline__ Slice slice_of(int slice) {
+    if (slice < kSplit) return Slice{true, kHasBias && !kBiasSlice, slice * kDOut};
+    return Slice{false, true, 0};
+  }
+
+  /// The forward's natural-log LSE in base-2 units; a row that saw no key (LSE = -inf) or lies
+  /// past the end gets +inf, so that every probability of it is exp2(-inf) = 0.
+  static __device__ __forceinline__ float lse_log2(const BwdParams& p, long long bh, int row) {
+    if (row >= p.seqlen_q) return pos_inf();
+    const float l = p.lse[bh * p.seqlen_q + row];
+    return l == neg_inf() ? pos_inf() : l * kLog2e;
+  }
+
+  /// One element (or two adjacent ones, when the access allows) of a C-layout accumulator pair
+  /// to a 16-bit tensor.
+  template <int kAlign>
+  static __device__ __forceinline__ void store_pair(Element* dst, float a, float b, bool second) {
+    const u32 v = Traits::pack(a, b);
+    if (kAlign >= 4 && second) {
+      *reinterpret_cast<u32*>(dst) = v;
+    } else {
+      dst[0].bits = u16(v & 0xffffu);
+      if (second) dst[1].bits = u16(v >> 16);
+    }
+  }
+
+  /// Write rows [row0 + warp rows) x cols [col0, col0 + NT*8) of an accumulator, times `mul`, to a
+  /// 16-bit tensor (rows < rows_valid, cols < cols_valid), or as fp32 to `accum` (row stride
+  /// `accum_stride` floats) when it is not null.
+  template <int MT, int NT, int kAlign>
+  static __device__ __forceinline__ void write_acc(const float (&acc)[MT][NT][4], float mul, Element* g,
+                                                   long long row_stride, float* accum, long long accum_stride,
+                                                   int row0, int rows_valid, int col0, int cols_valid, int lane) {
+    const int gq = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int r = row0 + mt * 16 + gq + 8 * hh;
+        if (r >= rows_valid) continue;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int c = col0 + nt * 8 + 2 * t;
+          if (c >= cols_valid) continue;
+          const float a = acc[mt][nt][2 * hh] * mul, b = acc[mt][nt][2 * hh + 1] * mul;
+          const bool second = c + 1 < cols_valid;
+          if (accum != nullptr) {
+            float* dst = accum + r * accum_stride + c;
+            dst[0] = a;
+            if (second) dst[1] = b;
+          } else {
+            store_pair<kAlign>(g + r * row_stride + c, a, b, second);
+          }
+        }
+      }
+  }
+
+  template <int MT, int NT>
+  static __device__ __forceinline__ void combine_residual(float (&acc)[MT][NT][4], const float (&lo)[MT][NT][4]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][nt][e] += lo[mt][nt][e] * (1.f / kLoScale);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  /// Delta = rowsum(dO * O) in fp32 for every (batch, head, query row): 8 lanes per row.
+  static __device__ void prep(const BwdParams& p) {
+    const int tid = int(thread_idx());
+    const long long rows = (long long)p.batch * p.heads * p.seqlen_q;
+    const long long row = (long long)block_idx() * (kThreads / 8) + tid / 8;
+    const int sub = tid & 7;
+    float acc = 0.f;
+    if (row < rows) {
+      const long long bh = row / p.seqlen_q;
+      const int i = int(row - bh * p.seqlen_q);
+      const int b = int(bh / p.heads), h = int(bh - (long long)b * p.heads);
+      const Element* o = static_cast<const Element*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride + i * p.o_row_stride;
+      const Element* d = static_cast<const Element*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride + i * p.do_row_stride;
+      for (int c = sub; c < kHeadDim; c += 8) acc += Traits::to_float(o[c].bits) * Traits::to_float(d[c].bits);
+    }
+    acc += shfl_xor(acc, 1);
+    acc += shfl_xor(acc, 2);
+    acc += shfl_xor(acc, 4);
+    if (row < rows && sub == 0) p.delta[row] = acc;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  static constexpr int kKvWarpRows = kBlockN / kWarps;
+  static constexpr int kKvMt = kKvWarpRows / 16;
+  static constexpr int kQCols = kBlockM / 8;
+
+  static __device__ void dkdv(const BwdParams& p) {
+    extern __shared__ BwdSmemWord smem_raw[];
+    Element* const sK = reinterpret_cast<Element*>(smem_raw);
+    Element* const sV = sK + kBlockN * kDStride;
+    Element* const sKb = sV + kBlockN * kDStride;
+    char* const stage0 = reinterpret_cast<char*>(sK + kDkdvFixedElems);
+    const u32 aK = smem_addr(sK);
+    const u32 aV = aK + kBlockN * kDStride * 2;
+    const u32 aKb = aV + kBlockN * kDStride * 2;
+    const u32 aStage0 = aK + kDkdvFixedElems * 2;
+    // Per stage: Q | dO | Qb (16-bit) | lse | delta (fp32)
+    auto sQ = [&](int buf) { return reinterpret_cast<Element*>(stage0 + buf * kDkdvStageBytes); };
+    auto sDo = [&](int buf) { return sQ(buf) + kBlockM * kDStride; };
+    auto sQb = [&](int buf) { return sQ(buf) + 2 * kBlockM * kDStride; };
+    auto sLse = [&](int buf) { return reinterpret_cast<float*>(sQ(buf) + 2 * kBlockM * kDStride + kRElemsM); };
+    auto aQ = [&](int buf) { return aStage0 + buf * kDkdvStageBytes; };
+    auto aDo = [&](int buf) { return aQ(buf) + kBlockM * kDStride * 2; };
+    auto aQb = [&](int buf) { return aQ(buf) + 2 * kBlockM * kDStride * 2; };
+
+    const int tid = int(thread_idx());
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int warp_row0 = warp * kKvWarpRows;
+    const int gq = lane >> 2, t = lane & 3;
+
+    const long long bid = block_idx();
+    const int n_block = int(bid % p.num_n_blocks);
+    const long long rest = bid / p.num_n_blocks;
+    const long long bh = rest % ((long long)p.batch * p.heads);
+    const Slice sl = slice_of(int(rest / ((long long)p.batch * p.heads)));
+    const int b = int(bh / p.heads), h = int(bh - (long long)b * p.heads);
+    const int n0 = n_block * kBlockN;
+
+    const Element* gK = static_cast<const Element*>(p.k) + b * p.k_batch_stride + h * p.k_head_stride;
+    const Element* gV = static_cast<const Element*>(p.v) + b * p.v_batch_stride + h * p.v_head_stride;
+    const Element* gQ = static_cast<const Element*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+    const Element* gDo = static_cast<const Element*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride;
+    const Element* gKb = nullptr;
+    const Element* gQb = nullptr;
+    if constexpr (kHasBias) {
+      gKb = static_cast<const Element*>(p.kb) + b * p.kb_batch_stride + h * p.kb_head_stride;
+      gQb = static_cast<const Element*>(p.qb) + b * p.qb_batch_stride + h * p.qb_head_stride;
+    }
+
+    const Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
+    // Query rows that see key n0 or later: i >= n0 - (Nk - Nq) under the causal mask.
+    int m_begin = 0;
+    if (kCausal) {
+      const int first_row = n0 - (p.seqlen_k - p.seqlen_q);
+      m_begin = first_row > 0 ? first_row / kBlockM : 0;
+    }
+    const int m_end = p.num_m_blocks;
+    // With the bias the scale is applied before the bias is added; without, folded into exp2.
+    const float s_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
+
+    float acc_dk[kKvMt][kDOut / 8][4];
+    float acc_dv[kKvMt][kDOut / 8][4];
+    float acc_dkb[kKvMt][kRankPad / 8 > 0 ? kRankPad / 8 : 1][4];
+    float acc_dkb_lo[kKvMt][kRankPad / 8 > 0 ? kRankPad / 8 : 1][4];
+    zero(acc_dk);
+    zero(acc_dv);
+    zero(acc_dkb);
+    zero(acc_dkb_lo);
+
+    auto load_stage = [&](int mb, int buf) {
+      const int m0 = mb * kBlockM;
+      LoadM::load(sQ(buf), aQ(buf), gQ, p.q_row_stride, m0, p.seqlen_q, tid);
+      LoadM::load(sDo(buf), aDo(buf), gDo, p.do_row_stride, m0, p.seqlen_q, tid);
+      if constexpr (kHasBias) LoadBM::load(sQb(buf), aQb(buf), gQb, p.qb_row_stride, m0, p.seqlen_q, tid);
+      float* lse = sLse(buf);
+      for (int i = tid; i < kBlockM; i += kThreads) {
+        const int row = m0 + i;
+        lse[i] = lse_log2(p, bh, row);
+        lse[kBlockM + i] = row < p.seqlen_q ? p.delta[bh * p.seqlen_q + row] : 0.f;
+      }
+    };
+
+    LoadN::load(sK, aK, gK, p.k_row_stride, n0, p.seqlen_k, tid);
+    LoadN::load(sV, aV, gV, p.v_row_stride, n0, p.seqlen_k, tid);
+    if constexpr (kHasBias) LoadBN::load(sKb, aKb, gKb, p.kb_row_stride, n0, p.seqlen_k, tid);
+    if (m_begin < m_end) load_stage(m_begin, 0);
+    cp_async_commit();
+
+    for (int mb = m_begin; mb < m_end; ++mb) {
+      const int buf = kStages == 2 ? ((mb - m_begin) & 1) : 0;
+      if constexpr (kStages == 2) {
+        if (mb + 1 < m_end) load_stage(mb + 1, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      block_sync();  // this stage's tiles (and on the first pass K, V, Kb) landed
+      const int m0 = mb * kBlockM;
+
+      // S^T = scale K Q^T + Kb Qb^T for this warp's key rows and all query columns.
+      float st[kKvMt][kQCols][4];
+      zero(st);
+      gemm_nt<Element, kKvMt, kQCols, kHeadDim, kDStride>(st, aK + warp_row0 * kDStride * 2, aQ(buf), lane);
+      if constexpr (kHasBias) {
+#pragma unroll
+        for (int mt = 0; mt < kKvMt; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < kQCols; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) st[mt][nt][e] *= p.scale;
+        gemm_nt<Element, kKvMt, kQCols, kRankPad, kRStride>(st, aKb + warp_row0 * kRStride * 2, aQb(buf), lane);
+      }
+      const bool need_mask = mask.tile_needs_mask(m0, n0, kBlockN);
+      const float* lse = sLse(buf);
+      // P^T = exp(S^T - LSE[query]), masked entries 0.
+#pragma unroll
+      for (int mt = 0; mt < kKvMt; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kQCols; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qc = nt * 8 + 2 * t + (e & 1);
+            const int key = n0 + warp_row0 + mt * 16 + gq + (e >= 2 ? 8 : 0);
+            float x = st[mt][nt][e] * s_log2 - lse[qc];
+            if (need_mask && mask.masked(m0 + qc, key)) x = neg_inf();
+            st[mt][nt][e] = fast_exp2(x);
+          }
+      if (sl.d) {
+        // dV += P^T dO
+        u32 pa[kKvMt][kQCols / 2][4];
+        pack_a<Element, kKvMt, kQCols>(pa, st);
+        gemm_rs<Element, kKvMt, kQCols / 2, kDOut / 8, kDStride>(acc_dv, pa, aDo(buf) + sl.col0 * 2, lane);
+      }
+      // dP^T = V dO^T, then dS^T = P^T (dP^T - Delta[query]).
+      float dpt[kKvMt][kQCols][4];
+      zero(dpt);
+      gemm_nt<Element, kKvMt, kQCols, kHeadDim, kDStride>(dpt, aV + warp_row0 * kDStride * 2, aDo(buf), lane);
+#pragma unroll
+      for (int mt = 0; mt < kKvMt; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kQCols; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int qc = nt * 8 + 2 * t + (e & 1);
+            dpt[mt][nt][e] = st[mt][nt][e] * (dpt[mt][nt][e] - lse[kBlockM + qc]);
+          }
+      u32 dsa[kKvMt][kQCols / 2][4];
+      pack_a<Element, kKvMt, kQCols>(dsa, dpt);
+      if (sl.d) gemm_rs<Element, kKvMt, kQCols / 2, kDOut / 8, kDStride>(acc_dk, dsa, aQ(buf) + sl.col0 * 2, lane);
+      if constexpr (kHasBias) {
+        if (sl.bias) {
+          gemm_rs<Element, kKvMt, kQCols / 2, kRankPad / 8, kRStride>(acc_dkb, dsa, aQb(buf), lane);
+          u32 dsa_lo[kKvMt][kQCols / 2][4];
+          pack_a_residual<Element, kKvMt, kQCols>(dsa_lo, dsa, dpt, kLoScale);
+          gemm_rs<Element, kKvMt, kQCols / 2, kRankPad / 8, kRStride>(acc_dkb_lo, dsa_lo, aQb(buf), lane);
+        }
+      }
+      block_sync();  // every warp is done with this stage's buffer
+      if constexpr (kStages == 1) {
+        if (mb + 1 < m_end) load_stage(mb + 1, 0);
+        cp_async_commit();
+      }
+    }
+    cp_async_wait<0>();
+
+    const int row0 = n0 + warp_row0;
+    if (sl.d) {
+      Element* gdk = static_cast<Element*>(p.dk) + b * p.dk_batch_stride + h * p.dk_head_stride;
+      Element* gdv = static_cast<Element*>(p.dv) + b * p.dv_batch_stride + h * p.dv_head_stride;
+      write_acc<kKvMt, kDOut / 8, kQkvAlign>(acc_dk, p.scale, gdk, p.dk_row_stride, nullptr, 0, row0, p.seqlen_k,
+                                            sl.col0, kHeadDim, lane);
+      write_acc<kKvMt, kDOut / 8, kQkvAlign>(acc_dv, 1.f, gdv, p.dv_row_stride, nullptr, 0, row0, p.seqlen_k,
+                                            sl.col0, kHeadDim, lane);
+    }
+    if constexpr (kHasBias) {
+      if (sl.bias) {
+        combine_residual(acc_dkb, acc_dkb_lo);
+        if (p.dkb_accum != nullptr) {
+          float* acc = p.dkb_accum + bh * p.seqlen_k * kRank;
+          write_acc<kKvMt, kRankPad / 8, kBiasAlign>(acc_dkb, 1.f, nullptr, 0, acc, kRank, row0, p.seqlen_k, 0, kRank, lane);
+        } else {
+          Element* g = static_cast<Element*>(p.dkb) + b * p.dkb_batch_stride + h * p.dkb_head_stride;
+          write_acc<kKvMt, kRankPad / 8, kBiasAlign>(acc_dkb, 1.f, g, p.dkb_row_stride, nullptr, 0, row0, p.seqlen_k, 0,
+                                                     kRank, lane);
+        }
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  static constexpr int kQWarpRows = kBlockM / kWarps;
+  static constexpr int kQMt = kQWarpRows / 16;
+  static constexpr int kKCols = kBlockN / 8;
+
+  static __device__ void dq(const BwdParams& p) {
+    extern __shared__ BwdSmemWord smem_raw[];
+    Element* const sQ = reinterpret_cast<Element*>(smem_raw);
+    Element* const sDo = sQ + kBlockM * kDStride;
+    Element* const sQb = sDo + kBlockM * kDStride;
+    Element* const stage0 = sQ + kDqFixedElems;
+    const u32 aQ = smem_addr(sQ);
+    const u32 aDo = aQ + kBlockM * kDStride * 2;
+    const u32 aQb = aDo + kBlockM * kDStride * 2;
+    const u32 aStage0 = aQ + kDqFixedElems * 2;
+    auto sK = [&](int buf) { return stage0 + buf * kDqStageElems; };
+    auto sV = [&](int buf) { return sK(buf) + kBlockN * kDStride; };
+    auto sKb = [&](int buf) { return sK(buf) + 2 * kBlockN * kDStride; };
+    auto aK = [&](int buf) { return aStage0 + buf * kDqStageElems * 2; };
+    auto aV = [&](int buf) { return aK(buf) + kBlockN * kDStride * 2; };
+    auto aKb = [&](int buf) { return aK(buf) + 2 * kBlockN * kDStride * 2; };
+
+    const int tid = int(thread_idx());
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int warp_row0 = warp * kQWarpRows;
+    const int gq = lane >> 2, t = lane & 3;
+
+    const long long bid = block_idx();
+    const int m_block = int(bid % p.num_m_blocks);
+    const long long rest = bid / p.num_m_blocks;
+    const long long bh = rest % ((long long)p.batch * p.heads);
+    const Slice sl = slice_of(int(rest / ((long long)p.batch * p.heads)));
+    const int b = int(bh / p.heads), h = int(bh - (long long)b * p.heads);
+    const int m0 = m_block * kBlockM;
+
+    const Element* gQ = static_cast<const Element*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+    const Element* gDo = static_cast<const Element*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride;
+    const Element* gK = static_cast<const Element*>(p.k) + b * p.k_batch_stride + h * p.k_head_stride;
+    const Element* gV = static_cast<const Element*>(p.v) + b * p.v_batch_stride + h * p.v_head_stride;
+    const Element* gQb = nullptr;
+    const Element* gKb = nullptr;
+    if constexpr (kHasBias) {
+      gQb = static_cast<const Element*>(p.qb) + b * p.qb_batch_stride + h * p.qb_head_stride;
+      gKb = static_cast<const Element*>(p.kb) + b * p.kb_batch_stride + h * p.kb_head_stride;
+    }
+
+    const Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
+    const int key_end = mask.key_end(m0, kBlockM);
+    const int n_blocks = key_end > 0 ? ceil_div(key_end, kBlockN) : 0;
+    const float s_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
+
+    // This thread's rows: warp_row0 + mt * 16 + gq + 8 * hh.
+    float lse2[kQMt][2], delta[kQMt][2];
+#pragma unroll
+    for (int mt = 0; mt < kQMt; ++mt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = m0 + warp_row0 + mt * 16 + gq + 8 * hh;
+        lse2[mt][hh] = lse_log2(p, bh, row);
+        delta[mt][hh] = row < p.seqlen_q ? p.delta[bh * p.seqlen_q + row] : 0.f;
+      }
+
+    float acc_dq[kQMt][kDOut / 8][4];
+    float acc_dqb[kQMt][kRankPad / 8 > 0 ? kRankPad / 8 : 1][4];
+    float acc_dqb_lo[kQMt][kRankPad / 8 > 0 ? kRankPad / 8 : 1][4];
+    zero(acc_dq);
+    zero(acc_dqb);
+    zero(acc_dqb_lo);
+
+    auto load_stage = [&](int nb, int buf) {
+      const int n0 = nb * kBlockN;
+      LoadN::load(sK(buf), aK(buf), gK, p.k_row_stride, n0, p.seqlen_k, tid);
+      LoadN::load(sV(buf), aV(buf), gV, p.v_row_stride, n0, p.seqlen_k, tid);
+      if constexpr (kHasBias) LoadBN::load(sKb(buf), aKb(buf), gKb, p.kb_row_stride, n0, p.seqlen_k, tid);
+    };
+
+    LoadM::load(sQ, aQ, gQ, p.q_row_stride, m0, p.seqlen_q, tid);
+    LoadM::load(sDo, aDo, gDo, p.do_row_stride, m0, p.seqlen_q, tid);
+    if constexpr (kHasBias) LoadBM::load(sQb, aQb, gQb, p.qb_row_stride, m0, p.seqlen_q, tid);
+    if (n_blocks > 0) load_stage(0, 0);
+    cp_async_commit();
+
+    for (int nb = 0; nb < n_blocks; ++nb) {
+      const int buf = kStages == 2 ? (nb & 1) : 0;
+      if constexpr (kStages == 2) {
+        if (nb + 1 < n_blocks) load_stage(nb + 1, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      block_sync();
+      const int n0 = nb * kBlockN;
+
+      float s[kQMt][kKCols][4];
+      zero(s);
+      gemm_nt<Element, kQMt, kKCols, kHeadDim, kDStride>(s, aQ + warp_row0 * kDStride * 2, aK(buf), lane);
+      if constexpr (kHasBias) {
+#pragma unroll
+        for (int mt = 0; mt < kQMt; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < kKCols; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[mt][nt][e] *= p.scale;
+        gemm_nt<Element, kQMt, kKCols, kRankPad, kRStride>(s, aQb + warp_row0 * kRStride * 2, aKb(buf), lane);
+      }
+      const bool need_mask = mask.tile_needs_mask(m0, n0, kBlockN);
+#pragma unroll
+      for (int mt = 0; mt < kQMt; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kKCols; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int hh = e >> 1;
+            const int row = m0 + warp_row0 + mt * 16 + gq + 8 * hh;
+            const int key = n0 + nt * 8 + 2 * t + (e & 1);
+            float x = s[mt][nt][e] * s_log2 - lse2[mt][hh];
+            if (need_mask && mask.masked(row, key)) x = neg_inf();
+            s[mt][nt][e] = fast_exp2(x);
+          }
+      float dp[kQMt][kKCols][4];
+      zero(dp);
+      gemm_nt<Element, kQMt, kKCols, kHeadDim, kDStride>(dp, aDo + warp_row0 * kDStride * 2, aV(buf), lane);
+#pragma unroll
+      for (int mt = 0; mt < kQMt; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kKCols; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dp[mt][nt][e] = s[mt][nt][e] * (dp[mt][nt][e] - delta[mt][e >> 1]);
+      u32 dsa[kQMt][kKCols / 2][4];
+      pack_a<Element, kQMt, kKCols>(dsa, dp);
+      if (sl.d) gemm_rs<Element, kQMt, kKCols / 2, kDOut / 8, kDStride>(acc_dq, dsa, aK(buf) + sl.col0 * 2, lane);
+      if constexpr (kHasBias) {
+        if (sl.bias) {
+          gemm_rs<Element, kQMt, kKCols / 2, kRankPad / 8, kRStride>(acc_dqb, dsa, aKb(buf), lane);
+          u32 dsa_lo[kQMt][kKCols / 2][4];
+          pack_a_residual<Element, kQMt, kKCols>(dsa_lo, dsa, dp, kLoScale);
+          gemm_rs<Element, kQMt, kKCols / 2, kRankPad / 8, kRStride>(acc_dqb_lo, dsa_lo, aKb(buf), lane);
+        }
+      }
+      block_sync();
+      if constexpr (kStages == 1) {
+        if (nb + 1 < n_blocks) load_stage(nb + 1, 0);
+        cp_async_commit();
+      }
+    }
+    cp_async_wait<0>();
+
+    const int row0 = m0 + warp_row0;
+    if (sl.d) {
+      Element* gdq = static_cast<Element*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
+      write_acc<kQMt, kDOut / 8, kQkvAlign>(acc_dq, p.scale, gdq, p.dq_row_stride, nullptr, 0, row0, p.seqlen_q,
+                                           sl.col0, kHeadDim, lane);
+    }
+    if constexpr (kHasBias) {
+      if (sl.bias) {
+        combine_residual(acc_dqb, acc_dqb_lo);
+        if (p.dqb_accum != nullptr) {
+          float* acc = p.dqb_accum + bh * p.seqlen_q * kRank;
+          write_acc<kQMt, kRankPad / 8, kBiasAlign>(acc_dqb, 1.f, nullptr, 0, acc, kRank, row0, p.seqlen_q, 0, kRank, lane);
+        } else {
+          Element* g = static_cast<Element*>(p.dqb) + b * p.dqb_batch_stride + h * p.dqb_head_stride;
+          write_acc<kQMt, kRankPad / 8, kBiasAlign>(acc_dqb, 1.f, g, p.dqb_row_stride, nullptr, 0, row0, p.seqlen_q, 0,
+                                                    kRank, lane);
+        }
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  /// dQb/dKb of broadcast factors: the fp32 per-(batch, head) gradients summed over the broadcast
+  /// dimensions in a fixed order. Grid-stride over the output elements of both factors.
+  static __device__ void reduce(const BwdParams& p) {
+    if constexpr (kHasBias) {
+      const int qB = p.qb_batch_bcast ? 1 : p.batch, qH = p.qb_head_bcast ? 1 : p.heads;
+      const int kB = p.kb_batch_bcast ? 1 : p.batch, kH = p.kb_head_bcast ? 1 : p.heads;
+      const long long nq = p.dqb_accum != nullptr ? (long long)qB * qH * p.seqlen_q * kRank : 0;
+      const long long nk = p.dkb_accum != nullptr ? (long long)kB * kH * p.seqlen_k * kRank : 0;
+      const long long stride = (long long)grid_dim() * kThreads;
+      for (long long i = (long long)block_idx() * kThreads + thread_idx(); i < nq + nk; i += stride) {
+        const bool is_q = i < nq;
+        const long long j = is_q ? i : i - nq;
+        const int seqlen = is_q ? p.seqlen_q : p.seqlen_k;
+        const int outH = is_q ? qH : kH;
+        const int r = int(j % kRank);
+        const long long rowidx = j / kRank;
+        const int n = int(rowidx % seqlen);
+        const long long bho = rowidx / seqlen;
+        const int ho = int(bho % outH), bo = int(bho / outH);
+        const bool bb = is_q ? p.qb_batch_bcast : p.kb_batch_bcast;
+        const bool hb = is_q ? p.qb_head_bcast : p.kb_head_bcast;
+        const float* src = is_q ? p.dqb_accum : p.dkb_accum;
+        float sum = 0.f;
+        for (int bi = bb ? 0 : bo; bi < (bb ? p.batch : bo + 1); ++bi)
+          for (int hi = hb ? 0 : ho; hi < (hb ? p.heads : ho + 1); ++hi)
+            sum += src[(((long long)bi * p.heads + hi) * seqlen + n) * kRank + r];
+        Element* dst = is_q ? static_cast<Element*>(p.dqb) + bo * p.dqb_batch_stride + ho * p.dqb_head_stride +
+                                  n * p.dqb_row_stride + r
+                            : static_cast<Element*>(p.dkb) + bo * p.dkb_batch_stride + ho * p.dkb_head_stride +
+                                  n * p.dkb_row_stride + r;
+        dst->bits = u16(Traits::pack(sum, 0.f) & 0xffffu);
+      }
+    }
+  }
+};
+
+}  // namespace sm80
+}  // namespace flashbias

@@ -1,0 +1,159 @@
+// validate_backward, the backward workspace layout and BwdParams filling: pure, no driver.
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <string>
+
+#include "generator/kernel_source.h"
+#include "runtime/launch_plan.h"
+#include "runtime/validate.h"
+
+namespace flashbias {
+namespace {
+
+void* fake(std::uintptr_t address) { return reinterpret_cast<void*>(address); }
+
+DeviceInfo hopper() {
+  DeviceInfo d;
+  d.ordinal = 0;
+  d.name = "test device";
+  d.arch = Arch{90, true};
+  d.max_smem_per_block_optin = 227 * 1024;
+  return d;
+}
+
+// A valid backward with a rank-5 bias whose Qb is shared over batch and heads.
+BackwardArgs valid_args() {
+  BackwardArgs a;
+  a.batch = 2;
+  a.heads = 3;
+  a.seqlen_q = 17;
+  a.seqlen_k = 113;
+  a.head_dim = 64;
+  a.rank = 6;
+  a.q = fake(0x100000);
+  a.k = fake(0x200000);
+  a.v = fake(0x300000);
+  a.o = fake(0x400000);
+  a.qb = fake(0x500000);
+  a.kb = fake(0x600000);
+  a.dout = fake(0x700000);
+  a.lse = static_cast<const float*>(fake(0x800000));
+  a.dq = fake(0x900000);
+  a.dk = fake(0xa00000);
+  a.dv = fake(0xb00000);
+  a.dqb = fake(0xc00000);
+  a.dkb = fake(0xd00000);
+  a.q_stride = a.o_stride = a.dout_stride = a.dq_stride = bshd_strides(a.seqlen_q, a.heads, a.head_dim);
+  a.k_stride = a.v_stride = a.dk_stride = a.dv_stride = bshd_strides(a.seqlen_k, a.heads, a.head_dim);
+  a.qb_stride = Strides{0, a.rank, 0};  // [1, Nq, 1, R]
+  a.dqb_stride = Strides{a.seqlen_q * a.rank, a.rank, a.rank};
+  a.kb_stride = a.dkb_stride = bshd_strides(a.seqlen_k, a.heads, a.rank);
+  return a;
+}
+
+void expect_error(const BackwardArgs& a, ErrorCode code, std::initializer_list<std::string> fragments) {
+  try {
+    validate_backward(a, hopper());
+    FAIL("validate_backward accepted the arguments; expected " << to_string(code));
+  } catch (const Error& e) {
+    INFO("message: " << e.what());
+    CHECK(e.code() == code);
+    for (const std::string& f : fragments) CHECK_THAT(e.what(), Catch::Matchers::Contains(f));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("validate_backward accepts a valid problem and derives a bwd key", "[cpu][runtime][validate][backward]") {
+  const ProblemKey k = validate_backward(valid_args(), hopper());
+  CHECK(k.direction == Direction::bwd);
+  CHECK(k.head_dim == 64);
+  CHECK(k.rank == 6);
+  CHECK(k.broadcast == (kQbBatch | kQbHead));
+  CHECK(k.qkv_align == 16);
+  CHECK(k.bias_align == 4);  // rows of 6 elements: 12 bytes
+}
+
+TEST_CASE("validate_backward names every bad argument", "[cpu][runtime][validate][backward]") {
+  BackwardArgs a = valid_args();
+  a.lse = nullptr;
+  expect_error(a, ErrorCode::invalid_argument, {"lse is null"});
+  a = valid_args();
+  a.dout = nullptr;
+  expect_error(a, ErrorCode::invalid_argument, {"dout is null"});
+  a = valid_args();
+  a.dk = fake(0xa00001);
+  expect_error(a, ErrorCode::invalid_argument, {"dk", "not aligned to 2 bytes"});
+  a = valid_args();
+  a.dkb = nullptr;
+  expect_error(a, ErrorCode::invalid_argument, {"dkb is null"});
+  a = valid_args();
+  a.dv_stride.seq = 0;
+  expect_error(a, ErrorCode::invalid_argument, {"dv_stride.seq is 0"});
+  a = valid_args();
+  a.dq_stride = Strides{a.seqlen_q * a.heads * a.head_dim, a.heads * a.head_dim, 8};  // heads overlap within a row
+  expect_error(a, ErrorCode::invalid_argument, {"dq strides", "overlap"});
+  a = valid_args();
+  a.dkb_stride.batch = 0;  // kb is not shared over batch: its gradient needs a batch stride
+  expect_error(a, ErrorCode::invalid_argument, {"dkb_stride.batch is 0", "does not broadcast"});
+  a = valid_args();
+  a.mode = static_cast<BackwardMode>(7);
+  expect_error(a, ErrorCode::invalid_argument, {"mode", "7"});
+  a = valid_args();
+  a.workspace = fake(0xe00008);
+  expect_error(a, ErrorCode::invalid_argument, {"workspace", "16 bytes"});
+  a = valid_args();
+  a.head_dim = 100;  // the forward's rules apply too
+  expect_error(a, ErrorCode::unsupported, {"head_dim = 100"});
+  // A broadcast dimension's gradient stride is ignored: any value passes.
+  a = valid_args();
+  a.dqb_stride.batch = 0;
+  a.dqb_stride.head = 12345;
+  CHECK_NOTHROW(validate_backward(a, hopper()));
+}
+
+TEST_CASE("the backward workspace holds Delta and the fp32 sums of broadcast factors", "[cpu][runtime][backward]") {
+  BackwardArgs a = valid_args();
+  BwdWorkspaceLayout w = bwd_workspace_layout(a);
+  CHECK(w.delta == 0);
+  CHECK(w.has_dqb_accum);
+  CHECK_FALSE(w.has_dkb_accum);
+  CHECK(w.dqb_accum == 512);  // 2*3*17 floats = 408 bytes, rounded to 256
+  CHECK(w.bytes == 512 + 2 * 3 * 17 * 6 * 4 + (256 - (2 * 3 * 17 * 6 * 4) % 256));
+  a.kb_stride.head = 0;
+  w = bwd_workspace_layout(a);
+  CHECK(w.has_dkb_accum);
+  CHECK(w.dkb_accum % 256 == 0);
+  CHECK(w.bytes >= w.dkb_accum + std::size_t(2 * 3 * 113 * 6 * 4));
+  a.rank = 0;
+  w = bwd_workspace_layout(a);
+  CHECK_FALSE(w.has_dqb_accum);
+  CHECK(w.bytes == 512);
+}
+
+TEST_CASE("make_bwd_params fills BwdParams and zeroes broadcast gradient strides", "[cpu][runtime][backward]") {
+  BackwardArgs a = valid_args();
+  a.dqb_stride.head = 999;  // ignored: qb is shared over heads
+  TileConfig t = TileConfig::parse("bm=64,bn=32,w=2,s=1,split=2");
+  ProblemKey k = validate_backward(a, hopper());
+  CHECK(bwd_slices(k, t) == 3);
+  char* ws = static_cast<char*>(fake(0xf00000));
+  const BwdParams p = make_bwd_params(a, t, bwd_slices(k, t), ws);
+  CHECK(p.delta == reinterpret_cast<float*>(ws));
+  CHECK(p.dqb_accum == reinterpret_cast<float*>(ws + 512));
+  CHECK(p.dkb_accum == nullptr);
+  CHECK(p.qb_batch_bcast == 1);
+  CHECK(p.qb_head_bcast == 1);
+  CHECK(p.kb_batch_bcast == 0);
+  CHECK(p.dqb_batch_stride == 0);
+  CHECK(p.dqb_head_stride == 0);
+  CHECK(p.dkb_row_stride == a.dkb_stride.seq);
+  CHECK(p.do_row_stride == a.dout_stride.seq);
+  CHECK(p.num_m_blocks == 1);
+  CHECK(p.num_n_blocks == 4);
+  CHECK(p.num_slices == 3);
+  CHECK(p.scale == Approx(0.125));
+}
+
+}  // namespace flashbias

@@ -1,0 +1,248 @@
+// GPU correctness of the sm80 backward (prep, dkdv, dq, reduce) through the whole pipeline, against
+// the fp64 CPU reference: all five gradients, with the gradients poisoned before every run and
+// fresh random inputs every run (the seed is printed on failure).
+#include <catch2/catch.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "flashbias/flashbias.hpp"
+#include "generator/problem_spec.h"
+#include "generator/variants.h"
+#include "runtime/compiler.h"
+#include "runtime/device.h"
+#include "runtime/launch_plan.h"
+#include "runtime/loaded_kernel.h"
+#include "runtime/validate.h"
+#include "tuner/harness.h"
+#include "tuner/parallel.h"
+
+namespace flashbias {
+namespace {
+
+std::uint64_t fresh_seed() {
+  return std::uint64_t(std::chrono::steady_clock::now().time_since_epoch().count()) * 0x9E3779B97F4A7C15ull;
+}
+
+struct Case {
+  ProblemSpec spec;
+  std::string label;
+};
+
+// The backward issue's matrix: D x R x causal x dtype, each on a shape drawn by rotation from odd
+// sizes with Nq != Nk variants, and the four factor broadcast patterns rotating independently for
+// Qb and Kb. The fp64 reference needs every row (B*H*Nq*Nk*(6D+3R) multiply-adds), so the longest
+// sequences here are 1000.
+std::vector<Case> backward_matrix() {
+  const int ds[] = {32, 64, 72, 128, 256};
+  const int rs[] = {0, 1, 2, 3, 16, 128};
+  struct Shape {
+    std::int64_t nq, nk, b, h;
+  };
+  const Shape shapes[] = {{1, 1, 2, 3},    {17, 17, 1, 2},  {113, 113, 2, 1}, {1000, 1000, 1, 1}, {1000, 777, 1, 1},
+                          {17, 300, 2, 2}, {113, 17, 2, 2}, {1, 257, 1, 2},   {777, 1000, 1, 1},  {300, 300, 2, 2}};
+  const FactorLayout layouts[] = {{false, false}, {true, false}, {false, true}, {true, true}};
+  std::vector<Case> out;
+  int i = 0;
+  for (DType dt : {DType::f16, DType::bf16})
+    for (int d : ds)
+      for (int r : rs)
+        for (MaskKind m : {MaskKind::none, MaskKind::causal}) {
+          const Shape& s = shapes[i % std::size(shapes)];
+          ProblemSpec p;
+          p.dtype = dt;
+          p.batch = s.b;
+          p.heads = s.h;
+          p.seqlen_q = s.nq;
+          p.seqlen_k = s.nk;
+          p.head_dim = d;
+          p.rank = r;
+          p.mask = m;
+          if (r > 0) {
+            p.qb_layout = layouts[i % 4];
+            p.kb_layout = layouts[(i / 4 + 1) % 4];
+          }
+          out.push_back({p, to_string(p)});
+          ++i;
+        }
+  return out;
+}
+
+unsigned worker_count() { return std::max(2u, std::min(8u, std::thread::hardware_concurrency() / 2)); }
+
+}  // namespace
+
+TEST_CASE("backward matches the fp64 reference over the D x R x mask x dtype matrix", "[gpu][backward]") {
+  const std::vector<Case> cases = backward_matrix();
+  activate_primary_context(0);
+  Context ctx(ContextOptions{0, Policy::heuristic, true});
+  std::atomic<std::size_t> next{0};
+  std::mutex mu;
+  std::vector<std::string> failures;
+  std::atomic<int> passed{0};
+  auto worker = [&] {
+    activate_primary_context(0);
+    for (std::size_t i = next++; i < cases.size(); i = next++) {
+      const Case& c = cases[i];
+      const std::uint64_t seed = fresh_seed() + i;
+      try {
+        DeviceProblem problem(c.spec, seed);
+        const BackwardCheck r = check_backward(
+            problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
+            [&](const BackwardArgs& a) { ctx.backward(a, nullptr); }, seed + 1);
+        if (r.pass) {
+          ++passed;
+        } else {
+          std::lock_guard<std::mutex> lock(mu);
+          failures.push_back(fmt::format("{} seed {}:\n{}", c.label, seed, r.str()));
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(mu);
+        failures.push_back(fmt::format("{} seed {}: threw {}", c.label, seed, e.what()));
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < worker_count(); ++t) pool.emplace_back(worker);
+  for (auto& t : pool) t.join();
+  for (const std::string& f : failures) UNSCOPED_INFO(f);
+  INFO(fmt::format("{} of {} cases passed", passed.load(), cases.size()));
+  CHECK(failures.empty());
+  CHECK(passed.load() == int(cases.size()));
+}
+
+TEST_CASE("every legal backward tile computes the same function", "[gpu][backward][tiles]") {
+  // Odd sizes, a rank that needs the k8 tail, broadcast factors (the reduce kernel), causal with
+  // Nq != Nk; every legal tile of the knob space, compiled in parallel, loaded directly.
+  activate_primary_context(0);
+  const DeviceInfo dev = query_device(0);
+  const char* problems[] = {"b=2,h=2,nq=300,nk=259,d=72,r=3,mask=causal,qb=1n1r,kb=bn1r",
+                            "b=1,h=2,nq=130,nk=200,d=128,r=16,dtype=bf16,qb=bnhr,kb=1nhr"};
+  for (const char* text : problems) {
+    DeviceProblem problem(parse_problem(text), fresh_seed());
+    problem.enable_backward(fresh_seed());
+    const ProblemKey key = validate_backward(problem.backward_args(), dev);
+    // Every value of every knob, each in at least one tile (the legal space is a few hundred tiles,
+    // each a four-entry module: compiling them all would take most of the test budget).
+    const std::vector<TileConfig> legal = enumerate_tiles(key, dev.max_smem_per_block_optin);
+    REQUIRE(!legal.empty());
+    std::vector<TileConfig> tiles;
+    std::set<std::pair<std::string, int>> covered;
+    for (const TileConfig& t : legal) {
+      bool adds = false;
+      for (const auto& [name, values] : knob_space(key.arch, Direction::bwd).all)
+        adds = covered.insert({name, t.get(name).value_or(-1)}).second || adds;
+      if (adds) tiles.push_back(t);
+    }
+    tiles.push_back(heuristic_tile(key, ShapeInfo{4, 300, 300}, dev.max_smem_per_block_optin));
+    UNSCOPED_INFO(text << ": " << tiles.size() << " of " << legal.size() << " legal tiles");
+    std::vector<CompiledKernel> compiled(tiles.size());
+    detail::parallel_for(std::int64_t(tiles.size()), 0, [&](std::int64_t i) {
+      compiled[std::size_t(i)] = compile(generate(KernelSpec{key, tiles[std::size_t(i)]}));
+    });
+    int checked = 0;
+    // A LaunchPlan takes the workspace as given (the Context allocates one when the caller does not).
+    DeviceBuffer ws(bwd_workspace_layout(problem.backward_args()).bytes);
+    for (std::size_t i = 0; i < tiles.size(); ++i) {
+      const KernelSpec spec{key, tiles[i]};
+      auto kernel = std::make_shared<const LoadedKernel>(compiled[i]);
+      if (kernel->max_active_blocks_per_sm() == 0) continue;  // registers x threads exceed an SM
+      LaunchPlan plan(kernel, spec);
+      Context ctx(ContextOptions{0, Policy::heuristic, true});
+      const BackwardCheck r = check_backward(
+          problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
+          [&](const BackwardArgs& a) { plan.launch_backward(a, ws.get(), nullptr); }, 0);
+      INFO(text << " " << spec.str() << ":\n" << r.str());
+      CHECK(r.pass);
+      ++checked;
+    }
+    INFO(text);
+    CHECK(checked > 0);
+  }
+}
+
+TEST_CASE("backward results are bitwise identical over 20 runs", "[gpu][backward][determinism]") {
+  activate_primary_context(0);
+  Context ctx(ContextOptions{0, Policy::heuristic, true});
+  for (const char* text : {"b=2,h=3,nq=1000,nk=777,d=64,r=3,mask=causal,qb=1n1r,kb=bn1r",
+                           "b=1,h=2,n=2048,d=128,r=16,dtype=bf16,qb=bn1r"}) {
+    DeviceProblem problem(parse_problem(text), fresh_seed());
+    problem.enable_backward(fresh_seed());
+    ctx.forward(problem.forward_args(), nullptr);
+    DeviceProblem::Gradients first;
+    for (int run = 0; run < 20; ++run) {
+      problem.poison_gradients();
+      ctx.backward(problem.backward_args(), nullptr);
+      DeviceProblem::Gradients g = problem.download_gradients();
+      if (run == 0) {
+        first = std::move(g);
+        continue;
+      }
+      INFO(text << " run " << run);
+      auto same = [](const HostTensor& a, const HostTensor& b) {
+        return a.bytes() == b.bytes() && std::memcmp(a.data(), b.data(), a.bytes()) == 0;
+      };
+      REQUIRE(same(g.dq, first.dq));
+      REQUIRE(same(g.dk, first.dk));
+      REQUIRE(same(g.dv, first.dv));
+      REQUIRE(same(g.dqb, first.dqb));
+      REQUIRE(same(g.dkb, first.dkb));
+    }
+  }
+}
+
+TEST_CASE("a caller's workspace gives the same gradients as the stream-ordered one", "[gpu][backward][workspace]") {
+  activate_primary_context(0);
+  Context ctx(ContextOptions{0, Policy::heuristic, true});
+  DeviceProblem problem(parse_problem("b=2,h=2,nq=200,nk=333,d=64,r=5,mask=causal,qb=1nhr,kb=bn1r"), fresh_seed());
+  problem.enable_backward(fresh_seed());
+  ctx.forward(problem.forward_args(), nullptr);
+  ctx.backward(problem.backward_args(), nullptr);
+  const DeviceProblem::Gradients a = problem.download_gradients();
+  const std::size_t need = ctx.backward_workspace_size(problem.backward_args());
+  REQUIRE(need > 0);
+  DeviceBuffer ws(need);
+  // Too small a workspace is refused, naming the size it needs.
+  try {
+    ctx.backward(problem.backward_args(ws.get(), need - 1), nullptr);
+    FAIL("a short workspace was accepted");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::invalid_argument);
+    CHECK_THAT(e.what(), Catch::Contains("workspace_bytes") && Catch::Contains(std::to_string(need)));
+  }
+  problem.poison_gradients();
+  ctx.backward(problem.backward_args(ws.get(), need), nullptr);
+  const DeviceProblem::Gradients b = problem.download_gradients();
+  CHECK(std::memcmp(a.dq.data(), b.dq.data(), a.dq.bytes()) == 0);
+  CHECK(std::memcmp(a.dkb.data(), b.dkb.data(), a.dkb.bytes()) == 0);
+  CHECK(std::memcmp(a.dqb.data(), b.dqb.data(), a.dqb.bytes()) == 0);
+}
+
+TEST_CASE("small backward problems for the memory and race checkers", "[gpu][sanitize][backward]") {
+  // Every code path in few launches: k8 tails (D 72, R 3), 2-byte factor rows, both pipelines
+  // (heuristic tiles differ by head dim), split slices (D 128, 256), causal with fully masked rows
+  // and key blocks no query sees, broadcast factors (the reduce kernel), ragged tiles.
+  activate_primary_context(0);
+  Context ctx(ContextOptions{0, Policy::heuristic, true});
+  for (const char* text :
+       {"b=1,h=2,nq=150,nk=97,d=72,r=3,mask=causal,qb=1n1r", "b=2,h=1,nq=97,nk=150,d=64,r=16,dtype=bf16,kb=bn1r",
+        "b=1,h=1,n=130,d=128,r=0,mask=causal", "b=1,h=2,nq=65,nk=200,d=32,r=1,qb=1n1r,kb=1nhr",
+        "b=1,h=1,n=70,d=256,r=128", "b=1,h=2,nq=400,nk=100,d=64,r=8,mask=causal",
+        "b=1,h=1,nq=100,nk=400,d=128,r=2,mask=causal"}) {
+    DeviceProblem problem(parse_problem(text), fresh_seed());
+    const BackwardCheck r = check_backward(
+        problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
+        [&](const BackwardArgs& a) { ctx.backward(a, nullptr); }, fresh_seed());
+    INFO(text << ":\n" << r.str());
+    CHECK(r.pass);
+  }
+}
+
+}  // namespace flashbias
