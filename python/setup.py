@@ -21,7 +21,7 @@ def _find_built_library():
     spec.loader.exec_module(mod)
     for _, path, _ in mod.library_candidates(package_dir=HERE / "flashbias", install_info=(None, None)):
         if isinstance(path, Path) and path.exists():
-            return str(path.resolve())
+            return str(path.absolute())
     return None
 
 
