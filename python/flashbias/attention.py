@@ -81,13 +81,14 @@ def _check_inputs(q, k, v, q_bias, k_bias, mask, causal, softmax_scale):
             raise ValueError("flash_bias_func: q_bias and k_bias have rank 0 (last dim); pass q_bias=k_bias=None "
                              "for plain attention")
 
-    if not isinstance(causal, bool):
+    if isinstance(causal, torch.Tensor) or not (isinstance(causal, bool) or causal in (0, 1)):
         raise TypeError(f"flash_bias_func: causal must be a bool, got {type(causal).__name__}")
     if softmax_scale is not None:
-        if isinstance(softmax_scale, torch.Tensor) or not isinstance(softmax_scale, (int, float)):
-            raise TypeError(f"flash_bias_func: softmax_scale must be a Python float or None, got "
+        # Any real number: Python and NumPy scalars (the paper's examples pass 1 / np.sqrt(d)).
+        if isinstance(softmax_scale, (torch.Tensor, bool, str)):
+            raise TypeError(f"flash_bias_func: softmax_scale must be a real number or None, got "
                             f"{type(softmax_scale).__name__}")
-        if not math.isfinite(softmax_scale):
+        if not math.isfinite(float(softmax_scale)):
             raise ValueError(f"flash_bias_func: softmax_scale must be finite, got {softmax_scale}")
 
     if q.device.type != "cuda":
@@ -193,7 +194,7 @@ class ForwardCall:
         if (tuple(self.lse.shape) != (B, H, Nq) or self.lse.dtype != torch.float32 or not self.lse.is_contiguous()
                 or self.lse.device != q.device):
             raise ValueError(f"lse must be a contiguous float32 tensor of shape {(B, H, Nq)} on {q.device}")
-        self.args = _forward_args(q, k, v, q_bias, k_bias, causal,
+        self.args = _forward_args(q, k, v, q_bias, k_bias, bool(causal),
                                   None if softmax_scale is None else float(softmax_scale), self.out, self.lse)
         self.device = q.device
         self.context = runtime.get_context(q.device.index)
@@ -349,11 +350,12 @@ def flash_bias_func(q, k, v, q_bias=None, k_bias=None, mask=None, causal=False, 
     dq_bias / dk_bias in the factors' own shapes (summed over broadcast dims). return_lse: also
     return the [B, H, Nq] float32 log-sum-exp of each row (not differentiable).
 
-    Runs on the current CUDA stream; works under torch.compile (fullgraph) and CUDA graph capture
-    (call once before capturing, so the kernels are built). Library failures raise
+    Runs on the current CUDA stream; works under torch.compile (fullgraph; pass softmax_scale as a
+    Python float there: Dynamo traces NumPy scalars as arrays) and CUDA graph capture (call once
+    before capturing, so the kernels are built). Library failures raise
     flashbias.FlashBiasError with the library's message."""
     _check_inputs(q, k, v, q_bias, k_bias, mask, causal, softmax_scale)
-    out, lse = _forward_op(q, k, v, q_bias, k_bias, causal,
+    out, lse = _forward_op(q, k, v, q_bias, k_bias, bool(causal),
                            None if softmax_scale is None else float(softmax_scale))
     return (out, lse) if return_lse else out
 

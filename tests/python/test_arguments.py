@@ -120,10 +120,23 @@ def test_causal_and_scale_types():
     q, k, v = qkv()
     with raises(TypeError, "causal must be a bool", "str"):
         flashbias.flash_bias_func(q, k, v, causal="yes")
+    with raises(TypeError, "causal must be a bool", "int"):
+        flashbias.flash_bias_func(q, k, v, causal=2)
     with raises(TypeError, "softmax_scale", "Tensor"):
         flashbias.flash_bias_func(q, k, v, softmax_scale=torch.tensor(0.5))
+    with raises(TypeError, "softmax_scale", "str"):
+        flashbias.flash_bias_func(q, k, v, softmax_scale="0.5")
     with raises(ValueError, "softmax_scale must be finite"):
         flashbias.flash_bias_func(q, k, v, softmax_scale=math.nan)
+
+
+def test_numpy_scalars_and_int_flags_pass_the_checks():
+    """The paper's examples pass softmax_scale = 1 / np.sqrt(d) and causal as 0/1 or a bool."""
+    numpy = pytest.importorskip("numpy")
+    q, k, v = qkv()
+    for scale in (numpy.float32(0.25), numpy.float64(0.25), 1):
+        with raises(ValueError, "q is on cpu"):  # every check before the device one passed
+            flashbias.flash_bias_func(q, k, v, None, None, None, 1, scale)
 
 
 def test_cpu_tensors_are_refused_naming_the_device():
@@ -252,3 +265,21 @@ def test_policy_names(monkeypatch):
         assert flashbias.get_policy() == "tune"  # the environment overrides, as in the library
     finally:
         flashbias.set_policy(old)
+
+
+@pytest.mark.parametrize("scale", [0.125, None])
+def test_strict_export_traces_one_opaque_op_without_graph_breaks(scale):
+    """torch.export in strict mode is Dynamo with fullgraph=True: the argument checks trace, and the
+    call is a single opaque flashbias op in the graph (torch.compile gives the same graph)."""
+    class M(torch.nn.Module):
+        def forward(self, q, k, v, qb, kb):
+            return flashbias.flash_bias_func(q, k, v, qb, kb, None, True, scale) * 2
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        q = fake_cuda(2, 17, 3, 16)
+        k, v = fake_cuda(2, 13, 3, 16), fake_cuda(2, 13, 3, 16)
+        qb, kb = fake_cuda(1, 17, 1, 4), fake_cuda(2, 13, 1, 4)
+        ep = torch.export.export(M(), (q, k, v, qb, kb), strict=True)
+    calls = [n for n in ep.graph.nodes if n.op == "call_function" and "flashbias" in str(n.target)]
+    assert [str(n.target) for n in calls] == ["flashbias.attention_forward.default"]
+    assert calls[0].args[5:] == (True, scale)
