@@ -4,7 +4,6 @@ FLASHBIAS_LIB. The library is looked up the way the package does at run time (FL
 the repository's build folders); if none is built yet, only the repository root is recorded, and
 the package searches its build folders when it is first used."""
 import importlib.util
-import os
 from pathlib import Path
 
 from setuptools import setup

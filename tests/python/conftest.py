@@ -1,6 +1,5 @@
 """Shared set-up of the Python tests: the package from this tree's python/ (ahead of any installed
 copy), and fixtures for the built library and for a GPU."""
-import os
 import sys
 from pathlib import Path
 
