@@ -1,4 +1,4 @@
-"""Forward benchmark of FlashBias JIT against the peers of shared/BENCH.md, in one process, on the
+"""Forward (and, with --bwd, forward + backward) benchmark of FlashBias JIT against the peers of shared/BENCH.md, in one process, on the
 same inputs: sdpa_concat (the paper's PyTorch route), sdpa_dense, flex_dense, sdpa_nobias (the floor).
 
     python3 bench/peers.py [--cases seed_n4k,alibi_gpt2] [--json out.json] [--skip-flex]
@@ -131,6 +131,65 @@ def run_case(name, dtype, skip_flex, check):
     return res
 
 
+BWD_CASES = ["seed_n16k", "llm_d64", "llm_d128", "llm_d128_causal", "af3_tri"]  # BENCH.md's fwd+bwd rows
+
+
+def run_case_bwd(name, dtype):
+    """fwd+bwd (BENCH.md's second table): one forward and the gradients of every input that carries
+    them, from a fixed dO, through torch.autograd.grad (no .grad accumulation in the timing).
+    Ours: dq, dk, dv, dq_bias, dk_bias (deterministic mode). sdpa_concat: grads of the concatenated
+    q', k' and v (so of q, k, v, Qb, Kb). sdpa_dense: grads of q, k, v and the dense bias.
+    sdpa_nobias: q, k, v."""
+    B, H, N, D, R, causal = CASES[name]
+    scale = 1.0 / math.sqrt(D)
+    q, k, v, qb, kb = make_inputs(B, H, N, D, R, dtype, seed=int(time.time()) & 0xFFFF)
+    for t in (q, k, v, qb, kb):
+        t.requires_grad_(True)
+    do = torch.randn(B, N, H, D, device="cuda", dtype=dtype)
+    res = {"case": name + " fwd+bwd", "B": B, "H": H, "N": N, "D": D, "R": R, "causal": causal, "dtype": str(dtype)}
+    # FlashAttention's convention: the backward does 2.5x the forward's matmul work (five N^2 D
+    # products against two), so fwd+bwd counts 3.5 forwards. For orientation; the ratios count.
+    flops = 3.5 * 4 * B * H * N * N * D * (0.5 if causal else 1.0)
+
+    def ours():
+        o = flashbias.flash_bias_func(q, k, v, qb, kb, causal=causal, softmax_scale=scale)
+        return torch.autograd.grad(o, (q, k, v, qb, kb), do)
+    ours()
+    torch.cuda.synchronize()
+    res["flashbias_ms"] = do_bench(ours)
+    res["flashbias_tflops"] = flops / (res["flashbias_ms"] * 1e-3) / 1e12
+
+    qt, kt, vt, dot_ = (x.transpose(1, 2) for x in (q, k, v, do))
+
+    def sdpa_nobias():
+        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale)
+        return torch.autograd.grad(o, (q, k, v), dot_)
+    res["sdpa_nobias_ms"] = do_bench(sdpa_nobias)
+
+    def sdpa_concat():
+        qc = torch.cat([q * scale, qb], dim=-1).transpose(1, 2)
+        kc = torch.cat([k, kb], dim=-1).transpose(1, 2)
+        o = F.scaled_dot_product_attention(qc, kc, vt, is_causal=causal, scale=1.0)
+        return torch.autograd.grad(o, (q, k, v, qb, kb), dot_)
+    try:
+        res["sdpa_concat_ms"] = do_bench(sdpa_concat)
+    except Exception as e:
+        res["sdpa_concat_error"] = str(e).splitlines()[0][:200]
+
+    bias = dense_bias(qb.detach(), kb.detach(), causal, dtype).requires_grad_(True)
+
+    def sdpa_dense():
+        o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale)
+        return torch.autograd.grad(o, (q, k, v, bias), dot_)
+    try:
+        res["sdpa_dense_ms"] = do_bench(sdpa_dense)
+    except Exception as e:
+        res["sdpa_dense_error"] = str(e).splitlines()[0][:200]
+    del bias
+    torch.cuda.empty_cache()
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default=",".join(CASES))
@@ -139,7 +198,10 @@ def main():
     ap.add_argument("--skip-flex", action="store_true")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--in-process", action="store_true", help="run all cases in this process")
+    ap.add_argument("--bwd", action="store_true", help="fwd+bwd rows (cases default to BENCH.md's fwd+bwd rows)")
     a = ap.parse_args()
+    if a.bwd and a.cases == ",".join(CASES):
+        a.cases = ",".join(BWD_CASES)
     dtype = torch.float16 if a.dtype == "f16" else torch.bfloat16
     if "," in a.cases and not a.in_process:
         # One process per case: a fault in one peer (a CUDA error poisons the context) cannot
@@ -152,6 +214,7 @@ def main():
             cmd = [sys.executable, __file__, "--cases", name, "--dtype", a.dtype, "--json", tmp]
             cmd += ["--skip-flex"] if a.skip_flex else []
             cmd += ["--no-check"] if a.no_check else []
+            cmd += ["--bwd"] if a.bwd else []
             rc = subprocess.call(cmd)
             if rc == 0:
                 rows += json.load(open(tmp))["rows"]
@@ -167,6 +230,16 @@ def main():
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
           f"libflashbias {flashbias.library_version()} ({flashbias.library_path()})", flush=True)
     for name in a.cases.split(","):
+        if a.bwd:
+            r = run_case_bwd(name, dtype)
+            rows.append(r)
+            peers = [r.get(p) for p in ("sdpa_concat_ms", "sdpa_dense_ms") if r.get(p)]
+            best = min(peers) if peers else float("nan")
+            print(f"{r['case']:<24} ours {r['flashbias_ms']:8.3f} ms  concat {r.get('sdpa_concat_ms', float('nan')):8.3f} "
+                  f"dense {r.get('sdpa_dense_ms', float('nan')):8.3f} nobias {r['sdpa_nobias_ms']:8.3f} | "
+                  f"best peer/ours {best / r['flashbias_ms']:5.2f}x  ours/nobias "
+                  f"{r['flashbias_ms'] / r['sdpa_nobias_ms']:5.2f}x", flush=True)
+            continue
         r = run_case(name, dtype, a.skip_flex, not a.no_check)
         rows.append(r)
         peers = [r.get(p) for p in ("sdpa_concat_ms", "sdpa_dense_ms", "flex_dense_ms") if r.get(p)]
