@@ -71,19 +71,29 @@ std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_
 
 namespace {
 
-/// The backward's preference lists (compiled with zero spills for sm_90a; see
-/// docs/PERF_NOTES.md, backward). Both tiled kernels use the tile: block_m is the query tile
-/// (the dq kernel's rows, the dkdv kernel's inner loop), block_n the key tile.
+/// The backward's preference lists, from a timing sweep on the benchmark shapes (H100, 2026-11-24,
+/// docs/PERF_NOTES.md, backward), each compiled with zero spills for sm_80 and sm_90a. Both tiled
+/// kernels use the tile: block_m is the query tile (the dq kernel's rows, the dkdv kernel's inner
+/// loop), block_n the key tile. split > 1 recomputes S and dP per slice (2x the work at d128), so
+/// it is only the fallback for the widest heads.
 TileConfig bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
-  static const std::vector<TileConfig> d64{TileConfig::parse("bm=64,bn=64,w=4,s=2"),
-                                           TileConfig::parse("bm=64,bn=64,w=4,s=1"),
+  // d32: 128x64 beat 64x64 by 10-15% (seed_n16k 6.51 vs 7.18 ms fwd+bwd, af3_tri 0.66 vs 0.78).
+  static const std::vector<TileConfig> d32{TileConfig::parse("bm=128,bn=64,w=4,s=2"),
+                                           TileConfig::parse("bm=64,bn=64,w=4,s=2"),
                                            TileConfig::parse("bm=32,bn=32,w=2,s=1")};
-  static const std::vector<TileConfig> d128{TileConfig::parse("bm=64,bn=64,w=4,s=2,split=2"),
+  // d64: 128x64 with 4 warps was fastest (5.13 ms on llm_d64) but spills 40 bytes in dq; 128x128
+  // with 8 warps (5.74) does not.
+  static const std::vector<TileConfig> d64{TileConfig::parse("bm=128,bn=128,w=8,s=2"),
+                                           TileConfig::parse("bm=64,bn=64,w=4,s=2"),
+                                           TileConfig::parse("bm=32,bn=32,w=2,s=1")};
+  // d128: 64x64, split 1 (254 registers, no spill): 19.3 ms on llm_d128 vs 42.7 with split 2.
+  static const std::vector<TileConfig> d128{TileConfig::parse("bm=64,bn=64,w=4,s=2"),
+                                            TileConfig::parse("bm=64,bn=64,w=4,s=2,split=2"),
                                             TileConfig::parse("bm=64,bn=64,w=4,s=1,split=2"),
                                             TileConfig::parse("bm=32,bn=32,w=2,s=1,split=2")};
   static const std::vector<TileConfig> d256{TileConfig::parse("bm=64,bn=64,w=4,s=1,split=4"),
                                             TileConfig::parse("bm=32,bn=32,w=2,s=1,split=4")};
-  const auto& prefs = key.head_dim <= 64 ? d64 : key.head_dim <= 128 ? d128 : d256;
+  const auto& prefs = key.head_dim <= 32 ? d32 : key.head_dim <= 64 ? d64 : key.head_dim <= 128 ? d128 : d256;
   (void)shape;
   for (const TileConfig& t : prefs)
     if (legality_error(key, t, smem_limit).empty()) return t;

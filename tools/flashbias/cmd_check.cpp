@@ -2,11 +2,18 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <functional>
+#include <memory>
 
 #include "commands.h"
 #include "generator/problem_spec.h"
 #include "gpu_session.h"
 #include "tuner/harness.h"
+#include "generator/kernel_source.h"
+#include "runtime/compiler.h"
+#include "runtime/launch_plan.h"
+#include "runtime/loaded_kernel.h"
+#include "runtime/validate.h"
 
 namespace flashbias::cli {
 
@@ -20,6 +27,7 @@ struct CheckOptions {
   int repeat = 1;
   bool time = false;
   bool backward = false;
+  bool time_only = false;
 };
 }  // namespace
 
@@ -39,6 +47,9 @@ void add_check(CLI::App& app, int& rc) {
   cmd->add_flag("--backward", o->backward,
                 "also check all five gradients (dQ, dK, dV, dQb, dKb) against the fp64 reference (every row: keep "
                 "problems test-sized); with --time, times forward + backward");
+  cmd->add_flag("--time-only", o->time_only,
+                "with --backward: time forward + backward without the fp64 comparison (benchmark-sized problems; "
+                "prints TIMED, not PASS)");
   cmd->add_flag("--time", o->time, "also time each kernel (CUDA events, median of 30 after 5 warm-up runs)");
   cmd->callback([o, &rc] {
     GpuSession session(o->device);
@@ -58,25 +69,50 @@ void add_check(CLI::App& app, int& rc) {
         tiles.emplace_back(std::nullopt);
       }
       if (o->backward) {
-        if (!o->config.empty())
-          throw Error(ErrorCode::invalid_argument, "--config with --backward is not supported: the backward runs the "
-                                                   "dispatcher's tile (tune or gen --direction bwd --config for others)");
         Context& ctx = session.context();
+        // The dispatcher's backward tile, or (--config) one forced backward tile loaded here.
+        std::function<void(const BackwardArgs&)> backward = [&](const BackwardArgs& a) { ctx.backward(a, nullptr); };
+        std::shared_ptr<LaunchPlan> plan;
+        DeviceBuffer workspace;
+        std::string tile_name = "dispatcher";
+        if (!o->config.empty()) {
+          problem.enable_backward(seed + 7);
+          ProblemKey key = validate_backward(problem.backward_args(), session.device());
+          const KernelSpec ks{key, TileConfig::parse(o->config)};
+          plan = std::make_shared<LaunchPlan>(std::make_shared<const LoadedKernel>(compile(generate(ks))), ks);
+          workspace = DeviceBuffer(bwd_workspace_layout(problem.backward_args()).bytes);
+          backward = [&](const BackwardArgs& a) { plan->launch_backward(a, workspace.get(), nullptr); };
+          tile_name = ks.tile.str();
+        }
         for (int i = 0; i < o->repeat; ++i) {
           if (i > 0) problem.regenerate(++seed);
+          if (o->time_only) {
+            if (!problem.backward_enabled()) problem.enable_backward(seed + 7);
+            const ForwardArgs fa = problem.forward_args();
+            const BackwardArgs ba = problem.backward_args();
+            ctx.forward(fa, nullptr);
+            double spread = 0;
+            const double ms = time_ms([&] { ctx.forward(fa, nullptr); backward(ba); }, nullptr, 3, 10, &spread);
+            const double bwd_ms = time_ms([&] { backward(ba); }, nullptr, 3, 10);
+            fmt::print("{} backward [{}] TIMED (no reference check): fwd+bwd {:.4f} ms (spread {:.4f}), backward "
+                       "alone {:.4f} ms\n",
+                       to_string(spec), tile_name, ms, spread, bwd_ms);
+            continue;
+          }
           const BackwardCheck r = check_backward(
               problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
-              [&](const BackwardArgs& a) { ctx.backward(a, nullptr); }, seed + 7);
+              backward, seed + 7);
           std::string timing;
           if (o->time) {
             const ForwardArgs fa = problem.forward_args();
             const BackwardArgs ba = problem.backward_args();
             double spread = 0;
-            const double ms = time_ms([&] { ctx.forward(fa, nullptr); ctx.backward(ba, nullptr); }, nullptr, 5, 30,
-                                      &spread);
-            timing = fmt::format("  fwd+bwd time {:.4f} ms (spread {:.4f})\n", ms, spread);
+            const double ms = time_ms([&] { ctx.forward(fa, nullptr); backward(ba); }, nullptr, 5, 30, &spread);
+            const double bwd_ms = time_ms([&] { backward(ba); }, nullptr, 5, 30);
+            timing = fmt::format("  fwd+bwd time {:.4f} ms (spread {:.4f}), backward alone {:.4f} ms\n", ms, spread,
+                                 bwd_ms);
           }
-          fmt::print("{} backward seed {}\n{}\n{}", to_string(spec), seed, r.str(), timing);
+          fmt::print("{} backward [{}] seed {}\n{}\n{}", to_string(spec), tile_name, seed, r.str(), timing);
           all_pass = all_pass && r.pass;
         }
         ++seed;
