@@ -219,6 +219,8 @@ void LaunchPlan::launch_backward(const BackwardArgs& args, void* workspace, CUst
 }
 
 void LaunchPlan::launch_forward(const ForwardArgs& args, CUstream stream) const {
+  if (spec_.key.direction != Direction::fwd)
+    throw Error(ErrorCode::internal, fmt::format("launch_forward on the backward plan {}", spec_.str()));
   const std::uint32_t grid = fwd_grid_size(args, spec_.tile.block_m);
   FwdParams params = make_fwd_params(args, spec_.tile.block_m);
   void* kernel_params[] = {&params};  // one parameter: FwdParams by value
