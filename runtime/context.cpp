@@ -100,10 +100,7 @@ TileDecision decide_tile(const ContextHooks& hooks, Policy policy, const Problem
     if (auto t = call_hook("find_tile", [&] { return hooks.find_tile(key, shape, device); }))
       return TileDecision{*t, TileSource::stored, 0};
   }
-  if (policy == Policy::tune && key.direction == Direction::bwd) {
-    // The tuner measures forward kernels only (its harness checks and times forward launches).
-    log(LogLevel::info, "policy tune: backward kernels are not tuned yet; using the heuristic for {}", key.str());
-  } else if (policy == Policy::tune) {
+  if (policy == Policy::tune) {
     if (hooks.tune) {
       const auto start = std::chrono::steady_clock::now();
       auto t = call_hook("tune", [&] { return hooks.tune(key, shape, device); });

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <thread>
 
+#include "generator/variants.h"
 #include "runtime/driver_api.h"
 #include "runtime/launch_plan.h"
 #include "runtime/loaded_kernel.h"
@@ -112,11 +113,43 @@ GpuSource::GpuSource(const DeviceInfo& device, const ProblemSpec& problem, std::
                             options_.checks));
   }
   compile_threads_ = detail::resolve_threads(options_.compile_threads);
-  for (int c = 0; c < options_.checks; ++c)
-    problems_.push_back(std::make_unique<DeviceProblem>(problem, options_.seed + std::uint64_t(c)));
-  const ProblemKey derived = validate_forward(problems_.front()->forward_args(), device_);
-  if (key) require_compatible(*key, derived);
-  key_ = key.value_or(derived);
+  backward_ = key ? key->direction == Direction::bwd : options_.direction == Direction::bwd;
+  if (!backward_) {
+    for (int c = 0; c < options_.checks; ++c)
+      problems_.push_back(std::make_unique<DeviceProblem>(problem, options_.seed + std::uint64_t(c)));
+    const ProblemKey derived = validate_forward(problems_.front()->forward_args(), device_);
+    if (key) require_compatible(*key, derived);
+    key_ = key.value_or(derived);
+  } else {
+    // One timing problem of the real shape; checks on small odd-sized problems of the same key
+    // (ragged tiles at both ends; the Nq/Nk relation kept, which the causal mask depends on).
+    problems_.push_back(std::make_unique<DeviceProblem>(problem, options_.seed));
+    problems_.front()->enable_backward(options_.seed + 100);
+    const ProblemKey derived = validate_backward(problems_.front()->backward_args(), device_);
+    if (key) require_compatible(*key, derived);
+    key_ = key.value_or(derived);
+    ProblemSpec small = problem;
+    small.batch = std::min<std::int64_t>(problem.batch, 2);
+    small.heads = std::min<std::int64_t>(problem.heads, 2);
+    small.seqlen_q = std::min<std::int64_t>(problem.seqlen_q, 257);
+    small.seqlen_k = problem.seqlen_k == problem.seqlen_q ? small.seqlen_q
+                     : problem.seqlen_k > problem.seqlen_q ? std::min<std::int64_t>(problem.seqlen_k, 321)
+                                                           : std::min<std::int64_t>(problem.seqlen_k, 193);
+    for (int c = 0; c < options_.checks; ++c) {
+      bwd_checks_.push_back(std::make_unique<DeviceProblem>(small, options_.seed + 1 + std::uint64_t(c)));
+      bwd_checks_.back()->enable_backward(options_.seed + 200 + std::uint64_t(c));
+      require_compatible(key_, validate_backward(bwd_checks_.back()->backward_args(), device_));
+    }
+    // The forward the backward differentiates: the heuristic forward kernel of the same problem.
+    ProblemKey fkey = validate_forward(problems_.front()->forward_args(), device_);
+    const ShapeInfo shape{problem.batch * problem.heads, problem.seqlen_q, problem.seqlen_k};
+    const KernelSpec fspec{fkey, heuristic_tile(fkey, shape, device_.max_smem_per_block_optin)};
+    fwd_plan_ = std::make_unique<LaunchPlan>(std::make_shared<const LoadedKernel>(compile(generate(fspec))), fspec);
+    bwd_workspace_.emplace_back(bwd_workspace_layout(problems_.front()->backward_args()).bytes);
+    for (const auto& c : bwd_checks_) bwd_workspace_.emplace_back(bwd_workspace_layout(c->backward_args()).bytes);
+    fwd_plan_->launch_forward(problems_.front()->forward_args(), nullptr);
+    driver::check(driver::api().cuCtxSynchronize(), "cuCtxSynchronize (tuning forward)", ErrorCode::launch_failed);
+  }
   if (options_.flush_l2) {
     const driver::Api& d = driver::api();
     CUdevice dev = 0;
@@ -267,6 +300,53 @@ void GpuSource::check(std::size_t i, Slot& s) {
     }
   } destroy{d, ev};
   double worst = 0;
+  if (backward_) {
+    for (std::size_t c = 0; c < bwd_checks_.size(); ++c) {
+      BackwardCheck r;
+      try {
+        r = check_backward(
+            *bwd_checks_[c], [&](const ForwardArgs& a) { fwd_plan_->launch_forward(a, nullptr); },
+            [&](const BackwardArgs& a) { s.plan->launch_backward(a, bwd_workspace_[c + 1].get(), nullptr); }, 0);
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::launch_failed && e.code() != ErrorCode::driver_error &&
+            e.code() != ErrorCode::unsupported)
+          throw;
+        s.verdict.outcome = e.code() == ErrorCode::unsupported ? Outcome::not_supported : Outcome::launch_failed;
+        s.verdict.reason = e.what();
+        s.plan.reset();
+        return;
+      }
+      for (const Comparison& g : r.grads) worst = std::max(worst, g.rel_l2);
+      s.verdict.max_error = worst;
+      if (!r.pass) {
+        s.verdict.outcome = Outcome::incorrect;
+        s.verdict.reason = fmt::format("input set {} of {}: {}", c + 1, bwd_checks_.size(), r.str());
+        s.plan.reset();
+        return;
+      }
+    }
+    // One launch on the real shape, bracketed, for the budget's estimates.
+    try {
+      const BackwardArgs a = problems_.front()->backward_args(bwd_workspace_[0].get(), bwd_workspace_[0].bytes());
+      driver::check(d.cuEventRecord(ev[0], nullptr), "cuEventRecord");
+      s.plan->launch_backward(a, bwd_workspace_[0].get(), nullptr);
+      driver::check(d.cuEventRecord(ev[1], nullptr), "cuEventRecord");
+      driver::check(d.cuEventSynchronize(ev[1]), "cuEventSynchronize", ErrorCode::launch_failed);
+      float ms = 0;
+      if (d.cuEventElapsedTime(&ms, ev[0], ev[1]) == CUDA_SUCCESS) s.kernel_ms = ms;
+    } catch (const Error& e) {
+      if (e.code() != ErrorCode::launch_failed && e.code() != ErrorCode::driver_error &&
+          e.code() != ErrorCode::unsupported)
+        throw;
+      s.verdict.outcome = e.code() == ErrorCode::unsupported ? Outcome::not_supported : Outcome::launch_failed;
+      s.verdict.reason = e.what();
+      s.plan.reset();
+      return;
+    }
+    s.verdict.outcome = Outcome::passed;
+    s.verdict.reason.clear();
+    return;
+  }
   for (std::size_t c = 0; c < problems_.size(); ++c) {
     CheckResult r;
     try {
@@ -332,6 +412,11 @@ Timing GpuSource::time(std::size_t i, int repeats) {
       static unsigned value = 0;
       driver::check(d.cuMemsetD32(scratch_.ptr(), ++value, scratch_.bytes() / 4), "cuMemsetD32 (L2 flush)");
     };
+  }
+  if (backward_) {
+    const BackwardArgs bargs = problems_.front()->backward_args(bwd_workspace_[0].get(), bwd_workspace_[0].bytes());
+    void* ws = bwd_workspace_[0].get();
+    return time_each_ms([&] { plan.launch_backward(bargs, ws, nullptr); }, nullptr, options_.warmup, repeats, flush);
   }
   return time_each_ms([&] { plan.launch_forward(args, nullptr); }, nullptr, options_.warmup, repeats, flush);
 }

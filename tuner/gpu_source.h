@@ -4,7 +4,10 @@
 //            (compile_failed) -> ptxas report: spills, static + dynamic smem over the device limit,
 //            registers x threads over an SM (not_supported) -> load, occupancy 0 (launch_failed /
 //            not_supported) -> check_forward on `checks` different input sets with poisoned
-//            outputs (incorrect): a race or an unwritten tile fails at least one of them.
+//            outputs (incorrect): a race or an unwritten tile fails at least one of them. A backward
+//            candidate is checked with check_backward (all five gradients, every row) on `checks`
+//            small odd-sized problems with the same kernel key instead: the fp64 backward over a
+//            benchmark shape would take minutes per candidate.
 //   time:    warm-up, then per run: overwrite an L2-sized scratch buffer (so every run starts with
 //            cold caches, as a layer in a real network does), event, launch, event. Median, min,
 //            max over the runs.
@@ -39,6 +42,10 @@ struct GpuSourceOptions {
   unsigned compile_threads = 0;   ///< NVRTC programs at once; 0 = one per core (each holds ~0.5 GB)
   bool flush_l2 = true;           ///< overwrite an L2-sized buffer before every timed run
   std::uint64_t seed = 20250601;  ///< input seeds are seed, seed + 1, ...
+  /// Which kernels to tune when no key is given (a given key's direction wins). Backward
+  /// candidates are checked (all five gradients against fp64) on small problems with the same
+  /// kernel key, and timed on the real shape after a forward that provides O and LSE.
+  Direction direction = Direction::fwd;
 };
 
 /// Timing of `launch` with `before_each` run untimed ahead of every timed run: one event pair
@@ -83,6 +90,12 @@ class GpuSource final : public MeasurementSource {
   GpuSourceOptions options_;
   unsigned compile_threads_ = 1;
   std::vector<std::unique_ptr<DeviceProblem>> problems_;  // one per check: different inputs
+  // Backward only: the check problems (small, same key), the forward that fills O and LSE (a
+  // heuristic forward kernel), and a workspace per problem.
+  bool backward_ = false;
+  std::vector<std::unique_ptr<DeviceProblem>> bwd_checks_;
+  std::unique_ptr<LaunchPlan> fwd_plan_;
+  std::vector<DeviceBuffer> bwd_workspace_;  // [0]: the timing problem, then one per check
   DeviceBuffer scratch_;                                  // L2 flush target
   std::vector<std::unique_ptr<Slot>> slots_;
   std::int64_t start_ns_ = 0;

@@ -5,7 +5,6 @@
 #include <string>
 
 #include "generator/kernel_source.h"
-#include "runtime/context_impl.h"
 #include "runtime/launch_plan.h"
 #include "runtime/validate.h"
 
@@ -155,23 +154,6 @@ TEST_CASE("make_bwd_params fills BwdParams and zeroes broadcast gradient strides
   CHECK(p.num_n_blocks == 4);
   CHECK(p.num_slices == 3);
   CHECK(p.scale == Approx(0.125));
-}
-
-TEST_CASE("policy tune never hands a backward key to the forward-only tuner", "[cpu][runtime][backward]") {
-  ContextHooks hooks;
-  int tune_calls = 0;
-  hooks.tune = [&](const ProblemKey&, const ShapeInfo&, const DeviceInfo&) -> std::optional<TileConfig> {
-    ++tune_calls;
-    return TileConfig{};
-  };
-  ProblemKey key = validate_backward(valid_args(), hopper());
-  const TileDecision d = decide_tile(hooks, Policy::tune, key, ShapeInfo{6, 17, 113}, hopper());
-  CHECK(tune_calls == 0);
-  CHECK(d.source == TileSource::heuristic);
-  CHECK(d.tile == heuristic_tile(key, ShapeInfo{6, 17, 113}, hopper().max_smem_per_block_optin));
-  key.direction = Direction::fwd;  // the forward still goes to the tuner
-  CHECK(decide_tile(hooks, Policy::tune, key, ShapeInfo{6, 17, 113}, hopper()).source == TileSource::tuned);
-  CHECK(tune_calls == 1);
 }
 
 }  // namespace flashbias

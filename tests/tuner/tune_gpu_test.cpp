@@ -47,3 +47,26 @@ TEST_CASE("a tuned winner is used by the next process without compiling", "[gpu]
   CHECK(miss.status != 0);
   CHECK_THAT(miss.output, Contains("cache-only") && Contains("d128"));
 }
+
+TEST_CASE("the backward is tuned by the same tuner and its winner serves the next process", "[gpu][tuner][backward]") {
+  using test::run_cli;
+  cache::test::TempDir dir;
+  const std::string env = "FLASHBIAS_CACHE_DIR='" + dir.path().string() + "'";
+  const std::string problem = "b=1,h=4,n=512,d=64,r=8,mask=causal,qb=1n1r";
+
+  auto tuned = run_cli(env, "tune --backward --json --strategy halving --budget 120 -p " + problem, true);
+  INFO(tuned.output);
+  REQUIRE(tuned.status == 0);
+  const nlohmann::json report = nlohmann::json::parse(tuned.output).at(0);
+  REQUIRE(report["winner"].is_string());
+  CHECK(report["stored"] == true);
+  CHECK_THAT(report["key"].get<std::string>(), Contains("_bwd_"));
+  CHECK(report["counts"]["passed"].get<int>() >= 1);
+  CHECK(report["counts"]["incorrect"].get<int>() == 0);
+
+  // The next process checks the backward with the stored winner (decide_tile logs its source).
+  auto check = run_cli(env + " FLASHBIAS_LOG=info", "check --backward -p " + problem);
+  INFO(check.output);
+  CHECK(check.status == 0);
+  CHECK_THAT(check.output, Contains("tile " + report["winner"].get<std::string>()) && Contains("stored winner"));
+}

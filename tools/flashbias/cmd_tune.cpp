@@ -26,6 +26,7 @@ struct TuneCliOptions {
   double budget = tuner::kDefaultBudgetSeconds;
   int device = 0;
   bool json = false;
+  bool backward = false;
   long long check_rows = 96;
 };
 
@@ -145,6 +146,9 @@ void add_tune(CLI::App& app, int& rc) {
   cmd->add_option("--check-rows", o->check_rows, "query rows compared with the reference per check (sampled)")
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "print the reports (every candidate) as JSON on stdout");
+  cmd->add_flag("--backward", o->backward,
+                "tune the backward kernels of each problem instead (checked on small problems of the same key: all "
+                "five gradients against fp64; timed on the problem's own shape)");
   cmd->callback([o, budget, &rc] {
     o->args.budget = budget->count() ? std::optional<double>(o->budget) : std::nullopt;
     // Everything that can be wrong with the request fails here, before any GPU work.
@@ -158,6 +162,7 @@ void add_tune(CLI::App& app, int& rc) {
     options.strategy = req.strategy;
     options.strategy_options = req.strategy_options;
     options.source.check_rows = o->check_rows;
+    options.source.direction = o->backward ? Direction::bwd : Direction::fwd;
     std::vector<std::pair<NamedProblem, tuner::TuneReport>> results;
     int n = 0;
     for (const NamedProblem& p : req.problems) {
