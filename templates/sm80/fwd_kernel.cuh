@@ -27,6 +27,7 @@
 #include "sm80/mask.cuh"
 #include "sm80/softmax.cuh"
 #include "sm80/tile_loader.cuh"
+#include "sm80/warp_gemm.cuh"
 
 namespace flashbias {
 namespace sm80 {
@@ -94,53 +95,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using KVLoader = TileLoader<Element, kBlockN, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
   using QbLoader = TileLoader<Element, kBlockM, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
   using KbLoader = TileLoader<Element, kBlockN, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
-  using MmaOp = Mma<Element>;
   using Softmax = OnlineSoftmax<kMTiles, kNTiles, kDTiles>;
-
-  /// acc += A B^T over kCols contraction columns, A = this warp's rows of the tile at sA, B = all
-  /// rows of the tile at sB (both row-major at row stride kStride). Addresses are 32-bit shared
-  /// window addresses so that per-lane offsets fold into the instructions' immediates.
-  template <int kCols, int kStride>
-  static __device__ __forceinline__ void gemm_nt(float (&acc)[kMTiles][kNTiles][4], u32 sA, u32 sB, int lane,
-                                                 int warp_row0) {
-    constexpr int kRowBytes = kStride * 2;
-    const u32 a_lane = sA + (warp_row0 + (lane & 15)) * kRowBytes + (lane >> 4) * 16;
-    const u32 b_lane = sB + ((lane & 7) + ((lane >> 4) << 3)) * kRowBytes + ((lane >> 3) & 1) * 16;
-#pragma unroll
-    for (int k0 = 0; k0 + 16 <= kCols; k0 += 16) {
-      u32 a[kMTiles][4];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x4(a[mt], a_lane + mt * 16 * kRowBytes + k0 * 2);
-#pragma unroll
-      for (int np = 0; np < kNTiles / 2; ++np) {
-        u32 b[4];
-        ldmatrix_x4(b, b_lane + np * 16 * kRowBytes + k0 * 2);
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          MmaOp::k16(acc[mt][2 * np], a[mt], b[0], b[1]);
-          MmaOp::k16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
-        }
-      }
-    }
-    if constexpr (kCols % 16 == 8) {
-      constexpr int k0 = kCols - 8;
-      const u32 a8_lane = sA + (warp_row0 + (lane & 15)) * kRowBytes;
-      const u32 b8_lane = sB + (lane & 15) * kRowBytes;
-      u32 a[kMTiles][2];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) ldmatrix_x2(a[mt], a8_lane + mt * 16 * kRowBytes + k0 * 2);
-#pragma unroll
-      for (int np = 0; np < kNTiles / 2; ++np) {
-        u32 b[2];
-        ldmatrix_x2(b, b8_lane + np * 16 * kRowBytes + k0 * 2);
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          MmaOp::k8(acc[mt][2 * np], a[mt], b[0]);
-          MmaOp::k8(acc[mt][2 * np + 1], a[mt], b[1]);
-        }
-      }
-    }
-  }
 
   /// S = scale * Q K^T + Qb Kb^T for one key tile.
   static __device__ __forceinline__ void scores(float (&s)[kMTiles][kNTiles][4], u32 sQ, u32 sQb, u32 sK,
@@ -151,7 +106,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[mt][nt][e] = 0.f;
-    gemm_nt<kHeadDim, kDStride>(s, sQ, sK, lane, warp_row0);
+    gemm_nt<Element, kMTiles, kNTiles, kHeadDim, kDStride>(s, sQ + warp_row0 * kDStride * 2, sK, lane);
     if constexpr (kHasBias) {
       // Scale first, then accumulate the bias on top: the bias enters unscaled and exactly.
 #pragma unroll
@@ -160,7 +115,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale;
-      gemm_nt<kRankPad, kRStride>(s, sQb, sKb, lane, warp_row0);
+      gemm_nt<Element, kMTiles, kNTiles, kRankPad, kRStride>(s, sQb + warp_row0 * kRStride * 2, sKb, lane);
     }
   }
 
@@ -179,49 +134,9 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         }
   }
 
-  /// P (fp32 probabilities in the C layout of the score tile) -> 16-bit A fragments of P V. The
-  /// C layout of two adjacent n8 tiles is the A layout of one k16 step, so this is a pure
-  /// register conversion; doing it right after the softmax frees half of the score registers
-  /// before the P V product (the register peak of the wide-head variants).
-  static __device__ __forceinline__ void pack_p(u32 (&pa)[kMTiles][kBlockN / 16][4], const float (&p)[kMTiles][kNTiles][4]) {
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        pa[mt][kk][0] = ElementTraits<Element>::pack(p[mt][2 * kk][0], p[mt][2 * kk][1]);
-        pa[mt][kk][1] = ElementTraits<Element>::pack(p[mt][2 * kk][2], p[mt][2 * kk][3]);
-        pa[mt][kk][2] = ElementTraits<Element>::pack(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
-        pa[mt][kk][3] = ElementTraits<Element>::pack(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
-      }
-  }
-
-  /// O += P V for one key tile, P given as packed A fragments.
-  static __device__ __forceinline__ void gemm_pv(float (&o)[kMTiles][kDTiles][4], const u32 (&pa)[kMTiles][kBlockN / 16][4],
-                                                 u32 sV, int lane) {
-    constexpr int kRowBytes = kDStride * 2;
-    const u32 v_lane = sV + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRowBytes + (lane >> 4) * 16;
-    const u32 v2_lane = sV + (lane & 15) * kRowBytes;
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-#pragma unroll
-      for (int dp = 0; dp < kDTiles / 2; ++dp) {
-        u32 b[4];
-        ldmatrix_x4_trans(b, v_lane + kk * 16 * kRowBytes + dp * 32);
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          MmaOp::k16(o[mt][2 * dp], pa[mt][kk], b[0], b[1]);
-          MmaOp::k16(o[mt][2 * dp + 1], pa[mt][kk], b[2], b[3]);
-        }
-      }
-      if constexpr (kDTiles % 2 == 1) {
-        constexpr int dt = kDTiles - 1;
-        u32 b[2];
-        ldmatrix_x2_trans(b, v2_lane + kk * 16 * kRowBytes + dt * 16);
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) MmaOp::k16(o[mt][dt], pa[mt][kk], b[0], b[1]);
-      }
-    }
-  }
+  // P (fp32, C layout) -> 16-bit A fragments of P V (pack_a), right after the softmax: that frees
+  // half of the score registers before the P V product (the register peak of wide heads). O += P V
+  // is gemm_rs with V read transposed (sm80/warp_gemm.cuh).
 
   static __device__ void run(const FwdParams& p) {
     extern __shared__ Vec16 smem_raw[];  // Vec16 element type: 16-byte alignment for cp.async
@@ -298,7 +213,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, lane, warp_row0);
       if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
       softmax.update(s, acc_o, scale_log2);
-      pack_p(pa, s);
+      pack_a<Element, kMTiles, kNTiles>(pa, s);
     };
 
     QLoader::load(sQ, aQ, gQ, p.q_row_stride, 0, rows_q, tid);
@@ -319,7 +234,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
           load_k(nb - 1, 0);
           cp_async_commit();
         }
-        gemm_pv(acc_o, pa, addr_v(0), lane);
+        gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(0), lane);
       }
     } else {
       // Two buffers; group i carries tile i (tile 0 also carries Q). Empty groups keep the
@@ -340,7 +255,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         cp_async_wait<1>();
         block_sync();  // tile `it` landed
         tile_step(nb, buf);
-        gemm_pv(acc_o, pa, addr_v(buf), lane);
+        gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(buf), lane);
         block_sync();  // every warp is done with buffer `buf`
         if (it + 2 < n_blocks) {
           load_k(nb - 2, buf);
