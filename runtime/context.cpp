@@ -261,7 +261,8 @@ std::size_t ContextImpl::backward_workspace_size(const BackwardArgs& args) const
 void ContextImpl::backward(const BackwardArgs& args, CUstream stream) {
   const ProblemKey key = validate_backward(args, device_);
   const ShapeInfo shape{args.batch * args.heads, args.seqlen_q, args.seqlen_k};
-  const std::size_t need = bwd_workspace_layout(args).bytes;
+  const BwdWorkspaceLayout layout = bwd_workspace_layout(args);
+  const std::size_t need = layout.bytes;
   if (args.workspace != nullptr && args.workspace_bytes < need) {
     throw Error(ErrorCode::invalid_argument,
                 fmt::format("workspace_bytes = {} is too small: this backward needs {} bytes "
@@ -272,7 +273,7 @@ void ContextImpl::backward(const BackwardArgs& args, CUstream stream) {
   if (options_.check_pointers) check_device_pointers(args, device_);
   const LaunchPlan& plan = lookup(key, shape);
   if (args.workspace != nullptr) {
-    plan.launch_backward(args, args.workspace, stream);
+    plan.launch_backward(args, args.workspace, stream, &layout);
     return;
   }
   // No caller workspace: allocate and free it in stream order (no synchronisation; capturable).
@@ -284,7 +285,7 @@ void ContextImpl::backward(const BackwardArgs& args, CUstream stream) {
                             need, driver::error_text(r)));
   }
   try {
-    plan.launch_backward(args, reinterpret_cast<void*>(ws), stream);
+    plan.launch_backward(args, reinterpret_cast<void*>(ws), stream, &layout);
   } catch (...) {
     d.cuMemFreeAsync(ws, stream);
     throw;

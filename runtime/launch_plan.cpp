@@ -98,7 +98,8 @@ BwdWorkspaceLayout bwd_workspace_layout(const BackwardArgs& a) {
   return w;
 }
 
-BwdParams make_bwd_params(const BackwardArgs& a, const TileConfig& tile, int slices, void* workspace) {
+BwdParams make_bwd_params(const BackwardArgs& a, const TileConfig& tile, int slices, void* workspace,
+                          const BwdWorkspaceLayout& w) {
   BwdParams p{};
   const bool bias = a.rank > 0;
   p.q = a.q;
@@ -114,7 +115,6 @@ BwdParams make_bwd_params(const BackwardArgs& a, const TileConfig& tile, int sli
   p.dv = a.dv;
   p.dqb = bias ? a.dqb : nullptr;
   p.dkb = bias ? a.dkb : nullptr;
-  const BwdWorkspaceLayout w = bwd_workspace_layout(a);
   char* ws = static_cast<char*>(workspace);
   p.delta = reinterpret_cast<float*>(ws + w.delta);
   p.dqb_accum = w.has_dqb_accum ? reinterpret_cast<float*>(ws + w.dqb_accum) : nullptr;
@@ -191,10 +191,12 @@ std::uint32_t checked_grid(std::int64_t blocks, std::int64_t batch_heads, std::i
 
 }  // namespace
 
-void LaunchPlan::launch_backward(const BackwardArgs& args, void* workspace, CUstream stream) const {
+void LaunchPlan::launch_backward(const BackwardArgs& args, void* workspace, CUstream stream,
+                                 const BwdWorkspaceLayout* layout) const {
   if (spec_.key.direction != Direction::bwd)
     throw Error(ErrorCode::internal, fmt::format("launch_backward on the forward plan {}", spec_.str()));
-  BwdParams params = make_bwd_params(args, spec_.tile, bwd_slices_, workspace);
+  BwdParams params = make_bwd_params(args, spec_.tile, bwd_slices_, workspace,
+                                     layout != nullptr ? *layout : bwd_workspace_layout(args));
   void* kernel_params[] = {&params};
   const std::int64_t bh = args.batch * args.heads;
   const int threads = kernel_->threads();

@@ -33,8 +33,9 @@ struct BwdWorkspaceLayout {
 /// Pure: sizes only (pointers are not read). Throws Error(invalid_argument) on overflow.
 BwdWorkspaceLayout bwd_workspace_layout(const BackwardArgs& args);
 
-/// BwdParams for validated arguments, a tile and a workspace of bwd_workspace_layout(args).bytes.
-BwdParams make_bwd_params(const BackwardArgs& args, const TileConfig& tile, int slices, void* workspace);
+/// BwdParams for validated arguments, a tile and a workspace of `layout` (bwd_workspace_layout(args)).
+BwdParams make_bwd_params(const BackwardArgs& args, const TileConfig& tile, int slices, void* workspace,
+                          const BwdWorkspaceLayout& layout);
 
 class LaunchPlan {
  public:
@@ -46,8 +47,10 @@ class LaunchPlan {
   void launch_forward(const ForwardArgs& args, CUstream stream) const;
 
   /// Enqueue the backward's kernels (prep, dkdv, dq, and reduce when a factor broadcasts).
-  /// `workspace` holds bwd_workspace_layout(args).bytes. Same contract as launch_forward.
-  void launch_backward(const BackwardArgs& args, void* workspace, CUstream stream) const;
+  /// `workspace` holds bwd_workspace_layout(args).bytes; pass that layout when the caller already
+  /// has it (the Context does), else it is computed here. Same contract as launch_forward.
+  void launch_backward(const BackwardArgs& args, void* workspace, CUstream stream,
+                       const BwdWorkspaceLayout* layout = nullptr) const;
 
   const LoadedKernel& kernel() const { return *kernel_; }
   const KernelSpec& spec() const { return spec_; }

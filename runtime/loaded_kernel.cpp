@@ -43,20 +43,7 @@ void LoadedKernel::load(const void* cubin, std::size_t cubin_size) {
                             driver::error_text(r)));
   }
   try {
-    if (CUresult r = d.cuModuleGetFunction(&function_, module_, entry_.c_str()); r != CUDA_SUCCESS) {
-      throw Error(ErrorCode::driver_error, fmt::format("cuModuleGetFunction(\"{}\") failed for kernel {}: {}", entry_,
-                                                       key_, driver::error_text(r)));
-    }
-    if (smem_bytes_ > kDefaultDynamicSmemLimit) {
-      if (CUresult r = d.cuFuncSetAttribute(function_, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                            static_cast<int>(smem_bytes_));
-          r != CUDA_SUCCESS) {
-        throw Error(ErrorCode::unsupported,
-                    fmt::format("kernel {} needs {} bytes of dynamic shared memory, which this device does not "
-                                "allow (cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES) failed: {})",
-                                key_, smem_bytes_, driver::error_text(r)));
-      }
-    }
+    function_ = module_function(entry_.c_str(), smem_bytes_);
   } catch (...) {
     d.cuModuleUnload(module_);
     module_ = nullptr;

@@ -299,6 +299,16 @@ void GpuSource::check(std::size_t i, Slot& s) {
       for (int k = 0; k < 2; ++k) d.cuEventDestroy(ev[k]);
     }
   } destroy{d, ev};
+  // A launch or driver failure (or a grid over the limit) rejects the candidate; anything else is
+  // a bug of ours and propagates.
+  auto reject_run = [&](const Error& e) {
+    if (e.code() != ErrorCode::launch_failed && e.code() != ErrorCode::driver_error &&
+        e.code() != ErrorCode::unsupported)
+      throw e;
+    s.verdict.outcome = e.code() == ErrorCode::unsupported ? Outcome::not_supported : Outcome::launch_failed;
+    s.verdict.reason = e.what();
+    s.plan.reset();
+  };
   double worst = 0;
   if (backward_) {
     for (std::size_t c = 0; c < bwd_checks_.size(); ++c) {
@@ -308,13 +318,7 @@ void GpuSource::check(std::size_t i, Slot& s) {
             *bwd_checks_[c], [&](const ForwardArgs& a) { fwd_plan_->launch_forward(a, nullptr); },
             [&](const BackwardArgs& a) { s.plan->launch_backward(a, bwd_workspace_[c + 1].get(), nullptr); }, 0);
       } catch (const Error& e) {
-        if (e.code() != ErrorCode::launch_failed && e.code() != ErrorCode::driver_error &&
-            e.code() != ErrorCode::unsupported)
-          throw;
-        s.verdict.outcome = e.code() == ErrorCode::unsupported ? Outcome::not_supported : Outcome::launch_failed;
-        s.verdict.reason = e.what();
-        s.plan.reset();
-        return;
+        return reject_run(e);
       }
       for (const Comparison& g : r.grads) worst = std::max(worst, g.rel_l2);
       s.verdict.max_error = worst;
@@ -335,13 +339,7 @@ void GpuSource::check(std::size_t i, Slot& s) {
       float ms = 0;
       if (d.cuEventElapsedTime(&ms, ev[0], ev[1]) == CUDA_SUCCESS) s.kernel_ms = ms;
     } catch (const Error& e) {
-      if (e.code() != ErrorCode::launch_failed && e.code() != ErrorCode::driver_error &&
-          e.code() != ErrorCode::unsupported)
-        throw;
-      s.verdict.outcome = e.code() == ErrorCode::unsupported ? Outcome::not_supported : Outcome::launch_failed;
-      s.verdict.reason = e.what();
-      s.plan.reset();
-      return;
+      return reject_run(e);
     }
     s.verdict.outcome = Outcome::passed;
     s.verdict.reason.clear();
@@ -363,13 +361,7 @@ void GpuSource::check(std::size_t i, Slot& s) {
       float ms = 0;
       if (d.cuEventElapsedTime(&ms, ev[0], ev[1]) == CUDA_SUCCESS) s.kernel_ms = ms;
     } catch (const Error& e) {
-      if (e.code() != ErrorCode::launch_failed && e.code() != ErrorCode::driver_error &&
-          e.code() != ErrorCode::unsupported)
-        throw;
-      s.verdict.outcome = e.code() == ErrorCode::unsupported ? Outcome::not_supported : Outcome::launch_failed;
-      s.verdict.reason = e.what();
-      s.plan.reset();
-      return;
+      return reject_run(e);
     }
     worst = std::max({worst, r.o.rel_l2, r.lse.rel_l2});
     s.verdict.max_error = worst;

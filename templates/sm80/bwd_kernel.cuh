@@ -174,6 +174,90 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
         for (int e = 0; e < 4; ++e) acc[mt][nt][e] += lo[mt][nt][e] * (1.f / kLoScale);
   }
 
+  /// The (block, batch, head, slice) a CTA of a tiled kernel owns: blockIdx.x enumerates the
+  /// blocks of one (batch, head) fastest, then (batch, head), then the slice.
+  struct Work {
+    int block;
+    long long bh;
+    int b, h;
+    Slice sl;
+  };
+  static __device__ __forceinline__ Work decode(const BwdParams& p, int num_blocks) {
+    const long long bid = block_idx();
+    const long long rest = bid / num_blocks;
+    const long long heads = (long long)p.batch * p.heads;
+    Work w;
+    w.block = int(bid % num_blocks);
+    w.bh = rest % heads;
+    w.sl = slice_of(int(rest / heads));
+    w.b = int(w.bh / p.heads);
+    w.h = int(w.bh - (long long)w.b * p.heads);
+    return w;
+  }
+
+  /// The inputs of one (batch, head), row 0.
+  struct HeadInputs {
+    const Element *q, *k, *v, *dout, *qb, *kb;
+  };
+  static __device__ __forceinline__ HeadInputs head_inputs(const BwdParams& p, int b, int h) {
+    auto at = [&](const void* base, long long bs, long long hs) {
+      return static_cast<const Element*>(base) + b * bs + h * hs;
+    };
+    HeadInputs in{at(p.q, p.q_batch_stride, p.q_head_stride), at(p.k, p.k_batch_stride, p.k_head_stride),
+                  at(p.v, p.v_batch_stride, p.v_head_stride), at(p.dout, p.do_batch_stride, p.do_head_stride),
+                  nullptr, nullptr};
+    if constexpr (kHasBias) {
+      in.qb = at(p.qb, p.qb_batch_stride, p.qb_head_stride);
+      in.kb = at(p.kb, p.kb_batch_stride, p.kb_head_stride);
+    }
+    return in;
+  }
+
+  /// The main loop of both tiled kernels over iterations [begin, end): stage i's tiles are loaded
+  /// by load(i, buf) (cp.async, committed here), body(i, buf) runs once they have landed. kStages
+  /// == 2 prefetches stage i + 1 into the other buffer during body(i); kStages == 1 loads after it.
+  /// The first commit group also carries whatever the caller issued before (the tiles it keeps).
+  template <class Load, class Body>
+  static __device__ __forceinline__ void pipelined(int begin, int end, Load&& load, Body&& body) {
+    if (begin < end) load(begin, 0);
+    cp_async_commit();
+    for (int i = begin; i < end; ++i) {
+      const int buf = kStages == 2 ? ((i - begin) & 1) : 0;
+      if constexpr (kStages == 2) {
+        if (i + 1 < end) load(i + 1, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      block_sync();  // stage i (and on the first pass the kept tiles) landed
+      body(i, buf);
+      block_sync();  // every warp is done with buffer `buf`
+      if constexpr (kStages == 1) {
+        if (i + 1 < end) load(i + 1, 0);
+        cp_async_commit();
+      }
+    }
+    cp_async_wait<0>();
+  }
+
+  /// The factor gradient's epilogue: hi + lo combined, then fp32 into the per-(batch, head)
+  /// workspace when the factor broadcasts (reduce() sums it), else straight into the caller's
+  /// gradient. `rows` is Nq for dQb, Nk for dKb.
+  template <int MT, int NT>
+  static __device__ __forceinline__ void write_factor_grad(float (&acc)[MT][NT][4], const float (&lo)[MT][NT][4],
+                                                           float* accum, void* grad, long long batch_stride,
+                                                           long long row_stride, long long head_stride, int b, int h,
+                                                           long long bh, int rows, int row0, int lane) {
+    combine_residual(acc, lo);
+    if (accum != nullptr) {
+      write_acc<MT, NT, kBiasAlign>(acc, 1.f, nullptr, 0, accum + bh * rows * kRank, kRank, row0, rows, 0, kRank, lane);
+    } else {
+      Element* g = static_cast<Element*>(grad) + b * batch_stride + h * head_stride;
+      write_acc<MT, NT, kBiasAlign>(acc, 1.f, g, row_stride, nullptr, 0, row0, rows, 0, kRank, lane);
+    }
+  }
+
   // ---------------------------------------------------------------------------------------------
   /// Delta = rowsum(dO * O) in fp32 for every (batch, head, query row): 8 lanes per row.
   static __device__ void prep(const BwdParams& p) {
@@ -226,24 +310,12 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     const int warp_row0 = warp * kKvWarpRows;
     const int gq = lane >> 2, t = lane & 3;
 
-    const long long bid = block_idx();
-    const int n_block = int(bid % p.num_n_blocks);
-    const long long rest = bid / p.num_n_blocks;
-    const long long bh = rest % ((long long)p.batch * p.heads);
-    const Slice sl = slice_of(int(rest / ((long long)p.batch * p.heads)));
-    const int b = int(bh / p.heads), h = int(bh - (long long)b * p.heads);
-    const int n0 = n_block * kBlockN;
-
-    const Element* gK = static_cast<const Element*>(p.k) + b * p.k_batch_stride + h * p.k_head_stride;
-    const Element* gV = static_cast<const Element*>(p.v) + b * p.v_batch_stride + h * p.v_head_stride;
-    const Element* gQ = static_cast<const Element*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-    const Element* gDo = static_cast<const Element*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride;
-    const Element* gKb = nullptr;
-    const Element* gQb = nullptr;
-    if constexpr (kHasBias) {
-      gKb = static_cast<const Element*>(p.kb) + b * p.kb_batch_stride + h * p.kb_head_stride;
-      gQb = static_cast<const Element*>(p.qb) + b * p.qb_batch_stride + h * p.qb_head_stride;
-    }
+    const Work w = decode(p, p.num_n_blocks);
+    const Slice sl = w.sl;
+    const long long bh = w.bh;
+    const int b = w.b, h = w.h;
+    const int n0 = w.block * kBlockN;
+    const HeadInputs in = head_inputs(p, b, h);
 
     const Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
     // Query rows that see key n0 or later: i >= n0 - (Nk - Nq) under the causal mask.
@@ -267,9 +339,9 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
 
     auto load_stage = [&](int mb, int buf) {
       const int m0 = mb * kBlockM;
-      LoadM::load(sQ(buf), aQ(buf), gQ, p.q_row_stride, m0, p.seqlen_q, tid);
-      LoadM::load(sDo(buf), aDo(buf), gDo, p.do_row_stride, m0, p.seqlen_q, tid);
-      if constexpr (kHasBias) LoadBM::load(sQb(buf), aQb(buf), gQb, p.qb_row_stride, m0, p.seqlen_q, tid);
+      LoadM::load(sQ(buf), aQ(buf), in.q, p.q_row_stride, m0, p.seqlen_q, tid);
+      LoadM::load(sDo(buf), aDo(buf), in.dout, p.do_row_stride, m0, p.seqlen_q, tid);
+      if constexpr (kHasBias) LoadBM::load(sQb(buf), aQb(buf), in.qb, p.qb_row_stride, m0, p.seqlen_q, tid);
       float* lse = sLse(buf);
       for (int i = tid; i < kBlockM; i += kThreads) {
         const int row = m0 + i;
@@ -278,22 +350,11 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
       }
     };
 
-    LoadN::load(sK, aK, gK, p.k_row_stride, n0, p.seqlen_k, tid);
-    LoadN::load(sV, aV, gV, p.v_row_stride, n0, p.seqlen_k, tid);
-    if constexpr (kHasBias) LoadBN::load(sKb, aKb, gKb, p.kb_row_stride, n0, p.seqlen_k, tid);
-    if (m_begin < m_end) load_stage(m_begin, 0);
-    cp_async_commit();
+    LoadN::load(sK, aK, in.k, p.k_row_stride, n0, p.seqlen_k, tid);
+    LoadN::load(sV, aV, in.v, p.v_row_stride, n0, p.seqlen_k, tid);
+    if constexpr (kHasBias) LoadBN::load(sKb, aKb, in.kb, p.kb_row_stride, n0, p.seqlen_k, tid);
 
-    for (int mb = m_begin; mb < m_end; ++mb) {
-      const int buf = kStages == 2 ? ((mb - m_begin) & 1) : 0;
-      if constexpr (kStages == 2) {
-        if (mb + 1 < m_end) load_stage(mb + 1, buf ^ 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      block_sync();  // this stage's tiles (and on the first pass K, V, Kb) landed
+    pipelined(m_begin, m_end, load_stage, [&](int mb, int buf) {
       const int m0 = mb * kBlockM;
 
       // S^T = scale K Q^T + Kb Qb^T for this warp's key rows and all query columns.
@@ -354,13 +415,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
           gemm_rs<Element, kKvMt, kQCols / 2, kRankPad / 8, kRStride>(acc_dkb_lo, dsa_lo, aQb(buf), lane);
         }
       }
-      block_sync();  // every warp is done with this stage's buffer
-      if constexpr (kStages == 1) {
-        if (mb + 1 < m_end) load_stage(mb + 1, 0);
-        cp_async_commit();
-      }
-    }
-    cp_async_wait<0>();
+    });
 
     const int row0 = n0 + warp_row0;
     if (sl.d) {
@@ -372,17 +427,9 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
                                             sl.col0, kHeadDim, lane);
     }
     if constexpr (kHasBias) {
-      if (sl.bias) {
-        combine_residual(acc_dkb, acc_dkb_lo);
-        if (p.dkb_accum != nullptr) {
-          float* acc = p.dkb_accum + bh * p.seqlen_k * kRank;
-          write_acc<kKvMt, kRankPad / 8, kBiasAlign>(acc_dkb, 1.f, nullptr, 0, acc, kRank, row0, p.seqlen_k, 0, kRank, lane);
-        } else {
-          Element* g = static_cast<Element*>(p.dkb) + b * p.dkb_batch_stride + h * p.dkb_head_stride;
-          write_acc<kKvMt, kRankPad / 8, kBiasAlign>(acc_dkb, 1.f, g, p.dkb_row_stride, nullptr, 0, row0, p.seqlen_k, 0,
-                                                     kRank, lane);
-        }
-      }
+      if (sl.bias)
+        write_factor_grad(acc_dkb, acc_dkb_lo, p.dkb_accum, p.dkb, p.dkb_batch_stride, p.dkb_row_stride,
+                          p.dkb_head_stride, b, h, bh, p.seqlen_k, row0, lane);
     }
   }
 
@@ -414,24 +461,12 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     const int warp_row0 = warp * kQWarpRows;
     const int gq = lane >> 2, t = lane & 3;
 
-    const long long bid = block_idx();
-    const int m_block = int(bid % p.num_m_blocks);
-    const long long rest = bid / p.num_m_blocks;
-    const long long bh = rest % ((long long)p.batch * p.heads);
-    const Slice sl = slice_of(int(rest / ((long long)p.batch * p.heads)));
-    const int b = int(bh / p.heads), h = int(bh - (long long)b * p.heads);
-    const int m0 = m_block * kBlockM;
-
-    const Element* gQ = static_cast<const Element*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-    const Element* gDo = static_cast<const Element*>(p.dout) + b * p.do_batch_stride + h * p.do_head_stride;
-    const Element* gK = static_cast<const Element*>(p.k) + b * p.k_batch_stride + h * p.k_head_stride;
-    const Element* gV = static_cast<const Element*>(p.v) + b * p.v_batch_stride + h * p.v_head_stride;
-    const Element* gQb = nullptr;
-    const Element* gKb = nullptr;
-    if constexpr (kHasBias) {
-      gQb = static_cast<const Element*>(p.qb) + b * p.qb_batch_stride + h * p.qb_head_stride;
-      gKb = static_cast<const Element*>(p.kb) + b * p.kb_batch_stride + h * p.kb_head_stride;
-    }
+    const Work w = decode(p, p.num_m_blocks);
+    const Slice sl = w.sl;
+    const long long bh = w.bh;
+    const int b = w.b, h = w.h;
+    const int m0 = w.block * kBlockM;
+    const HeadInputs in = head_inputs(p, b, h);
 
     const Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
     const int key_end = mask.key_end(m0, kBlockM);
@@ -458,27 +493,16 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
 
     auto load_stage = [&](int nb, int buf) {
       const int n0 = nb * kBlockN;
-      LoadN::load(sK(buf), aK(buf), gK, p.k_row_stride, n0, p.seqlen_k, tid);
-      LoadN::load(sV(buf), aV(buf), gV, p.v_row_stride, n0, p.seqlen_k, tid);
-      if constexpr (kHasBias) LoadBN::load(sKb(buf), aKb(buf), gKb, p.kb_row_stride, n0, p.seqlen_k, tid);
+      LoadN::load(sK(buf), aK(buf), in.k, p.k_row_stride, n0, p.seqlen_k, tid);
+      LoadN::load(sV(buf), aV(buf), in.v, p.v_row_stride, n0, p.seqlen_k, tid);
+      if constexpr (kHasBias) LoadBN::load(sKb(buf), aKb(buf), in.kb, p.kb_row_stride, n0, p.seqlen_k, tid);
     };
 
-    LoadM::load(sQ, aQ, gQ, p.q_row_stride, m0, p.seqlen_q, tid);
-    LoadM::load(sDo, aDo, gDo, p.do_row_stride, m0, p.seqlen_q, tid);
-    if constexpr (kHasBias) LoadBM::load(sQb, aQb, gQb, p.qb_row_stride, m0, p.seqlen_q, tid);
-    if (n_blocks > 0) load_stage(0, 0);
-    cp_async_commit();
+    LoadM::load(sQ, aQ, in.q, p.q_row_stride, m0, p.seqlen_q, tid);
+    LoadM::load(sDo, aDo, in.dout, p.do_row_stride, m0, p.seqlen_q, tid);
+    if constexpr (kHasBias) LoadBM::load(sQb, aQb, in.qb, p.qb_row_stride, m0, p.seqlen_q, tid);
 
-    for (int nb = 0; nb < n_blocks; ++nb) {
-      const int buf = kStages == 2 ? (nb & 1) : 0;
-      if constexpr (kStages == 2) {
-        if (nb + 1 < n_blocks) load_stage(nb + 1, buf ^ 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      block_sync();
+    pipelined(0, n_blocks, load_stage, [&](int nb, int buf) {
       const int n0 = nb * kBlockN;
 
       float s[kQMt][kKCols][4];
@@ -527,13 +551,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
           gemm_rs<Element, kQMt, kKCols / 2, kRankPad / 8, kRStride>(acc_dqb_lo, dsa_lo, aKb(buf), lane);
         }
       }
-      block_sync();
-      if constexpr (kStages == 1) {
-        if (nb + 1 < n_blocks) load_stage(nb + 1, 0);
-        cp_async_commit();
-      }
-    }
-    cp_async_wait<0>();
+    });
 
     const int row0 = m0 + warp_row0;
     if (sl.d) {
@@ -542,17 +560,9 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
                                            sl.col0, kHeadDim, lane);
     }
     if constexpr (kHasBias) {
-      if (sl.bias) {
-        combine_residual(acc_dqb, acc_dqb_lo);
-        if (p.dqb_accum != nullptr) {
-          float* acc = p.dqb_accum + bh * p.seqlen_q * kRank;
-          write_acc<kQMt, kRankPad / 8, kBiasAlign>(acc_dqb, 1.f, nullptr, 0, acc, kRank, row0, p.seqlen_q, 0, kRank, lane);
-        } else {
-          Element* g = static_cast<Element*>(p.dqb) + b * p.dqb_batch_stride + h * p.dqb_head_stride;
-          write_acc<kQMt, kRankPad / 8, kBiasAlign>(acc_dqb, 1.f, g, p.dqb_row_stride, nullptr, 0, row0, p.seqlen_q, 0,
-                                                    kRank, lane);
-        }
-      }
+      if (sl.bias)
+        write_factor_grad(acc_dqb, acc_dqb_lo, p.dqb_accum, p.dqb, p.dqb_batch_stride, p.dqb_row_stride,
+                          p.dqb_head_stride, b, h, bh, p.seqlen_q, row0, lane);
     }
   }
 

@@ -139,7 +139,7 @@ TEST_CASE("make_bwd_params fills BwdParams and zeroes broadcast gradient strides
   ProblemKey k = validate_backward(a, hopper());
   CHECK(bwd_slices(k, t) == 3);
   char* ws = static_cast<char*>(fake(0xf00000));
-  const BwdParams p = make_bwd_params(a, t, bwd_slices(k, t), ws);
+  const BwdParams p = make_bwd_params(a, t, bwd_slices(k, t), ws, bwd_workspace_layout(a));
   CHECK(p.delta == reinterpret_cast<float*>(ws));
   CHECK(p.dqb_accum == reinterpret_cast<float*>(ws + 512));
   CHECK(p.dkb_accum == nullptr);
