@@ -40,6 +40,22 @@ BwdSmem bwd_smem_bytes(const ProblemKey& key, const TileConfig& tile);
 /// plus one for the factor gradient when rank > 0 and (split > 1 or rank > 32).
 int bwd_slices(const ProblemKey& key, const TileConfig& tile);
 
+/// The sm90 forward's register split (mirrors templates/sm90/fwd_kernel.cuh): each warp starts
+/// with the launch allocation; the producer warpgroup shrinks to `producer` registers per thread
+/// and `consumers` warpgroups grow to `consumer`. setmaxnreg.inc draws only on what the CTA's own
+/// decrements released, so the kernel's registers x threads must cover `required_regs()`, or its
+/// consumers would wait forever (LaunchPlan refuses such a kernel). `active` is false when the
+/// kernel keeps its launch allocation (one consumer warpgroup, one CTA per SM).
+struct Sm90RegisterSplit {
+  bool active = false;
+  int threads = 0;
+  int producer = 0;
+  int consumer = 0;
+  int consumers = 0;
+  long long required_regs() const { return 128LL * producer + 128LL * consumer * consumers; }
+};
+Sm90RegisterSplit sm90_register_split(const ProblemKey& key, const TileConfig& tile);
+
 /// Dynamic shared memory of the kernel (key, tile) names: the forward's, or the larger of the
 /// backward's two tiled kernels.
 std::size_t kernel_smem_bytes(const ProblemKey& key, const TileConfig& tile);

@@ -107,15 +107,25 @@ std::string knob_spellings() {
   return s;
 }
 
+std::string_view kernel_family(const ProblemKey& key) {
+  // The Hopper family: sm_90a (wgmma, setmaxnreg), forward, Q/K/V/O rows TMA can address
+  // (16-byte aligned pointers and strides) and head dims of at least one 16-column k step. An
+  // sm_90 key without the 'a' suffix (ContextOptions::portable) runs the portable family.
+  if (key.direction == Direction::fwd && key.arch.sm == 90 && key.arch.a && key.qkv_align == 16 &&
+      key.head_dim >= 16 && mf::find_entry("fwd", "sm90") != nullptr)
+    return "sm90";
+  return "sm80";
+}
+
 const mf::EntryInfo& kernel_entry(const ProblemKey& key) {
-  // Every supported arch (sm_80 and newer) runs the sm80 family today.
   const std::string_view direction = key.direction == Direction::bwd ? "bwd" : "fwd";
-  const mf::EntryInfo* e = mf::find_entry(direction, "sm80");
+  const std::string_view family = kernel_family(key);
+  const mf::EntryInfo* e = mf::find_entry(direction, family);
   if (!e)
     throw Error(ErrorCode::unsupported,
-                fmt::format("no kernel template under templates/ is declared FLASHBIAS_KERNEL(\"{}\", \"sm80\"): {} "
+                fmt::format("no kernel template under templates/ is declared FLASHBIAS_KERNEL(\"{}\", \"{}\"): {} "
                             "kernels are not available in this build",
-                            direction, key.direction == Direction::bwd ? "backward" : "forward"));
+                            direction, family, key.direction == Direction::bwd ? "backward" : "forward"));
   return *e;
 }
 

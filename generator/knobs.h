@@ -41,8 +41,14 @@ std::string knob_spelling(std::string_view knob);
 /// "bm, bn, w, s, splitk": the knob spellings, for error messages and the CLI.
 std::string knob_spellings();
 
-/// The manifest entry the generator instantiates for `key` (today: FLASHBIAS_KERNEL("fwd", "sm80")
-/// for every arch). Throws Error(unsupported) when no template covers the key's direction.
+/// The template family that runs `key`: "sm90" (wgmma + TMA) for forward keys on sm_90a whose
+/// Q/K/V/O rows are 16-byte aligned and whose head dim is at least 16; "sm80" (the portable
+/// family, sm_80 and newer) otherwise. An sm_90 key without the 'a' suffix selects the portable
+/// family on Hopper (ContextOptions::portable).
+std::string_view kernel_family(const ProblemKey& key);
+
+/// The manifest entry the generator instantiates for `key`: FLASHBIAS_KERNEL(direction,
+/// kernel_family(key)). Throws Error(unsupported) when no template covers it.
 const manifest::EntryInfo& kernel_entry(const ProblemKey& key);
 
 /// One value per template parameter of `entry`, in its order (the manifest's generic Args form):

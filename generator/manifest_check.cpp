@@ -25,3 +25,10 @@ FLASHBIAS_MANIFEST_REQUIRE_VALUE(fwd, sm80, kBlockM, flashbias::TileConfig{}.blo
 FLASHBIAS_MANIFEST_REQUIRE_VALUE(fwd, sm80, kBlockN, flashbias::TileConfig{}.block_n, "generator/problem_key.h TileConfig{}");
 FLASHBIAS_MANIFEST_REQUIRE_VALUE(fwd, sm80, kWarps, flashbias::TileConfig{}.warps, "generator/problem_key.h TileConfig{}");
 FLASHBIAS_MANIFEST_REQUIRE_VALUE(fwd, sm80, kStages, flashbias::TileConfig{}.stages, "generator/problem_key.h TileConfig{}");
+
+// The Hopper forward carries the same four named knobs (its defaults differ: the heuristic and
+// the tuner always set all four, so TileConfig{} never reaches it).
+FLASHBIAS_MANIFEST_REQUIRE_KNOB(fwd, sm90, kBlockM, "generator/problem_key.h TileConfig::block_m");
+FLASHBIAS_MANIFEST_REQUIRE_KNOB(fwd, sm90, kBlockN, "generator/problem_key.h TileConfig::block_n");
+FLASHBIAS_MANIFEST_REQUIRE_KNOB(fwd, sm90, kWarps, "generator/problem_key.h TileConfig::warps");
+FLASHBIAS_MANIFEST_REQUIRE_KNOB(fwd, sm90, kStages, "generator/problem_key.h TileConfig::stages");

@@ -16,10 +16,7 @@ std::size_t KnobSpace::size() const {
 
 namespace {
 
-KnobSpace read_knob_space(Direction direction) {
-  ProblemKey key;
-  key.direction = direction;
-  const manifest::EntryInfo& e = kernel_entry(key);
+KnobSpace read_knob_space(const manifest::EntryInfo& e) {
   KnobSpace ks;
   for (const manifest::KnobInfo& k : e.knobs) {
     std::vector<int> values(k.values.begin(), k.values.end());
@@ -36,11 +33,26 @@ KnobSpace read_knob_space(Direction direction) {
 
 }  // namespace
 
+const KnobSpace& knob_space(const ProblemKey& key) {
+  // One space per manifest entry, read once (the manifest is constexpr data).
+  static const std::vector<std::pair<const manifest::EntryInfo*, KnobSpace>> spaces = [] {
+    std::vector<std::pair<const manifest::EntryInfo*, KnobSpace>> v;
+    for (const manifest::EntryInfo& e : manifest::entries) v.emplace_back(&e, read_knob_space(e));
+    return v;
+  }();
+  const manifest::EntryInfo* e = &kernel_entry(key);
+  for (const auto& [entry, ks] : spaces)
+    if (entry == e) return ks;
+  throw Error(ErrorCode::internal, fmt::format("{}: its kernel entry is not in the manifest's entry list", key.str()));
+}
+
 const KnobSpace& knob_space(const Arch& arch, Direction direction) {
-  static const KnobSpace fwd = read_knob_space(Direction::fwd);
-  static const KnobSpace bwd = read_knob_space(Direction::bwd);
-  (void)arch;  // every supported arch runs the sm80 family today
-  return direction == Direction::bwd ? bwd : fwd;
+  // A representative key: 16-byte aligned rows and a head dim every family covers.
+  ProblemKey key;
+  key.arch = arch;
+  key.direction = direction;
+  key.head_dim = 64;
+  return knob_space(key);
 }
 
 const KnobSpace& fwd_knob_space(const Arch& arch) { return knob_space(arch, Direction::fwd); }
@@ -53,7 +65,7 @@ std::size_t default_smem_limit(const Arch& arch) {
 }
 
 std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_limit) {
-  const KnobSpace& ks = knob_space(key.arch, key.direction);
+  const KnobSpace& ks = knob_space(key);
   std::vector<TileConfig> out;
   if (ks.size() == 0) return out;
   // An odometer over the knobs in manifest order, the last one fastest.
@@ -106,10 +118,49 @@ TileConfig bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std
                           smem_limit));
 }
 
+
+/// The Hopper forward (templates/sm90/fwd_kernel.cuh), from a timing sweep on the benchmark
+/// shapes (H100, 2026-11-24, docs/PERF_NOTES.md, sm90 forward):
+///  - d <= 32: exp-bound; two CTAs per SM of two consumer warpgroups with 64-key tiles (seed_n4k
+///    0.084 ms vs 0.114 for one CTA of 128x128; af3_tri 0.115 vs 0.165). Factors copied by the
+///    producer's lanes (rows under 16 bytes) leave too few registers for two CTAs: three consumer
+///    warpgroups of one CTA with 64-key tiles instead (alibi_gpt2 1.13 ms vs 1.37 for 128x128;
+///    192x128 ran 1.03 but spills 12 bytes).
+///  - d <= 64: three consumer warpgroups, 128-key tiles (llm_d64 0.655 ms vs 0.836 for two).
+///  - d <= 128: two consumer warpgroups, 128-key tiles (llm_d128 2.22 ms, 495 TFLOP/s).
+///  - d <= 256: 64-key tiles fit the shared memory with two consumer warpgroups.
+TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
+  static const std::vector<TileConfig> d32{TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2"),
+                                           TileConfig::parse("bm=192,bn=64,w=16,s=2"),
+                                           TileConfig::parse("bm=128,bn=128,w=12,s=2")};
+  static const std::vector<TileConfig> d64{TileConfig::parse("bm=192,bn=128,w=16,s=2"),
+                                           TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2"),
+                                           TileConfig::parse("bm=128,bn=128,w=12,s=2")};
+  static const std::vector<TileConfig> d128{TileConfig::parse("bm=128,bn=128,w=12,s=2"),
+                                            TileConfig::parse("bm=128,bn=64,w=12,s=2"),
+                                            TileConfig::parse("bm=64,bn=64,w=8,s=2")};
+  static const std::vector<TileConfig> d256{TileConfig::parse("bm=128,bn=64,w=12,s=2"),
+                                            TileConfig::parse("bm=64,bn=64,w=8,s=2")};
+  static const std::vector<TileConfig> short_rows{TileConfig::parse("bm=64,bn=64,w=8,s=2,minblocks=2"),
+                                                  TileConfig::parse("bm=64,bn=128,w=8,s=2"),
+                                                  TileConfig::parse("bm=64,bn=64,w=8,s=2")};
+  const auto& prefs = shape.seqlen_q <= 64    ? short_rows
+                      : key.head_dim <= 32  ? d32
+                      : key.head_dim <= 64  ? d64
+                      : key.head_dim <= 128 ? d128
+                                            : d256;
+  for (const TileConfig& t : prefs)
+    if (legality_error(key, t, smem_limit).empty()) return t;
+  for (const TileConfig& t : enumerate_tiles(key, smem_limit)) return t;
+  throw Error(ErrorCode::unsupported,
+              fmt::format("no tile configuration fits {} within {} bytes of shared memory", key.str(), smem_limit));
+}
+
 }  // namespace
 
 TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
   if (key.direction == Direction::bwd) return bwd_heuristic_tile(key, shape, smem_limit);
+  if (kernel_family(key) == "sm90") return sm90_fwd_heuristic_tile(key, shape, smem_limit);
   // Preference lists per head-dim class, best first, from the sweep of every legal tile on the
   // benchmark shapes (H100, 2026-11-24, docs/PERF_NOTES.md step 6); a tuned winner overrides them.
   //  - d <= 32, long rows: 128x128 tiles, 4 warps of 32 rows, one K/V stage (242 registers, 2 CTAs

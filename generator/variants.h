@@ -27,11 +27,14 @@ struct KnobSpace {
   std::size_t size() const;
 };
 
-/// The knobs of the kernel template for this arch family and direction, read from the manifest.
+/// The knobs of the kernel template that runs `key` (kernel_family(key)), read from the manifest.
+const KnobSpace& knob_space(const ProblemKey& key);
+
+/// The same for a representative key of an arch and direction (16-byte aligned rows, head dim 64):
+/// the family that arch runs by default.
 const KnobSpace& knob_space(const Arch& arch, Direction direction);
 
-/// The knobs of the forward template for this arch family (sm80 family today), read from the
-/// template manifest.
+/// knob_space(arch, Direction::fwd).
 const KnobSpace& fwd_knob_space(const Arch& arch);
 
 /// What changes only the best tile choice, not the code: sequence lengths and batch*heads.

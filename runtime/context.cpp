@@ -190,6 +190,7 @@ ContextImpl::ContextImpl(ContextOptions options) : options_(options) {
   }
   const int ordinal = options_.device >= 0 ? options_.device : device_ordinal_of_current_context(d);
   device_ = query_device(ordinal);
+  if (options_.portable) device_.arch.a = false;  // sm_90 keys select the portable family
   driver::check(d.cuDeviceGet(&cu_device_, ordinal), "cuDeviceGet");
   driver::check(d.cuDevicePrimaryCtxRetain(&primary_, cu_device_), "cuDevicePrimaryCtxRetain");
   DefaultHooksFactory factory;

@@ -63,7 +63,8 @@ namespace flashbias::driver {
   X(cuPointerGetAttributes, 7000)                     \
   X(cuOccupancyMaxActiveBlocksPerMultiprocessor, 6050) \
   X(cuMemAllocAsync, 11020)                           \
-  X(cuMemFreeAsync, 11020)
+  X(cuMemFreeAsync, 11020)                            \
+  X(cuTensorMapEncodeTiled, 12000)
 
 /// The loaded function table. Obtained only through api(); never destroyed (libcuda is never
 /// dlclose'd), so pointers stay valid for the whole process lifetime.

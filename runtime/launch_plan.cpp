@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include <fmt/format.h>
 
 #include "generator/kernel_source.h"
+#include "generator/knobs.h"
+#include "runtime/driver_api.h"
 
 namespace flashbias {
 namespace {
@@ -52,6 +55,63 @@ FwdParams make_fwd_params(const ForwardArgs& a, int block_m) {
   p.seqlen_k = static_cast<int>(a.seqlen_k);
   p.num_m_blocks = static_cast<int>((a.seqlen_q + block_m - 1) / block_m);
   p.scale = a.softmax_scale.value_or(1.0f / std::sqrt(static_cast<float>(a.head_dim)));
+  return p;
+}
+
+namespace {
+
+/// Elements per swizzled row of the sm90 tiles (templates/sm90/fwd_kernel.cuh chunk_elems).
+int sm90_chunk_elems(std::int64_t width) { return width <= 16 ? 16 : width <= 32 ? 32 : 64; }
+
+/// A 4-D TMA descriptor (columns, rows, heads, batch) with boxes of one swizzled chunk of
+/// columns (16, 32 or 64 elements, chunk_elems of the contraction width) by `box_rows` rows. A
+/// stride of 0 (a broadcast factor dimension) is encoded as extent 1 with a packed stride: the
+/// kernel then always asks for coordinate 0 there.
+TmaDescriptor encode_tma(const char* name, const void* base, DType dtype, std::int64_t cols, std::int64_t rows,
+                         std::int64_t heads, std::int64_t batch, const Strides& stride, int box_rows) {
+  static_assert(sizeof(CUtensorMap) == sizeof(TmaDescriptor) && alignof(TmaDescriptor) >= alignof(CUtensorMap));
+  const int chunk = sm90_chunk_elems((cols + 15) / 16 * 16);
+  const cuuint64_t row_bytes = cuuint64_t(stride.seq) * 2;
+  const cuuint64_t head_bytes = stride.head != 0 ? cuuint64_t(stride.head) * 2 : row_bytes * cuuint64_t(rows);
+  const cuuint64_t head_extent = stride.head != 0 ? cuuint64_t(heads) : 1;
+  const cuuint64_t batch_bytes = stride.batch != 0 ? cuuint64_t(stride.batch) * 2 : head_bytes * head_extent;
+  const cuuint64_t dims[4] = {cuuint64_t(cols), cuuint64_t(rows), head_extent, stride.batch != 0 ? cuuint64_t(batch) : 1};
+  const cuuint64_t strides[3] = {row_bytes, head_bytes, batch_bytes};
+  const cuuint32_t box[4] = {cuuint32_t(chunk), cuuint32_t(box_rows), 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapSwizzle swizzle = chunk == 64   ? CU_TENSOR_MAP_SWIZZLE_128B
+                                     : chunk == 32 ? CU_TENSOR_MAP_SWIZZLE_64B
+                                                   : CU_TENSOR_MAP_SWIZZLE_32B;
+  CUtensorMap map;
+  const CUresult r = driver::api().cuTensorMapEncodeTiled(
+      &map, dtype == DType::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+      const_cast<void*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    throw Error(ErrorCode::unsupported,
+                fmt::format("the driver refused the TMA descriptor of {} (dims {}x{}x{}x{}, byte strides {}/{}/{}): {}; "
+                            "the portable kernels (ContextOptions::portable) have no such limits",
+                            name, dims[0], dims[1], dims[2], dims[3], strides[0], strides[1], strides[2],
+                            driver::error_text(r)));
+  TmaDescriptor out;
+  std::memcpy(&out, &map, sizeof(out));
+  return out;
+}
+
+}  // namespace
+
+Sm90FwdParams make_sm90_fwd_params(const ForwardArgs& a, const KernelSpec& spec) {
+  const TileConfig& tile = spec.tile;
+  Sm90FwdParams p{};
+  p.p = make_fwd_params(a, tile.block_m);
+  p.tma_q = encode_tma("q", a.q, a.dtype, a.head_dim, a.seqlen_q, a.heads, a.batch, a.q_stride, tile.block_m);
+  p.tma_k = encode_tma("k", a.k, a.dtype, a.head_dim, a.seqlen_k, a.heads, a.batch, a.k_stride, tile.block_n);
+  p.tma_v = encode_tma("v", a.v, a.dtype, a.head_dim, a.seqlen_k, a.heads, a.batch, a.v_stride, tile.block_n);
+  // The template takes the factors by TMA exactly when they are 16-byte aligned (kFactorTma).
+  if (spec.key.rank > 0 && spec.key.bias_align == 16) {
+    p.tma_qb = encode_tma("qb", a.qb, a.dtype, a.rank, a.seqlen_q, a.heads, a.batch, a.qb_stride, tile.block_m);
+    p.tma_kb = encode_tma("kb", a.kb, a.dtype, a.rank, a.seqlen_k, a.heads, a.batch, a.kb_stride, tile.block_n);
+  }
   return p;
 }
 
@@ -159,7 +219,20 @@ BwdParams make_bwd_params(const BackwardArgs& a, const TileConfig& tile, int sli
 }
 
 LaunchPlan::LaunchPlan(std::shared_ptr<const LoadedKernel> kernel, const KernelSpec& spec)
-    : kernel_(std::move(kernel)), spec_(spec) {
+    : kernel_(std::move(kernel)), spec_(spec), sm90_(kernel_family(spec.key) == "sm90") {
+  if (sm90_) {
+    // setmaxnreg.inc waits for registers the CTA's own warps released: a kernel that ptxas gave
+    // fewer registers than the split assumes would hang, so it is refused here instead.
+    const Sm90RegisterSplit split = sm90_register_split(spec_.key, spec_.tile);
+    const long long have = 1LL * kernel_->attribute(CU_FUNC_ATTRIBUTE_NUM_REGS) * kernel_->threads();
+    if (split.active && have < split.required_regs())
+      throw Error(ErrorCode::unsupported,
+                  fmt::format("kernel {}: its launch allocation ({} registers x {} threads) is smaller than its "
+                              "warpgroups' register split ({} + {} x {} registers per thread over 128 threads); "
+                              "it would deadlock in setmaxnreg",
+                              spec_.str(), kernel_->attribute(CU_FUNC_ATTRIBUTE_NUM_REGS), kernel_->threads(),
+                              split.producer, split.consumers, split.consumer));
+  }
   if (spec_.key.direction == Direction::bwd) {
     const BwdSmem smem = bwd_smem_bytes(spec_.key, spec_.tile);
     bwd_dkdv_smem_ = smem.dkdv;
@@ -224,6 +297,12 @@ void LaunchPlan::launch_forward(const ForwardArgs& args, CUstream stream) const 
   if (spec_.key.direction != Direction::fwd)
     throw Error(ErrorCode::internal, fmt::format("launch_forward on the backward plan {}", spec_.str()));
   const std::uint32_t grid = fwd_grid_size(args, spec_.tile.block_m);
+  if (sm90_) {
+    Sm90FwdParams params = make_sm90_fwd_params(args, spec_);
+    void* kernel_params[] = {&params};  // one parameter: Sm90FwdParams by value (__grid_constant__)
+    kernel_->launch(grid, 1, 1, stream, kernel_params);
+    return;
+  }
   FwdParams params = make_fwd_params(args, spec_.tile.block_m);
   void* kernel_params[] = {&params};  // one parameter: FwdParams by value
   kernel_->launch(grid, 1, 1, stream, kernel_params);

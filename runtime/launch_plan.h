@@ -17,6 +17,13 @@ namespace flashbias {
 /// FwdParams for validated arguments and a tile's block_m. Pure (tests check it without a GPU).
 FwdParams make_fwd_params(const ForwardArgs& args, int block_m);
 
+/// The parameter block of the sm90 forward: FwdParams plus the TMA descriptors of Q, K, V and,
+/// for 16-byte aligned factors, Qb, Kb (4-D maps over columns, row, head, batch with boxes of one
+/// swizzled column chunk by block_m / block_n rows), encoded by cuTensorMapEncodeTiled (host-only
+/// work, but it needs the driver). Throws Error(unsupported) naming the tensor when the driver
+/// refuses a descriptor.
+Sm90FwdParams make_sm90_fwd_params(const ForwardArgs& args, const KernelSpec& spec);
+
 /// Number of CTAs of the forward grid: ceil(seqlen_q / block_m) * batch * heads. Throws
 /// Error(unsupported) if it exceeds gridDim.x's limit of 2^31 - 1.
 std::uint32_t fwd_grid_size(const ForwardArgs& args, int block_m);
@@ -65,6 +72,7 @@ class LaunchPlan {
   std::size_t bwd_dkdv_smem_ = 0;
   std::size_t bwd_dq_smem_ = 0;
   int bwd_slices_ = 1;
+  bool sm90_ = false;  // the forward runs the sm90 family (Sm90FwdParams)
 };
 
 }  // namespace flashbias

@@ -133,6 +133,10 @@ struct ContextOptions {
   int device = -1;             ///< CUDA device ordinal; -1 = the current context's device, else 0
   Policy policy = Policy::heuristic;
   bool check_pointers = true;  ///< verify that every pointer is device memory (a driver query per pointer)
+  /// Run the portable kernel family (mma.sync, sm_80 and newer) even where a faster family exists
+  /// (the wgmma/TMA forward on sm_90a): for comparison and testing. Kernels are compiled for the
+  /// plain arch (sm_90, not sm_90a), so their cache and bundle entries stay apart.
+  bool portable = false;
 };
 
 class ContextImpl;

@@ -29,6 +29,26 @@ struct FwdParams {
   float scale;       // softmax scale, applied to Q K^T only (the bias enters unscaled)
 };
 
+/// A CUtensorMap (TMA descriptor) as the kernel receives it: 128 opaque bytes, aligned like the
+/// driver header declares it (128; TMA itself needs 64).
+/// The host encodes it with cuTensorMapEncodeTiled and copies it in.
+struct alignas(128) TmaDescriptor {
+  unsigned long long opaque[16];
+};
+
+/// Forward parameters of the sm90 family: the TMA descriptors of Q, K, V and (when the factors'
+/// rows are 16-byte aligned) Qb, Kb (4-D: columns, row, head, batch; boxes of one swizzled chunk
+/// of columns by block rows; a broadcast factor dimension has extent 1), then the common block.
+/// Passed as a __grid_constant__ kernel parameter so the descriptors' addresses are valid for TMA.
+struct Sm90FwdParams {
+  TmaDescriptor tma_q;
+  TmaDescriptor tma_k;
+  TmaDescriptor tma_v;
+  TmaDescriptor tma_qb;  // zero when unused (no factors, or factors narrower than 16 bytes)
+  TmaDescriptor tma_kb;
+  FwdParams p;
+};
+
 /// Backward parameters (templates/sm80/bwd_kernel.cuh). Strides in elements; last dims contiguous.
 struct BwdParams {
   const void* q;

@@ -1,4 +1,5 @@
-// GPU correctness of the sm80 forward kernel through the whole pipeline (generate -> NVRTC ->
+// GPU correctness of the forward kernels (the sm90 family on Hopper, the portable sm80 family
+// everywhere, both on Hopper) through the whole pipeline (generate -> NVRTC ->
 // driver -> Context dispatch), against the fp64 CPU reference. Outputs are poisoned before every
 // run and inputs are fresh random draws every run (the seed is printed on failure).
 #include <catch2/catch.hpp>
@@ -76,9 +77,10 @@ std::vector<Case> forward_matrix() {
 
 // Runs `cases` on `threads` host threads (each with the device's primary context current), so
 // that their first-call compilations overlap: the Context compiles different keys concurrently.
-void run_cases(const std::vector<Case>& cases, unsigned threads, std::int64_t rows) {
+void run_cases(const std::vector<Case>& cases, unsigned threads, std::int64_t rows, bool portable = false) {
   ContextOptions opts;
   opts.device = 0;
+  opts.portable = portable;
   activate_primary_context(0);
   Context ctx(opts);
   std::atomic<std::size_t> next{0};
@@ -117,16 +119,34 @@ void run_cases(const std::vector<Case>& cases, unsigned threads, std::int64_t ro
 
 unsigned worker_count() { return std::max(2u, std::min(16u, std::thread::hardware_concurrency())); }
 
+/// The device's arch, and on Hopper also the portable family's (sm_90 without the 'a').
+std::vector<DeviceInfo> family_devices() {
+  activate_primary_context(0);
+  std::vector<DeviceInfo> out{query_device(0)};
+  if (out[0].arch.a) {
+    out.push_back(out[0]);
+    out.back().arch.a = false;
+  }
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("forward matches the fp64 reference over the D x R x mask x dtype matrix", "[gpu][forward]") {
   run_cases(forward_matrix(), worker_count(), 96);
 }
 
+TEST_CASE("the portable family matches the fp64 reference on Hopper too", "[gpu][forward][portable]") {
+  if (!query_device(0).arch.a) {
+    WARN("the device runs the portable family by default; the matrix above covered it");
+    return;
+  }
+  run_cases(forward_matrix(), worker_count(), 96, /*portable=*/true);
+}
+
 TEST_CASE("every legal tile configuration computes the same function", "[gpu][forward][tiles]") {
   // Odd sizes and a rank that needs the k8 tail, with masking; each legal tile is loaded directly.
-  activate_primary_context(0);
-  const DeviceInfo dev = query_device(0);
+  for (const DeviceInfo& dev : family_devices())
   for (DType dt : {DType::f16, DType::bf16})
     for (MaskKind m : {MaskKind::none, MaskKind::causal}) {
       ProblemSpec p = parse_problem("b=1,h=2,nq=300,nk=259,d=72,r=3");
@@ -200,8 +220,9 @@ TEST_CASE("unaligned strides and factors take the narrow-copy paths correctly", 
 
 TEST_CASE("repeated runs on the same inputs are bitwise identical", "[gpu][forward][determinism]") {
   activate_primary_context(0);
-  Context ctx(ContextOptions{0, Policy::heuristic, true});
+  for (bool portable : {false, true})
   for (const char* text : {"b=2,h=3,nq=1000,nk=777,d=64,r=3,mask=causal", "b=1,h=2,n=2048,d=128,r=16,dtype=bf16"}) {
+    Context ctx(ContextOptions{0, Policy::heuristic, true, portable});
     DeviceProblem problem(parse_problem(text), fresh_seed());
     HostTensor first, o;
     std::vector<float> first_lse, lse;
@@ -214,7 +235,7 @@ TEST_CASE("repeated runs on the same inputs are bitwise identical", "[gpu][forwa
         first_lse = lse;
         continue;
       }
-      INFO(text << " run " << run);
+      INFO(text << (portable ? " (portable)" : "") << " run " << run);
       REQUIRE(std::equal(o.bits().begin(), o.bits().end(), first.bits().begin()));
       REQUIRE(std::memcmp(lse.data(), first_lse.data(), lse.size() * sizeof(float)) == 0);
     }
@@ -232,6 +253,7 @@ TEST_CASE("small problems for the memory and race checkers", "[gpu][sanitize]") 
                            "b=1,h=2,nq=400,nk=100,d=64,r=8,mask=causal"})
     cases.push_back({parse_problem(text), text});
   run_cases(cases, 1, 200);
+  if (query_device(0).arch.a) run_cases(cases, 1, 200, /*portable=*/true);
 }
 
 }  // namespace flashbias

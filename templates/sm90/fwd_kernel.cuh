@@ -1,0 +1,460 @@
+// FlashBias forward, sm90 family (Hopper, sm_90a): wgmma + TMA + warp specialisation.
+//
+//   O = softmax(scale * Q K^T + Qb Kb^T + mask) V,   LSE = log sum exp of each row's scores
+//
+// One CTA owns kBlockM query rows of one (batch, head) and is kBlockM / 64 + 1 warpgroups:
+//   - warpgroup 0, the producer: it gives most of its registers back (setmaxnreg) and its first
+//     warp loads. Q, K and V tiles come by TMA (cp.async.bulk.tensor, 128/64/32-byte swizzled
+//     chunks of the head dim, out-of-range rows and columns zero-filled by the copy engine) into a
+//     ring of kStages stages, each guarded by a "full" mbarrier (TMA bytes + the factor loads) and
+//     an "empty" mbarrier (one arrival per consumer warp). The factor tiles Qb, Kb are narrow and
+//     may be broadcast (stride 0) or 2-byte aligned, which TMA cannot express: the producer's lanes
+//     copy them with ordinary loads into the same swizzled layout, zero-padding the rank to a
+//     multiple of 16, then fence the async proxy and arrive on the stage's barrier.
+//   - warpgroups 1..kBlockM/64, the consumers: each owns 64 query rows and walks the key tiles
+//     from last to first (the tiles that need masking first), per tile:
+//       S  = Q K^T                  wgmma, A = Q and B = K from shared memory (K-major)
+//       S  = scale * S + Qb Kb^T    the bias is R extra contraction columns accumulated into the
+//                                   same registers after scaling: exact, never materialised
+//       P  = online softmax (fp32, exp2; the sm80 family's OnlineSoftmax, same register layout)
+//       O += P V                    wgmma, A = P from registers, B = V from shared memory (MN-major)
+//     then O is normalised, staged through the consumer's own rows of the Q tile, and written
+//     with 16-byte stores; LSE goes straight out.
+// Two consumer warpgroups interleave on the SM: one's softmax overlaps the other's wgmma.
+//
+// Products wider than one wgmma, or with a width the instruction set here does not cover, are
+// split into the widths of sm90/wgmma.cuh: multiples of 64 up to 256 and one tail under 64 that
+// starts on a 64-column boundary (so every split starts on a swizzle-row boundary).
+#pragma once
+
+#include "common/manifest.h"
+#include "common/params.h"
+#include "common/sm90_ops.cuh"
+#include "sm80/mask.cuh"
+#include "sm80/softmax.cuh"
+#include "sm80/warp_gemm.cuh"
+#include "sm90/wgmma.cuh"
+
+namespace flashbias {
+namespace sm90 {
+
+/// The tunable template parameters of FwdKernel and their candidate values (templates/README.md).
+struct FwdKnobs {
+  static constexpr int kBlockM[] = {128, 192, 64};
+  static constexpr int kBlockN[] = {128, 64, 192};
+  static constexpr int kWarps[] = {12, 16, 8};
+  static constexpr int kStages[] = {2, 3};
+  static constexpr int kMinBlocks[] = {1, 2};
+};
+
+/// Elements per swizzled shared-memory row for a contraction width: 16, 32 or 64 (32, 64 or 128
+/// bytes, the TMA and wgmma swizzle modes).
+__host__ __device__ constexpr int chunk_elems(int width) { return width <= 16 ? 16 : width <= 32 ? 32 : 64; }
+
+template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
+          int kBlockM = 128, int kBlockN = 128, int kWarps = 12, int kStages = 2, int kMinBlocks = 1>
+struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
+  using Knobs = FwdKnobs;
+
+  static_assert(kHeadDim % 8 == 0 && kHeadDim >= 16 && kHeadDim <= 256,
+                "head_dim must be a multiple of 8 in [16, 256] on the sm90 path");
+  static_assert(kRank >= 0 && kRank <= 128, "rank must be in [0, 128]");
+  static_assert(kQkvAlign == 16, "the sm90 path loads Q, K and V by TMA, which needs 16-byte aligned rows (qkv_align 16)");
+  static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
+  static_assert(kBlockM % 64 == 0 && kBlockM >= 64 && kBlockM <= 192,
+                "block_m must be 64, 128 or 192 (64 query rows per consumer warpgroup)");
+  static_assert(kWarps == 4 * (kBlockM / 64 + 1), "warps must be 4 per 64 query rows plus a producer warpgroup of 4");
+  static_assert(kBlockN % 64 == 0 && kBlockN >= 64 && kBlockN <= 256, "block_n must be a multiple of 64 in [64, 256]");
+  static_assert(kStages >= 2 && kStages <= 4, "stages must be in [2, 4]");
+
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kConsumers = kBlockM / 64;
+  static constexpr int kMinBlocksPerSm = kMinBlocks;
+  static constexpr bool kHasBias = kRank > 0;
+  // Factors whose rows, strides and base are 16-byte aligned come by TMA like Q, K, V (the copy
+  // engine zero-fills the rank padding); narrower ones are copied by the producer's lanes.
+  static constexpr bool kFactorTma = kHasBias && kBiasAlign == 16;
+  static constexpr int kFullArrivals = kHasBias && !kFactorTma ? 33 : 1;  // TMA issuer (+ 32 copying lanes)
+  // Register split (setmaxnreg). Every warp starts with the launch allocation (the cap that
+  // __launch_bounds__(kThreads, kMinBlocks) gives ptxas); the producer's setmaxnreg.dec returns
+  // registers to the CTA's pool and the consumers' setmaxnreg.inc draws from that pool only, so
+  // the split must fit the CTA's own launch allocation, or the consumers wait forever. One
+  // consumer warpgroup alone on the SM keeps the launch allocation.
+  static constexpr int kLaunchRegs = (65536 / (kThreads * kMinBlocks)) / 8 * 8;
+  static constexpr int kProducerRegs = kHasBias && !kFactorTma ? 56 : 24;  // more when its lanes copy factors
+  static constexpr int kConsumerShare = (kLaunchRegs * (kWarps / 4) - kProducerRegs) / kConsumers / 8 * 8;
+  static constexpr int kConsumerRegs =
+      kConsumers == 1 && kMinBlocks == 1 ? 0 : (kConsumerShare < 240 ? kConsumerShare : 240);
+  static_assert(kMinBlocks >= 1 && kMinBlocks <= 2, "min_blocks must be 1 or 2");
+  static_assert(kConsumerRegs == 0 || kConsumerRegs >= 96,
+                "block_m and min_blocks leave under 96 registers per consumer thread");
+
+  // Head dim: kChunkD columns per swizzled row, kDChunks rows of chunks; the contraction of
+  // Q K^T runs over kDK columns (the zero-filled tail of the last chunk pads it to 16).
+  static constexpr int kChunkD = chunk_elems(kHeadDim);
+  static constexpr int kDChunks = (kHeadDim + kChunkD - 1) / kChunkD;
+  static constexpr int kDK = round_up(kHeadDim, 16);
+  static constexpr int kDRowBytes = kChunkD * 2;
+  // Rank: the same for the factor tiles (zero-padded to a multiple of 16 by the producer).
+  static constexpr int kRK = kHasBias ? round_up(kRank, 16) : 0;
+  static constexpr int kChunkR = chunk_elems(kRK);
+  static constexpr int kRChunks = kHasBias ? (kRK + kChunkR - 1) / kChunkR : 0;
+  static constexpr int kRRowBytes = kChunkR * 2;
+
+  static constexpr int kNTiles = kBlockN / 8;  // n8 column groups of a score tile
+  static constexpr int kDTiles = kHeadDim / 8;  // n8 column groups of the output
+
+  // Shared memory, bytes; every tile starts on a 1024-byte boundary (the swizzle pattern's).
+  static constexpr int kQChunkBytes = kBlockM * kDRowBytes;
+  static constexpr int kKChunkBytes = kBlockN * kDRowBytes;
+  static constexpr int kQbChunkBytes = kBlockM * kRRowBytes;
+  static constexpr int kKbChunkBytes = kBlockN * kRRowBytes;
+  static constexpr int kQBytes = kDChunks * kQChunkBytes;
+  static constexpr int kQbBytes = kRChunks * kQbChunkBytes;
+  static constexpr int kKBytes = kDChunks * kKChunkBytes;  // also V
+  static constexpr int kKbBytes = kRChunks * kKbChunkBytes;
+  static constexpr int kStageBytes = 2 * kKBytes + kKbBytes;
+  static constexpr int kBarrierOffset = kQBytes + kQbBytes + kStages * kStageBytes;
+  static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
+  // + 1024: the dynamic shared memory window is aligned up to 1024 bytes at run time.
+  static constexpr int kSmemBytes = kBarrierOffset + kBarrierBytes + 1024;
+
+  using Softmax = sm80::OnlineSoftmax<1, kNTiles, kDTiles>;
+  struct alignas(16) Vec4u { u32 x, y, z, w; };
+  struct alignas(8) Vec2u { u32 x, y; };
+
+  // ---- producer ------------------------------------------------------------------------------
+
+  /// Copy rows [0, kRows) of a factor tile (rank kRank, rows `row_stride` elements apart) into
+  /// the swizzled tile at `dst` (kRChunks chunks of kRows x kChunkR), zero-filling rows past
+  /// `rows_valid` and the rank padding: the path for factors TMA cannot address (rows narrower
+  /// than 16-byte aligned). Each lane writes whole 16-byte units; the loads of a batch of units
+  /// are all issued before their stores, so their latencies overlap.
+  template <int kRows>
+  static __device__ __forceinline__ void copy_factor(u32 dst, const Element* src, long long row_stride, int rows_valid,
+                                                     int lane) {
+    constexpr int kUnitsPerChunkRow = kChunkR / 8;
+    constexpr int kUnitsPerRow = kRChunks * kUnitsPerChunkRow;
+    constexpr int kUnits = kRows * kUnitsPerRow;
+    constexpr int kPerLane = (kUnits + 31) / 32;
+    constexpr int kBatch = kPerLane < 4 ? kPerLane : 4;
+    constexpr int kVec = kBiasAlign / 2;  // elements per global load
+    for (int i0 = 0; i0 < kPerLane; i0 += kBatch) {
+      u32 w[kBatch][4];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int u = (i0 + i) * 32 + lane;
+        const int r = u / kUnitsPerRow;
+        const int col0 = (u - r * kUnitsPerRow) * 8;
+        w[i][0] = w[i][1] = w[i][2] = w[i][3] = 0u;
+        if (u < kUnits && r < rows_valid) {
+          const Element* row = src + r * row_stride;
+#pragma unroll
+          for (int e = 0; e < 8; e += kVec) {
+            if (col0 + e < kRank) {
+              if constexpr (kVec == 4) {
+                const Vec2u v = *reinterpret_cast<const Vec2u*>(row + col0 + e);
+                w[i][e / 2] = v.x;
+                w[i][e / 2 + 1] = v.y;
+              } else if constexpr (kVec == 2) {
+                w[i][e / 2] = *reinterpret_cast<const u32*>(row + col0 + e);
+              } else {
+                const u32 bits = *reinterpret_cast<const u16*>(row + col0 + e);
+                w[i][e / 2] |= (e & 1) ? bits << 16 : bits;
+              }
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int u = (i0 + i) * 32 + lane;
+        if (u < kUnits) {
+          const int r = u / kUnitsPerRow;
+          const int cu = u - r * kUnitsPerRow;
+          const int chunk = cu / kUnitsPerChunkRow;
+          const int j = cu - chunk * kUnitsPerChunkRow;
+          const u32 off = chunk * kRows * kRRowBytes + swizzle<kRRowBytes>(u32(r * kRRowBytes + j * 16));
+          asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(dst + off), "r"(w[i][0]), "r"(w[i][1]),
+                       "r"(w[i][2]), "r"(w[i][3]));
+        }
+      }
+    }
+  }
+
+  static __device__ __forceinline__ void producer(const Sm90FwdParams& prm, u32 smem, int b, int h, int m0,
+                                                  int n_blocks, int lane) {
+    const FwdParams& p = prm.p;
+    const u32 sQ = smem;
+    const u32 sQb = sQ + kQBytes;
+    const u32 sStage0 = sQb + kQbBytes;
+    const u32 bar_q = smem + kBarrierOffset;
+    auto bar_full = [&](int s) { return bar_q + 8 * (1 + s); };
+    auto bar_empty = [&](int s) { return bar_q + 8 * (1 + kStages + s); };
+    // Factor coordinates: a broadcast (stride-0) dimension is encoded with extent 1 (host side).
+    const int qb_b = p.qb_batch_stride == 0 ? 0 : b, qb_h = p.qb_head_stride == 0 ? 0 : h;
+    const int kb_b = p.kb_batch_stride == 0 ? 0 : b, kb_h = p.kb_head_stride == 0 ? 0 : h;
+
+    if (lane == 0) {
+      tma_prefetch_desc(&prm.tma_q);
+      tma_prefetch_desc(&prm.tma_k);
+      tma_prefetch_desc(&prm.tma_v);
+      mbar_arrive_expect_tx(bar_q, kQBytes + (kFactorTma ? kQbBytes : 0));
+#pragma unroll
+      for (int c = 0; c < kDChunks; ++c) tma_load_4d(sQ + c * kQChunkBytes, &prm.tma_q, bar_q, c * kChunkD, m0, h, b);
+      if constexpr (kFactorTma) {
+#pragma unroll
+        for (int c = 0; c < kRChunks; ++c)
+          tma_load_4d(sQb + c * kQbChunkBytes, &prm.tma_qb, bar_q, c * kChunkR, m0, qb_h, qb_b);
+      }
+    }
+    const Element* gKb = nullptr;
+    if constexpr (kHasBias && !kFactorTma) {
+      const Element* gQb =
+          static_cast<const Element*>(p.qb) + b * p.qb_batch_stride + h * p.qb_head_stride + m0 * p.qb_row_stride;
+      gKb = static_cast<const Element*>(p.kb) + b * p.kb_batch_stride + h * p.kb_head_stride;
+      copy_factor<kBlockM>(sQb, gQb, p.qb_row_stride, p.seqlen_q - m0, lane);
+      fence_proxy_async();
+      mbar_arrive(bar_q);
+    }
+
+    for (int it = 0; it < n_blocks; ++it) {
+      const int nb = n_blocks - 1 - it;
+      const int n0 = nb * kBlockN;
+      const int s = it % kStages;
+      const u32 phase = u32(it / kStages) & 1u;
+      mbar_wait(bar_empty(s), phase ^ 1u);  // the consumers released this stage (free on the first lap)
+      const u32 sK = sStage0 + s * kStageBytes;
+      const u32 sV = sK + kKBytes;
+      const u32 sKb = sV + kKBytes;
+      if (lane == 0) {
+        mbar_arrive_expect_tx(bar_full(s), 2 * kKBytes + (kFactorTma ? kKbBytes : 0));
+#pragma unroll
+        for (int c = 0; c < kDChunks; ++c) tma_load_4d(sK + c * kKChunkBytes, &prm.tma_k, bar_full(s), c * kChunkD, n0, h, b);
+        if constexpr (kFactorTma) {
+#pragma unroll
+          for (int c = 0; c < kRChunks; ++c)
+            tma_load_4d(sKb + c * kKbChunkBytes, &prm.tma_kb, bar_full(s), c * kChunkR, n0, kb_h, kb_b);
+        }
+#pragma unroll
+        for (int c = 0; c < kDChunks; ++c) tma_load_4d(sV + c * kKChunkBytes, &prm.tma_v, bar_full(s), c * kChunkD, n0, h, b);
+      }
+      if constexpr (kHasBias && !kFactorTma) {
+        copy_factor<kBlockN>(sKb, gKb + n0 * p.kb_row_stride, p.kb_row_stride, p.seqlen_k - n0, lane);
+        fence_proxy_async();
+        mbar_arrive(bar_full(s));
+      }
+    }
+  }
+
+  // ---- consumer ------------------------------------------------------------------------------
+
+  /// S (+)= A B^T over `kK` contraction columns, A (64 rows) and B (kBlockN rows) K-major in
+  /// swizzled chunks of kChunk columns; the B rows split into the wgmma widths.
+  template <int kK, int kChunk, int kAChunkBytes, int kBChunkBytes>
+  static __device__ __forceinline__ void gemm_ss(float* s, u32 a_base, u32 b_base, bool accumulate_first) {
+    constexpr int kRowBytes = kChunk * 2;
+    constexpr u64 kSwz = swizzle_code(kRowBytes);
+    const u64 da = make_desc(a_base, 16, 8 * kRowBytes, kSwz);
+    const u64 db = make_desc(b_base, 16, 8 * kRowBytes, kSwz);
+#pragma unroll
+    for (int k0 = 0; k0 < kK; k0 += 16) {
+      const u32 koff = (k0 % kChunk) * 2;
+      const u64 a = da + ((u64((k0 / kChunk) * kAChunkBytes) + koff) >> 4);
+      const u64 bb = db + ((u64((k0 / kChunk) * kBChunkBytes) + koff) >> 4);
+      const int acc = (accumulate_first || k0 > 0) ? 1 : 0;
+      if constexpr (kBlockN % 256 == 0) {
+#pragma unroll
+        for (int n = 0; n < kBlockN; n += 256) Wgmma<Element, 256>::ss(s + n / 2, a, bb + ((n * kRowBytes) >> 4), acc);
+      } else if constexpr (kBlockN % 128 == 0) {
+#pragma unroll
+        for (int n = 0; n < kBlockN; n += 128) Wgmma<Element, 128>::ss(s + n / 2, a, bb + ((n * kRowBytes) >> 4), acc);
+      } else {
+#pragma unroll
+        for (int n = 0; n < kBlockN; n += 64) Wgmma<Element, 64>::ss(s + n / 2, a, bb + ((n * kRowBytes) >> 4), acc);
+      }
+    }
+  }
+
+  /// O += P V for one k16 step of keys: V's rows [key0, key0 + 16) (MN-major, head-dim chunks
+  /// kKChunkBytes apart), the output columns split into the wgmma widths from column kP0 on.
+  template <int kP0>
+  static __device__ __forceinline__ void gemm_pv(float* o, const u32 (&a)[4], u32 v_rows) {
+    constexpr int kRem = kHeadDim - kP0;
+    if constexpr (kRem > 0) {
+      constexpr int kN = kRem >= 256 ? 256 : kRem >= 128 ? 128 : kRem >= 64 ? 64 : kRem;
+      const u64 d = make_desc(v_rows + (kP0 / kChunkD) * kKChunkBytes, kKChunkBytes, 8 * kDRowBytes,
+                              swizzle_code(kDRowBytes));
+      Wgmma<Element, kN>::rs(o + kP0 / 2, a, d);
+      gemm_pv<kP0 + kN>(o, a, v_rows);
+    }
+  }
+
+  template <int kN>
+  static __device__ __forceinline__ void fence_regs(float (&r)[1][kN][4]) {
+#pragma unroll
+    for (int i = 0; i < kN; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) reg_fence(r[0][i][e]);
+  }
+
+  static __device__ __forceinline__ void consumer(const FwdParams& p, u32 smem, Element* smem_ptr, int wg, int b,
+                                                  int h, int m0, int n_blocks, int tid_wg) {
+    const int lane = tid_wg & 31;
+    const int warp = tid_wg >> 5;  // within the warpgroup
+    const int g = lane >> 2, t = lane & 3;
+    const int row0 = m0 + wg * 64;  // the warpgroup's first query row
+    const u32 sQ = smem + wg * 64 * kDRowBytes;
+    const u32 sQb = smem + kQBytes + wg * 64 * kRRowBytes;
+    const u32 sStage0 = smem + kQBytes + kQbBytes;
+    const u32 bar_q = smem + kBarrierOffset;
+    auto bar_full = [&](int s) { return bar_q + 8 * (1 + s); };
+    auto bar_empty = [&](int s) { return bar_q + 8 * (1 + kStages + s); };
+
+    const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
+    // With a bias the scale is applied before the bias is added; without, it folds into exp2.
+    const float scale_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
+
+    float o[1][kDTiles][4];
+#pragma unroll
+    for (int i = 0; i < kDTiles; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[0][i][e] = 0.f;
+    Softmax softmax;
+    softmax.init();
+    float s[1][kNTiles][4];
+    u32 pa[1][kBlockN / 16][4];
+
+    mbar_wait(bar_q, 0);
+    for (int it = 0; it < n_blocks; ++it) {
+      const int nb = n_blocks - 1 - it;
+      const int n0 = nb * kBlockN;
+      const int st = it % kStages;
+      mbar_wait(bar_full(st), u32(it / kStages) & 1u);
+      const u32 sK = sStage0 + st * kStageBytes;
+      const u32 sV = sK + kKBytes;
+      const u32 sKb = sV + kKBytes;
+      // A key tile wholly right of this warpgroup's causal diagonal contributes nothing.
+      const bool skip = kCausal && n0 > row0 + 63 + mask.diag_offset;
+      if (!skip) {
+        wgmma_fence();
+        gemm_ss<kDK, kChunkD, kQChunkBytes, kKChunkBytes>(&s[0][0][0], sQ, sK, false);
+        wgmma_commit();
+        if constexpr (kHasBias) {
+          wgmma_wait<0>();
+          fence_regs(s);
+#pragma unroll
+          for (int i = 0; i < kNTiles; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[0][i][e] *= p.scale;
+          wgmma_fence();
+          gemm_ss<kRK, kChunkR, kQbChunkBytes, kKbChunkBytes>(&s[0][0][0], sQb, sKb, true);
+          wgmma_commit();
+        }
+        wgmma_wait<0>();
+        fence_regs(s);
+        if (mask.tile_needs_mask(row0, n0, kBlockN)) {
+#pragma unroll
+          for (int i = 0; i < kNTiles; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int row = row0 + warp * 16 + g + (e >= 2 ? 8 : 0);
+              const int col = n0 + i * 8 + 2 * t + (e & 1);
+              if (mask.masked(row, col)) s[0][i][e] = neg_inf();
+            }
+        }
+        softmax.update(s, o, scale_log2);
+        sm80::pack_a<Element, 1, kNTiles>(pa, s);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk) gemm_pv<0>(&o[0][0][0], pa[0][kk], sV + kk * 16 * kDRowBytes);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(o);
+      }
+      warp_sync();
+      if (lane == 0) mbar_arrive(bar_empty(st));
+    }
+
+    // Epilogue: normalise, stage O in this warpgroup's own rows of the Q tile (swizzled like Q;
+    // no other warpgroup reads them, and every wgmma reading them has completed), then write
+    // whole 16-byte units.
+    softmax.finalize();
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const float inv = softmax.inv_sum(0, hh);
+      const int r = warp * 16 + g + 8 * hh;  // row within the warpgroup
+#pragma unroll
+      for (int i = 0; i < kDTiles; ++i) {
+        const int c = i * 8 + 2 * t;
+        const u32 packed = ElementTraits<Element>::pack(o[0][i][2 * hh] * inv, o[0][i][2 * hh + 1] * inv);
+        const u32 off = (c / kChunkD) * kQChunkBytes + swizzle<kDRowBytes>(u32(r * kDRowBytes + (c % kChunkD) * 2));
+        asm volatile("st.shared.u32 [%0], %1;" ::"r"(sQ + off), "r"(packed) : "memory");
+      }
+      if (t == 0 && p.lse != nullptr && row0 + r < p.seqlen_q)
+        p.lse[((long long)b * p.heads + h) * p.seqlen_q + row0 + r] = softmax.lse(0, hh, scale_log2);
+    }
+    named_sync(1 + wg, 128);
+    constexpr int kUnitsPerRow = kHeadDim / 8;
+    Element* gO = static_cast<Element*>(p.o) + b * p.o_batch_stride + h * p.o_head_stride + row0 * p.o_row_stride;
+    const Element* sQp = smem_ptr + wg * 64 * kChunkD;
+#pragma unroll 4
+    for (int u = tid_wg; u < 64 * kUnitsPerRow; u += 128) {
+      const int r = u / kUnitsPerRow;
+      const int c = (u - r * kUnitsPerRow) * 8;
+      if (row0 + r < p.seqlen_q) {
+        const u32 off = (c / kChunkD) * kQChunkBytes + swizzle<kDRowBytes>(u32(r * kDRowBytes + (c % kChunkD) * 2));
+        *reinterpret_cast<Vec4u*>(gO + r * p.o_row_stride + c) =
+            *reinterpret_cast<const Vec4u*>(reinterpret_cast<const char*>(sQp) + off);
+      }
+    }
+  }
+
+  static __device__ void run(const Sm90FwdParams& prm) {
+    const FwdParams& p = prm.p;
+    extern __shared__ Vec4u smem_raw[];
+    // Align the window to 1024 bytes (the swizzle pattern's period; kSmemBytes reserves the slack).
+    const u32 raw = smem_addr(smem_raw);
+    const u32 pad = ((raw + 1023u) & ~1023u) - raw;
+    const u32 smem = raw + pad;
+    Element* const smem_ptr = reinterpret_cast<Element*>(reinterpret_cast<char*>(smem_raw) + pad);
+
+    const int tid = int(thread_idx());
+    const int warp = tid >> 5;
+    const int wg = warp >> 2;
+
+    const int bid = int(block_idx());
+    int m_block = bid % p.num_m_blocks;
+    const int bh = bid / p.num_m_blocks;
+    if (kCausal) m_block = p.num_m_blocks - 1 - m_block;  // heaviest first
+    const int b = bh / p.heads;
+    const int h = bh - b * p.heads;
+    const int m0 = m_block * kBlockM;
+    const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
+    const int key_end = mask.key_end(m0, kBlockM);
+    const int n_blocks = key_end > 0 ? ceil_div(key_end, kBlockN) : 0;
+
+    const u32 bar_q = smem + kBarrierOffset;
+    if (tid == 0) {
+      mbar_init(bar_q, kFullArrivals);
+#pragma unroll
+      for (int s = 0; s < kStages; ++s) {
+        mbar_init(bar_q + 8 * (1 + s), kFullArrivals);
+        mbar_init(bar_q + 8 * (1 + kStages + s), kConsumers * 4);  // empty: one per consumer warp
+      }
+      mbar_fence_init();
+    }
+    block_sync();
+
+    if (wg == 0) {
+      if constexpr (kConsumerRegs > 0) regs_dealloc<kProducerRegs>();
+      if (warp == 0) producer(prm, smem, b, h, m0, n_blocks, tid & 31);
+    } else {
+      if constexpr (kConsumerRegs > 0) regs_alloc<kConsumerRegs>();
+      consumer(p, smem, smem_ptr, wg - 1, b, h, m0, n_blocks, tid - 128 * wg);
+    }
+  }
+};
+
+}  // namespace sm90
+}  // namespace flashbias
