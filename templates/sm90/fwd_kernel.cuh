@@ -88,6 +88,11 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 2, "min_blocks must be 1 or 2");
   static_assert(kConsumerRegs == 0 || kConsumerRegs >= 96,
                 "block_m and min_blocks leave under 96 registers per consumer thread");
+  // ptxas places each wgmma's accumulators within the launch allocation, whatever setmaxnreg
+  // grants later (it refuses such kernels: "Insufficient registers").
+  static_assert(65536 / (kWarps * 32 * kMinBlocks) / 8 * 8 >= (kHeadDim > kBlockN ? kHeadDim : kBlockN) / 2 + 32,
+                "the launch register allocation (65536 / (threads x min_blocks)) must hold the widest wgmma's "
+                "accumulators (max(head_dim, block_n) / 2) plus 32");
 
   // Head dim: kChunkD columns per swizzled row, kDChunks rows of chunks; the contraction of
   // Q K^T runs over kDK columns (the zero-filled tail of the last chunk pads it to 16).

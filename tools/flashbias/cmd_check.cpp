@@ -28,6 +28,7 @@ struct CheckOptions {
   bool time = false;
   bool backward = false;
   bool time_only = false;
+  bool portable = false;
 };
 }  // namespace
 
@@ -51,8 +52,10 @@ void add_check(CLI::App& app, int& rc) {
                 "with --backward: time forward + backward without the fp64 comparison (benchmark-sized problems; "
                 "prints TIMED, not PASS)");
   cmd->add_flag("--time", o->time, "also time each kernel (CUDA events, median of 30 after 5 warm-up runs)");
+  cmd->add_flag("--portable", o->portable,
+                "run the portable sm80 kernel family even on sm_90a (where the dispatcher picks the wgmma/TMA one)");
   cmd->callback([o, &rc] {
-    GpuSession session(o->device);
+    GpuSession session(o->device, o->portable);
     std::uint64_t seed =
         o->seed ? o->seed : std::uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
     bool all_pass = true;

@@ -11,11 +11,13 @@
 
 namespace flashbias::cli {
 
-GpuSession::GpuSession(int device) {
+GpuSession::GpuSession(int device, bool portable) {
   device_ = query_device(device);
+  if (portable) device_.arch.a = false;  // as ContextOptions::portable does
   activate_primary_context(device);
   ContextOptions opts;
   opts.device = device;
+  opts.portable = portable;
   context_ = std::make_unique<Context>(opts);
 }
 

@@ -19,7 +19,8 @@ namespace flashbias::cli {
 
 class GpuSession {
  public:
-  explicit GpuSession(int device);
+  /// `portable`: run the portable (sm80) kernel family even where a faster one exists (sm_90a).
+  explicit GpuSession(int device, bool portable = false);
   const DeviceInfo& device() const { return device_; }
   Context& context() { return *context_; }
   /// A launcher for `args`-shaped problems: the dispatcher's kernel, or (with `tile`) that tile

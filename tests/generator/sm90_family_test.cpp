@@ -1,0 +1,116 @@
+// The Hopper (sm90) forward family: which keys it takes, its tile space and rules, the register
+// split it promises the runtime, and what the generator emits for it. No GPU needed; the last
+// case compiles with NVRTC and reads the SASS-level resources.
+#include <catch2/catch.hpp>
+
+#include <fmt/format.h>
+
+#include "generator/kernel_source.h"
+#include "generator/knobs.h"
+#include "generator/variants.h"
+#include "runtime/compiler.h"
+
+namespace flashbias {
+namespace {
+
+ProblemKey hopper_key(int d, int r, int bias_align = 16) {
+  ProblemKey k;
+  k.arch = Arch::parse("sm_90a");
+  k.head_dim = d;
+  k.rank = r;
+  k.bias_align = bias_align;
+  return k;
+}
+
+}  // namespace
+
+TEST_CASE("the sm90 family takes aligned forward keys on sm_90a only", "[cpu][generator][sm90]") {
+  CHECK(kernel_family(hopper_key(128, 16)) == "sm90");
+  CHECK(kernel_family(hopper_key(16, 0)) == "sm90");
+  ProblemKey k = hopper_key(128, 16);
+  k.arch = Arch::parse("sm_90");  // ContextOptions::portable
+  CHECK(kernel_family(k) == "sm80");
+  k = hopper_key(128, 16);
+  k.arch = Arch::parse("sm_80");
+  CHECK(kernel_family(k) == "sm80");
+  k = hopper_key(128, 16);
+  k.qkv_align = 8;  // TMA needs 16-byte rows
+  CHECK(kernel_family(k) == "sm80");
+  CHECK(kernel_family(hopper_key(8, 3)) == "sm80");  // under one 16-column k step
+  k = hopper_key(128, 16);
+  k.direction = Direction::bwd;
+  CHECK(kernel_family(k) == "sm80");
+  // Narrow factors stay on the sm90 family (its producer copies them).
+  CHECK(kernel_family(hopper_key(32, 3, 2)) == "sm90");
+}
+
+TEST_CASE("every enumerated sm90 tile fits its register split into the launch allocation", "[cpu][generator][sm90]") {
+  for (int d : {16, 32, 64, 72, 128, 256})
+    for (int r : {0, 2, 3, 16, 128})
+      for (int align : {2, 16}) {
+        if (r == 0 && align != 16) continue;
+        if (r > 0 && (r * 2) % align != 0) continue;
+        const ProblemKey key = hopper_key(d, r, r > 0 ? align : 16);
+        const std::vector<TileConfig> tiles = enumerate_tiles(key, default_smem_limit(key.arch));
+        INFO(key.str());
+        REQUIRE_FALSE(tiles.empty());
+        for (const TileConfig& t : tiles) {
+          INFO(t.str());
+          const Sm90RegisterSplit split = sm90_register_split(key, t);
+          const int min_blocks = t.get("kMinBlocks").value_or(1);
+          const long long launch = (65536 / (split.threads * min_blocks)) / 8 * 8;
+          CHECK(split.threads == t.warps * 32);
+          CHECK(t.warps == 4 * (t.block_m / 64 + 1));
+          if (split.active) {
+            CHECK(split.required_regs() <= launch * split.threads);
+            CHECK(split.consumer >= 96);
+            CHECK(split.consumer <= 240);
+            CHECK(split.producer >= 24);
+          }
+          // Every wgmma's accumulators fit the launch allocation (ptxas refuses otherwise).
+          CHECK(launch >= std::max(d, t.block_n) / 2 + 32);
+          CHECK(fwd_smem_bytes(key, t) <= default_smem_limit(key.arch));
+        }
+      }
+}
+
+TEST_CASE("sm90 tiles that would starve the consumers are refused with the rule's words", "[cpu][generator][sm90]") {
+  // Factors copied by the producer's lanes (2-byte rows) need a larger producer: two CTAs per SM
+  // then leave the consumers under 96 registers.
+  const std::string why =
+      legality_error(hopper_key(32, 2, 4), TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2"), 0);
+  CHECK_THAT(why, Catch::Contains("under 96 registers per consumer thread"));
+  CHECK(legality_error(hopper_key(32, 16), TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2"), 0).empty());
+  CHECK_THAT(legality_error(hopper_key(256, 16), TileConfig::parse("bm=64,bn=64,w=8,s=2,minblocks=2"), 0),
+             Catch::Contains("must hold the widest wgmma's accumulators"));
+  CHECK_THAT(legality_error(hopper_key(64, 16), TileConfig::parse("bm=128,bn=64,w=8,s=2"), 0),
+             Catch::Contains("warps must be 4 per 64 query rows"));
+  // The portable family's tiles are not sm90 tiles.
+  CHECK_FALSE(legality_error(hopper_key(64, 16), TileConfig::parse("bm=128,bn=64,w=4,s=1"), 0).empty());
+}
+
+TEST_CASE("the sm90 source instantiates the sm90 template with a grid-constant parameter block", "[cpu][generator][sm90]") {
+  const ProblemKey key = hopper_key(128, 16);
+  const TileConfig t = heuristic_tile(key, ShapeInfo{32, 8192, 8192}, default_smem_limit(key.arch));
+  CHECK(t.str() == "bm128_bn128_w12_s2");
+  const KernelSource src = generate(KernelSpec{key, t});
+  CHECK_THAT(src.source, Catch::Contains("#include \"sm90/fwd_kernel.cuh\""));
+  CHECK_THAT(src.source, Catch::Contains("const __grid_constant__ flashbias::Sm90FwdParams params"));
+  CHECK(src.threads == 384);
+  CHECK(src.smem_bytes == fwd_smem_bytes(key, t));
+  CHECK_THAT(src.options.front(), Catch::Contains("sm_90a"));
+}
+
+TEST_CASE("sm90 kernels compile to wgmma code without spills", "[nvrtc][generator][sm90]") {
+  for (const char* cfg : {"bm=128,bn=128,w=12,s=2", "bm=128,bn=64,w=12,s=2,minblocks=2", "bm=192,bn=128,w=16,s=2"}) {
+    const ProblemKey key = hopper_key(64, 16);
+    const KernelSpec spec{key, TileConfig::parse(cfg)};
+    const CompiledKernel ck = compile(generate(spec));
+    INFO(spec.str() << ": " << ck.resources.str());
+    CHECK(ck.resources.spill_store_bytes == 0);
+    CHECK(ck.resources.spill_load_bytes == 0);
+    CHECK(ck.cubin.size() > 0);
+  }
+}
+
+}  // namespace flashbias
