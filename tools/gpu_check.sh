@@ -14,8 +14,10 @@ run() {  # name, command...
   local name=$1; shift
   echo "=== $name: $*"
   local t0=$(date +%s)
-  "$@" > "$OUT/$name.log" 2>&1
+  # Bounded: a kernel that hangs (a barrier never completing) costs one step, not the call.
+  timeout "${STEP_TIMEOUT:-900}" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
+  [ $rc -eq 124 ] && echo "=== $name: TIMEOUT after ${STEP_TIMEOUT:-900} s"
   tail -n 40 "$OUT/$name.log"
   echo "=== $name: exit $rc in $(( $(date +%s) - t0 )) s"
   [ $rc -eq 0 ] || status=1

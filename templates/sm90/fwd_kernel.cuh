@@ -45,6 +45,7 @@ struct FwdKnobs {
   static constexpr int kWarps[] = {12, 16, 8};
   static constexpr int kStages[] = {2, 3};
   static constexpr int kMinBlocks[] = {1, 2};
+  static constexpr int kPvOverlap[] = {1, 0};
 };
 
 /// Elements per swizzled shared-memory row for a contraction width: 16, 32 or 64 (32, 64 or 128
@@ -52,7 +53,7 @@ struct FwdKnobs {
 __host__ __device__ constexpr int chunk_elems(int width) { return width <= 16 ? 16 : width <= 32 ? 32 : 64; }
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
-          int kBlockM = 128, int kBlockN = 128, int kWarps = 12, int kStages = 2, int kMinBlocks = 1>
+          int kBlockM = 128, int kBlockN = 128, int kWarps = 12, int kStages = 2, int kMinBlocks = 1, int kPvOverlap = 1>
 struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -86,6 +87,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   static constexpr int kConsumerRegs =
       kConsumers == 1 && kMinBlocks == 1 ? 0 : (kConsumerShare < 240 ? kConsumerShare : 240);
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 2, "min_blocks must be 1 or 2");
+  static_assert(kPvOverlap == 0 || kPvOverlap == 1, "pvoverlap must be 0 or 1");
   static_assert(kConsumerRegs == 0 || kConsumerRegs >= 96,
                 "block_m and min_blocks leave under 96 registers per consumer thread");
   // ptxas places each wgmma's accumulators within the launch allocation, whatever setmaxnreg
@@ -330,6 +332,24 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     float s[1][kNTiles][4];
     u32 pa[1][kBlockN / 16][4];
 
+    // kPvOverlap: O += P V of tile j stays in flight while tile j + 1's wait and Q K^T issue (the
+    // tensor cores run the two products back to back); its stage is released, and P's registers
+    // (read asynchronously by the instruction) are reused, only after the next wait. Without it,
+    // each tile waits for its own P V.
+    int pv_stage = -1;
+    auto release = [&](int stage) {
+      warp_sync();
+      if (lane == 0) mbar_arrive(bar_empty(stage));
+    };
+    auto pv_done = [&] {
+      fence_regs(o);
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) reg_fence(pa[0][kk][e]);
+      if (pv_stage >= 0) release(pv_stage);
+      pv_stage = -1;
+    };
     mbar_wait(bar_q, 0);
     for (int it = 0; it < n_blocks; ++it) {
       const int nb = n_blocks - 1 - it;
@@ -340,46 +360,52 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       const u32 sV = sK + kKBytes;
       const u32 sKb = sV + kKBytes;
       // A key tile wholly right of this warpgroup's causal diagonal contributes nothing.
-      const bool skip = kCausal && n0 > row0 + 63 + mask.diag_offset;
-      if (!skip) {
-        wgmma_fence();
-        gemm_ss<kDK, kChunkD, kQChunkBytes, kKChunkBytes>(&s[0][0][0], sQ, sK, false);
-        wgmma_commit();
-        if constexpr (kHasBias) {
-          wgmma_wait<0>();
-          fence_regs(s);
-#pragma unroll
-          for (int i = 0; i < kNTiles; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[0][i][e] *= p.scale;
-          wgmma_fence();
-          gemm_ss<kRK, kChunkR, kQbChunkBytes, kKbChunkBytes>(&s[0][0][0], sQb, sKb, true);
-          wgmma_commit();
-        }
+      if (kCausal && n0 > row0 + 63 + mask.diag_offset) {
+        release(st);
+        continue;
+      }
+      wgmma_fence();
+      gemm_ss<kDK, kChunkD, kQChunkBytes, kKChunkBytes>(&s[0][0][0], sQ, sK, false);
+      wgmma_commit();
+      if constexpr (kHasBias) {
         wgmma_wait<0>();
         fence_regs(s);
-        if (mask.tile_needs_mask(row0, n0, kBlockN)) {
+        pv_done();
 #pragma unroll
-          for (int i = 0; i < kNTiles; ++i)
+        for (int i = 0; i < kNTiles; ++i)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int row = row0 + warp * 16 + g + (e >= 2 ? 8 : 0);
-              const int col = n0 + i * 8 + 2 * t + (e & 1);
-              if (mask.masked(row, col)) s[0][i][e] = neg_inf();
-            }
-        }
-        softmax.update(s, o, scale_log2);
-        sm80::pack_a<Element, 1, kNTiles>(pa, s);
+          for (int e = 0; e < 4; ++e) s[0][i][e] *= p.scale;
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk) gemm_pv<0>(&o[0][0][0], pa[0][kk], sV + kk * 16 * kDRowBytes);
+        gemm_ss<kRK, kChunkR, kQbChunkBytes, kKbChunkBytes>(&s[0][0][0], sQb, sKb, true);
         wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(o);
       }
-      warp_sync();
-      if (lane == 0) mbar_arrive(bar_empty(st));
+      wgmma_wait<0>();
+      fence_regs(s);
+      pv_done();
+      if (mask.tile_needs_mask(row0, n0, kBlockN)) {
+#pragma unroll
+        for (int i = 0; i < kNTiles; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = row0 + warp * 16 + g + (e >= 2 ? 8 : 0);
+            const int col = n0 + i * 8 + 2 * t + (e & 1);
+            if (mask.masked(row, col)) s[0][i][e] = neg_inf();
+          }
+      }
+      softmax.update(s, o, scale_log2);
+      sm80::pack_a<Element, 1, kNTiles>(pa, s);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) gemm_pv<0>(&o[0][0][0], pa[0][kk], sV + kk * 16 * kDRowBytes);
+      wgmma_commit();
+      pv_stage = st;
+      if constexpr (!kPvOverlap) {
+        wgmma_wait<0>();
+        pv_done();
+      }
     }
+    wgmma_wait<0>();
+    pv_done();
 
     // Epilogue: normalise, stage O in this warpgroup's own rows of the Q tile (swizzled like Q;
     // no other warpgroup reads them, and every wgmma reading them has completed), then write
