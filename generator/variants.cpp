@@ -118,7 +118,6 @@ TileConfig bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std
                           smem_limit));
 }
 
-
 /// The Hopper forward (templates/sm90/fwd_kernel.cuh), from a timing sweep on the benchmark
 /// shapes (H100, 2026-11-24, docs/PERF_NOTES.md, sm90 forward):
 ///  - d <= 32: exp-bound; two CTAs per SM of two consumer warpgroups with 64-key tiles (seed_n4k
