@@ -7,10 +7,11 @@
 //     warp loads. Q, K and V tiles come by TMA (cp.async.bulk.tensor, 128/64/32-byte swizzled
 //     chunks of the head dim, out-of-range rows and columns zero-filled by the copy engine) into a
 //     ring of kStages stages, each guarded by a "full" mbarrier (TMA bytes + the factor loads) and
-//     an "empty" mbarrier (one arrival per consumer warp). The factor tiles Qb, Kb are narrow and
-//     may be broadcast (stride 0) or 2-byte aligned, which TMA cannot express: the producer's lanes
-//     copy them with ordinary loads into the same swizzled layout, zero-padding the rank to a
-//     multiple of 16, then fence the async proxy and arrive on the stage's barrier.
+//     an "empty" mbarrier (one arrival per consumer warp). The factor tiles Qb, Kb come by TMA too
+//     when their rows are 16-byte aligned (the rank padded to 16 by the copy engine's zero fill;
+//     a broadcast, stride-0, dimension described with extent 1). Narrower factor rows (rank 1, 2,
+//     3, ...), which TMA cannot describe, are copied by the producer's lanes with ordinary loads
+//     into the same swizzled layout; they then fence the async proxy and arrive on the barrier.
 //   - warpgroups 1..kBlockM/64, the consumers: each owns 64 query rows and walks the key tiles
 //     from last to first (the tiles that need masking first), per tile:
 //       S  = Q K^T                  wgmma, A = Q and B = K from shared memory (K-major)
@@ -20,7 +21,9 @@
 //       O += P V                    wgmma, A = P from registers, B = V from shared memory (MN-major)
 //     then O is normalised, staged through the consumer's own rows of the Q tile, and written
 //     with 16-byte stores; LSE goes straight out.
-// Two consumer warpgroups interleave on the SM: one's softmax overlaps the other's wgmma.
+// The consumer warpgroups (and, with kMinBlocks = 2, two CTAs) interleave on the SM: one's
+// softmax overlaps another's wgmma. kPvOverlap keeps a tile's P V in flight while the next
+// tile's Q K^T is issued.
 //
 // Products wider than one wgmma, or with a width the instruction set here does not cover, are
 // split into the widths of sm90/wgmma.cuh: multiples of 64 up to 256 and one tail under 64 that
