@@ -32,11 +32,10 @@ namespace {
 
 // Mirrors templates/sm90/fwd_kernel.cuh's kSmemBytes (the generated source static_asserts it).
 std::size_t sm90_fwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
-  auto chunk_elems = [](int width) { return width <= 16 ? 16 : width <= 32 ? 32 : 64; };
-  const std::size_t chunk_d = std::size_t(chunk_elems(key.head_dim));
+  const std::size_t chunk_d = std::size_t(sm90_chunk_elems(key.head_dim));
   const std::size_t d_chunks = (std::size_t(key.head_dim) + chunk_d - 1) / chunk_d;
   const int rk = key.rank > 0 ? (key.rank + 15) / 16 * 16 : 0;
-  const std::size_t chunk_r = std::size_t(chunk_elems(rk));
+  const std::size_t chunk_r = std::size_t(sm90_chunk_elems(rk));
   const std::size_t r_chunks = key.rank > 0 ? (std::size_t(rk) + chunk_r - 1) / chunk_r : 0;
   const std::size_t bm = std::size_t(t.block_m), bn = std::size_t(t.block_n), st = std::size_t(t.stages);
   const std::size_t q = d_chunks * bm * chunk_d * 2 + r_chunks * bm * chunk_r * 2;
@@ -45,6 +44,8 @@ std::size_t sm90_fwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
 }
 
 }  // namespace
+
+int sm90_chunk_elems(int width) { return width <= 16 ? 16 : width <= 32 ? 32 : 64; }
 
 Sm90RegisterSplit sm90_register_split(const ProblemKey& key, const TileConfig& t) {
   Sm90RegisterSplit r;

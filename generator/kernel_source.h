@@ -40,6 +40,11 @@ BwdSmem bwd_smem_bytes(const ProblemKey& key, const TileConfig& tile);
 /// plus one for the factor gradient when rank > 0 and (split > 1 or rank > 32).
 int bwd_slices(const ProblemKey& key, const TileConfig& tile);
 
+/// Elements per swizzled shared-memory row of the sm90 tiles for a contraction width (head dim or
+/// rank): 16, 32 or 64 (mirrors chunk_elems in templates/sm90/fwd_kernel.cuh). The TMA boxes the
+/// launch plan encodes use the same width.
+int sm90_chunk_elems(int width);
+
 /// The sm90 forward's register split (mirrors templates/sm90/fwd_kernel.cuh): each warp starts
 /// with the launch allocation; the producer warpgroup shrinks to `producer` registers per thread
 /// and `consumers` warpgroups grow to `consumer`. setmaxnreg.inc draws only on what the CTA's own

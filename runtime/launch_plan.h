@@ -24,6 +24,9 @@ FwdParams make_fwd_params(const ForwardArgs& args, int block_m);
 /// refuses a descriptor.
 Sm90FwdParams make_sm90_fwd_params(const ForwardArgs& args, const KernelSpec& spec);
 
+/// Only the TMA descriptors of `params` (what make_sm90_fwd_params adds to make_fwd_params).
+void encode_sm90_tma(const ForwardArgs& args, const KernelSpec& spec, Sm90FwdParams& params);
+
 /// Number of CTAs of the forward grid: ceil(seqlen_q / block_m) * batch * heads. Throws
 /// Error(unsupported) if it exceeds gridDim.x's limit of 2^31 - 1.
 std::uint32_t fwd_grid_size(const ForwardArgs& args, int block_m);
@@ -47,6 +50,7 @@ BwdParams make_bwd_params(const BackwardArgs& args, const TileConfig& tile, int 
 class LaunchPlan {
  public:
   LaunchPlan(std::shared_ptr<const LoadedKernel> kernel, const KernelSpec& spec);
+  ~LaunchPlan();
 
   /// Enqueue the forward kernel. The plan's context must be current and `args` validated for
   /// spec().key. Throws Error(unsupported) for a grid over the limit, Error(launch_failed) if the
@@ -58,6 +62,10 @@ class LaunchPlan {
   /// has it (the Context does), else it is computed here. Same contract as launch_forward.
   void launch_backward(const BackwardArgs& args, void* workspace, CUstream stream,
                        const BwdWorkspaceLayout* layout = nullptr) const;
+
+  /// How many times this plan asked the driver for TMA descriptors (sm90 forward): once per
+  /// distinct set of tensors; a repeated call on the same tensors reuses them.
+  std::uint64_t tma_encodes() const;
 
   const LoadedKernel& kernel() const { return *kernel_; }
   const KernelSpec& spec() const { return spec_; }
@@ -73,6 +81,8 @@ class LaunchPlan {
   std::size_t bwd_dq_smem_ = 0;
   int bwd_slices_ = 1;
   bool sm90_ = false;  // the forward runs the sm90 family (Sm90FwdParams)
+  struct TmaMemo;
+  std::unique_ptr<TmaMemo> tma_memo_;  // sm90 only: the last encoded descriptors
 };
 
 }  // namespace flashbias

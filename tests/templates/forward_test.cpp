@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "flashbias/flashbias.hpp"
+#include "generator/knobs.h"
 #include "generator/problem_spec.h"
 #include "generator/variants.h"
 #include "runtime/compiler.h"
@@ -164,6 +165,40 @@ TEST_CASE("every legal tile configuration computes the same function", "[gpu][fo
         CHECK(r.pass);
       }
     }
+}
+
+TEST_CASE("the sm90 plan encodes TMA descriptors once per set of tensors", "[gpu][forward][tma]") {
+  activate_primary_context(0);
+  const DeviceInfo dev = query_device(0);
+  ProblemSpec p = parse_problem("b=2,h=3,nq=300,nk=259,d=64,r=16,mask=causal");
+  DeviceProblem first(p, fresh_seed());
+  const ProblemKey key = validate_forward(first.forward_args(), dev);
+  if (kernel_family(key) != "sm90") {
+    WARN("no sm_90a device: the sm90 family does not run here");
+    return;
+  }
+  const KernelSpec spec{key, heuristic_tile(key, ShapeInfo{6, 300, 259}, dev.max_smem_per_block_optin)};
+  auto kernel = std::make_shared<const LoadedKernel>(compile(generate(spec)));
+  LaunchPlan plan(kernel, spec);
+  auto launch = [&](const ForwardArgs& a) { plan.launch_forward(a, nullptr); };
+  CHECK(plan.tma_encodes() == 0);
+  CheckResult r = check_forward(first, launch, 300);
+  INFO(r.str());
+  CHECK(r.pass);
+  const std::uint64_t after_first = plan.tma_encodes();
+  CHECK(after_first == 1);
+  launch(first.forward_args());  // same tensors: the descriptors are reused
+  CHECK(plan.tma_encodes() == after_first);
+  // Other tensors of the same key: new descriptors, and the result follows the new tensors.
+  DeviceProblem second(p, fresh_seed());
+  r = check_forward(second, launch, 300);
+  INFO(r.str());
+  CHECK(r.pass);
+  CHECK(plan.tma_encodes() == after_first + 1);
+  r = check_forward(first, launch, 300);  // back to the first tensors
+  INFO(r.str());
+  CHECK(r.pass);
+  CHECK(plan.tma_encodes() == after_first + 2);
 }
 
 TEST_CASE("unaligned strides and factors take the narrow-copy paths correctly", "[gpu][forward][align]") {
