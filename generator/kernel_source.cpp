@@ -18,7 +18,7 @@ namespace {
 
 // Bumped whenever this file changes what it emits for an unchanged template, so caches keyed on
 // templates_hash() never serve code from an older generator.
-constexpr int kGeneratorVersion = 4;
+constexpr int kGeneratorVersion = 5;
 
 // Mirrors of the template's layout constants (templates/sm80/fwd_kernel.cuh). The generated
 // source static_asserts that both sides agree, so a drift fails the compile, not the launch.
@@ -74,6 +74,21 @@ std::size_t fwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
 }
 
 BwdSmem bwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
+  if (kernel_family(key) == "sm90") {
+    // Mirrors templates/sm90/bwd_kernel.cuh: swizzled chunks of the head dim and the rank, block
+    // tiles of block_m rows, step tiles of `step` rows, 1024 bytes of alignment slack.
+    const std::size_t chunk_d = std::size_t(sm90_chunk_elems(key.head_dim));
+    const std::size_t d_chunks = (std::size_t(key.head_dim) + chunk_d - 1) / chunk_d;
+    const int rk = key.rank > 0 ? (key.rank + 15) / 16 * 16 : 0;
+    const std::size_t chunk_r = std::size_t(sm90_chunk_elems(rk));
+    const std::size_t r_chunks = key.rank > 0 ? (std::size_t(rk) + chunk_r - 1) / chunk_r : 0;
+    const std::size_t bm = std::size_t(t.block_m), st = std::size_t(t.stages);
+    const std::size_t step = std::size_t(t.get("kStep").value_or(64));
+    const std::size_t block_tiles = 2 * d_chunks * bm * chunk_d * 2 + r_chunks * bm * chunk_r * 2;
+    const std::size_t step_tiles = 2 * d_chunks * step * chunk_d * 2 + r_chunks * step * chunk_r * 2;
+    auto r1k = [](std::size_t v) { return (v + 1023) / 1024 * 1024; };
+    return BwdSmem{block_tiles + st * r1k(step_tiles + 8 * step) + 1024, block_tiles + st * r1k(step_tiles) + 1024};
+  }
   // Mirrors BwdKernel's kDkdvSmemBytes / kDqSmemBytes (templates/sm80/bwd_kernel.cuh); the
   // generated source static_asserts the agreement.
   const bool bias = key.rank > 0;
@@ -87,7 +102,8 @@ BwdSmem bwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
 }
 
 int bwd_slices(const ProblemKey& key, const TileConfig& t) {
-  // Mirrors BwdKernel::kSlices.
+  // Mirrors BwdKernel::kSlices (one slice on the sm90 family: no split knob).
+  if (kernel_family(key) == "sm90") return 1;
   const int split = t.get("kSplit").value_or(1);
   return split + (key.rank > 0 && (split > 1 || key.rank > 32) ? 1 : 0);
 }

@@ -108,11 +108,19 @@ std::string knob_spellings() {
 }
 
 std::string_view kernel_family(const ProblemKey& key) {
-  // The Hopper family: sm_90a (wgmma, setmaxnreg), forward, Q/K/V/O rows TMA can address
-  // (16-byte aligned pointers and strides) and head dims of at least one 16-column k step. An
+  // The Hopper families need sm_90a (wgmma, setmaxnreg) and rows the 16-byte copies can address
+  // (16-byte aligned pointers and strides; TMA for the forward, cp.async for the backward). An
   // sm_90 key without the 'a' suffix (ContextOptions::portable) runs the portable family.
-  if (key.direction == Direction::fwd && key.arch.sm == 90 && key.arch.a && key.qkv_align == 16 &&
-      key.head_dim >= 16 && mf::find_entry("fwd", "sm90") != nullptr)
+  if (key.arch.sm != 90 || !key.arch.a || key.qkv_align != 16 || key.head_dim < 16) return "sm80";
+  // Forward: any head dim and rank of the range.
+  if (key.direction == Direction::fwd && mf::find_entry("fwd", "sm90") != nullptr) return "sm90";
+  // Backward: dK, dV (and dKb) stay in registers, so head dims up to 128 and ranks up to 32 (the
+  // template's rules); wider problems run the portable family, which splits them into slices. At
+  // head dim 32 and below the portable family is faster (its mma.sync tiles against wgmma products
+  // 32 columns wide: seed_n16k backward 4.69 vs 5.27 ms, af3_tri 0.50 vs 0.56; H100, 2026-11-24,
+  // docs/PERF_NOTES.md), so the sm90 backward starts above it.
+  if (key.direction == Direction::bwd && key.head_dim > 32 && key.head_dim <= 128 && key.rank <= 32 &&
+      mf::find_entry("bwd", "sm90") != nullptr)
     return "sm90";
   return "sm80";
 }

@@ -118,6 +118,39 @@ TileConfig bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std
                           smem_limit));
 }
 
+/// The Hopper backward (templates/sm90/bwd_kernel.cuh), from a sweep on the benchmark shapes
+/// (H100, 2026-11-24, docs/PERF_NOTES.md, sm90 backward). The dkdv kernel holds dK and dV (d / 2
+/// registers each per thread) plus one step's S^T and dP^T (step / 2 each); wider steps feed the
+/// tensor cores wider products and win as long as they fit:
+///  - d <= 64: one warpgroup per CTA (independent CTAs interleave on the SM instead of two
+///    warpgroups in lock step at the CTA barriers), 64-row steps (llm_d64 3.93 ms vs 4.36 for
+///    two warpgroups and 4.48 for 32-row steps).
+///  - d <= 128: two warpgroups, 64-row steps (llm_d128 11.5 ms, causal 5.85; 48-row steps 12.96
+///    and 6.65, 32-row steps 15.8). At d128 the dkdv kernel then needs 254-255 registers with a
+///    rank-16 bias and spills at rank 32 (64-72 bytes) and at rank 16 in bf16 with the causal mask
+///    (8-12 bytes); those keys take 48-row steps, the widest that fits every rank up to 32 in
+///    both dtypes without spilling (237-255 registers).
+TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
+  static const std::vector<TileConfig> narrow{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64"),
+                                              TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
+                                              TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
+  static const std::vector<TileConfig> wide{TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
+                                            TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48"),
+                                            TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
+  static const std::vector<TileConfig> wide_tight{TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48"),
+                                                  TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
+  const bool tight = key.head_dim > 112 && (key.rank > 16 || (key.rank > 0 && key.dtype == DType::bf16 &&
+                                                              key.mask == MaskKind::causal));
+  const auto& prefs = key.head_dim <= 64 ? narrow : tight ? wide_tight : wide;
+  (void)shape;
+  for (const TileConfig& t : prefs)
+    if (legality_error(key, t, smem_limit).empty()) return t;
+  for (const TileConfig& t : enumerate_tiles(key, smem_limit)) return t;
+  throw Error(ErrorCode::unsupported,
+              fmt::format("no backward tile configuration fits {} within {} bytes of shared memory", key.str(),
+                          smem_limit));
+}
+
 /// The Hopper forward (templates/sm90/fwd_kernel.cuh), from a timing sweep on the benchmark
 /// shapes (H100, 2026-11-24, docs/PERF_NOTES.md, sm90 forward):
 ///  - d <= 32: exp-bound; two CTAs per SM of two consumer warpgroups with 64-key tiles (seed_n4k
@@ -163,7 +196,9 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
 }  // namespace
 
 TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
-  if (key.direction == Direction::bwd) return bwd_heuristic_tile(key, shape, smem_limit);
+  if (key.direction == Direction::bwd)
+    return kernel_family(key) == "sm90" ? sm90_bwd_heuristic_tile(key, shape, smem_limit)
+                                        : bwd_heuristic_tile(key, shape, smem_limit);
   if (kernel_family(key) == "sm90") return sm90_fwd_heuristic_tile(key, shape, smem_limit);
   // Preference lists per head-dim class, best first, from the sweep of every legal tile on the
   // benchmark shapes (H100, 2026-11-24, docs/PERF_NOTES.md step 6); a tuned winner overrides them.

@@ -277,7 +277,7 @@ BwdParams make_bwd_params(const BackwardArgs& a, const TileConfig& tile, int sli
 }
 
 LaunchPlan::LaunchPlan(std::shared_ptr<const LoadedKernel> kernel, const KernelSpec& spec)
-    : kernel_(std::move(kernel)), spec_(spec), sm90_(kernel_family(spec.key) == "sm90") {
+    : kernel_(std::move(kernel)), spec_(spec), sm90_(spec.key.direction == Direction::fwd && kernel_family(spec.key) == "sm90") {
   if (sm90_) {
     tma_memo_ = std::make_unique<TmaMemo>();
     // setmaxnreg.inc waits for registers the CTA's own warps released: a kernel that ptxas gave

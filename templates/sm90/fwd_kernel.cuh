@@ -36,7 +36,7 @@
 #include "sm80/mask.cuh"
 #include "sm80/softmax.cuh"
 #include "sm80/warp_gemm.cuh"
-#include "sm90/wgmma.cuh"
+#include "sm90/gemm.cuh"
 
 namespace flashbias {
 namespace sm90 {
@@ -50,10 +50,6 @@ struct FwdKnobs {
   static constexpr int kMinBlocks[] = {1, 2};
   static constexpr int kPvOverlap[] = {1, 0};
 };
-
-/// Elements per swizzled shared-memory row for a contraction width: 16, 32 or 64 (32, 64 or 128
-/// bytes, the TMA and wgmma swizzle modes).
-__host__ __device__ constexpr int chunk_elems(int width) { return width <= 16 ? 16 : width <= 32 ? 32 : 64; }
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
           int kBlockM = 128, int kBlockN = 128, int kWarps = 12, int kStages = 2, int kMinBlocks = 1, int kPvOverlap = 1>
@@ -259,55 +255,6 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
 
   // ---- consumer ------------------------------------------------------------------------------
 
-  /// S (+)= A B^T over `kK` contraction columns, A (64 rows) and B (kBlockN rows) K-major in
-  /// swizzled chunks of kChunk columns; the B rows split into the wgmma widths.
-  template <int kK, int kChunk, int kAChunkBytes, int kBChunkBytes>
-  static __device__ __forceinline__ void gemm_ss(float* s, u32 a_base, u32 b_base, bool accumulate_first) {
-    constexpr int kRowBytes = kChunk * 2;
-    constexpr u64 kSwz = swizzle_code(kRowBytes);
-    const u64 da = make_desc(a_base, 16, 8 * kRowBytes, kSwz);
-    const u64 db = make_desc(b_base, 16, 8 * kRowBytes, kSwz);
-#pragma unroll
-    for (int k0 = 0; k0 < kK; k0 += 16) {
-      const u32 koff = (k0 % kChunk) * 2;
-      const u64 a = da + ((u64((k0 / kChunk) * kAChunkBytes) + koff) >> 4);
-      const u64 bb = db + ((u64((k0 / kChunk) * kBChunkBytes) + koff) >> 4);
-      const int acc = (accumulate_first || k0 > 0) ? 1 : 0;
-      if constexpr (kBlockN % 256 == 0) {
-#pragma unroll
-        for (int n = 0; n < kBlockN; n += 256) Wgmma<Element, 256>::ss(s + n / 2, a, bb + ((n * kRowBytes) >> 4), acc);
-      } else if constexpr (kBlockN % 128 == 0) {
-#pragma unroll
-        for (int n = 0; n < kBlockN; n += 128) Wgmma<Element, 128>::ss(s + n / 2, a, bb + ((n * kRowBytes) >> 4), acc);
-      } else {
-#pragma unroll
-        for (int n = 0; n < kBlockN; n += 64) Wgmma<Element, 64>::ss(s + n / 2, a, bb + ((n * kRowBytes) >> 4), acc);
-      }
-    }
-  }
-
-  /// O += P V for one k16 step of keys: V's rows [key0, key0 + 16) (MN-major, head-dim chunks
-  /// kKChunkBytes apart), the output columns split into the wgmma widths from column kP0 on.
-  template <int kP0>
-  static __device__ __forceinline__ void gemm_pv(float* o, const u32 (&a)[4], u32 v_rows) {
-    constexpr int kRem = kHeadDim - kP0;
-    if constexpr (kRem > 0) {
-      constexpr int kN = kRem >= 256 ? 256 : kRem >= 128 ? 128 : kRem >= 64 ? 64 : kRem;
-      const u64 d = make_desc(v_rows + (kP0 / kChunkD) * kKChunkBytes, kKChunkBytes, 8 * kDRowBytes,
-                              swizzle_code(kDRowBytes));
-      Wgmma<Element, kN>::rs(o + kP0 / 2, a, d);
-      gemm_pv<kP0 + kN>(o, a, v_rows);
-    }
-  }
-
-  template <int kN>
-  static __device__ __forceinline__ void fence_regs(float (&r)[1][kN][4]) {
-#pragma unroll
-    for (int i = 0; i < kN; ++i)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) reg_fence(r[0][i][e]);
-  }
-
   static __device__ __forceinline__ void consumer(const FwdParams& p, u32 smem, Element* smem_ptr, int wg, int b,
                                                   int h, int m0, int n_blocks, int tid_wg) {
     const int lane = tid_wg & 31;
@@ -346,10 +293,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     };
     auto pv_done = [&] {
       fence_regs(o);
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) reg_fence(pa[0][kk][e]);
+      fence_regs(pa);
       if (pv_stage >= 0) release(pv_stage);
       pv_stage = -1;
     };
@@ -368,7 +312,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
         continue;
       }
       wgmma_fence();
-      gemm_ss<kDK, kChunkD, kQChunkBytes, kKChunkBytes>(&s[0][0][0], sQ, sK, false);
+      gemm_ss<Element, kBlockN, kDK, kChunkD, kQChunkBytes, kKChunkBytes>(&s[0][0][0], sQ, sK, false);
       wgmma_commit();
       if constexpr (kHasBias) {
         wgmma_wait<0>();
@@ -379,7 +323,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[0][i][e] *= p.scale;
         wgmma_fence();
-        gemm_ss<kRK, kChunkR, kQbChunkBytes, kKbChunkBytes>(&s[0][0][0], sQb, sKb, true);
+        gemm_ss<Element, kBlockN, kRK, kChunkR, kQbChunkBytes, kKbChunkBytes>(&s[0][0][0], sQb, sKb, true);
         wgmma_commit();
       }
       wgmma_wait<0>();
@@ -399,7 +343,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       sm80::pack_a<Element, 1, kNTiles>(pa, s);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) gemm_pv<0>(&o[0][0][0], pa[0][kk], sV + kk * 16 * kDRowBytes);
+      for (int kk = 0; kk < kBlockN / 16; ++kk) gemm_rs<Element, kHeadDim, kChunkD, kKChunkBytes>(&o[0][0][0], pa[0][kk], sV + kk * 16 * kDRowBytes);
       wgmma_commit();
       pv_stage = st;
       if constexpr (!kPvOverlap) {

@@ -1,6 +1,6 @@
-// The Hopper (sm90) forward family: which keys it takes, its tile space and rules, the register
-// split it promises the runtime, and what the generator emits for it. No GPU needed; the last
-// case compiles with NVRTC and reads the SASS-level resources.
+// The Hopper (sm90) families: which keys they take, their tile spaces and rules, the forward's
+// register split it promises the runtime, and what the generator emits for them. No GPU needed;
+// the last case compiles with NVRTC and reads the SASS-level resources.
 #include <catch2/catch.hpp>
 
 #include <fmt/format.h>
@@ -37,11 +37,58 @@ TEST_CASE("the sm90 family takes aligned forward keys on sm_90a only", "[cpu][ge
   k.qkv_align = 8;  // TMA needs 16-byte rows
   CHECK(kernel_family(k) == "sm80");
   CHECK(kernel_family(hopper_key(8, 3)) == "sm80");  // under one 16-column k step
-  k = hopper_key(128, 16);
-  k.direction = Direction::bwd;
-  CHECK(kernel_family(k) == "sm80");
   // Narrow factors stay on the sm90 family (its producer copies them).
   CHECK(kernel_family(hopper_key(32, 3, 2)) == "sm90");
+}
+
+TEST_CASE("the sm90 backward takes head dims in (32, 128] and ranks up to 32", "[cpu][generator][sm90]") {
+  auto bwd = [](int d, int r, int bias_align = 16) {
+    ProblemKey k = hopper_key(d, r, bias_align);
+    k.direction = Direction::bwd;
+    return k;
+  };
+  CHECK(kernel_family(bwd(128, 16)) == "sm90");
+  CHECK(kernel_family(bwd(40, 0)) == "sm90");
+  CHECK(kernel_family(bwd(32, 8)) == "sm80");  // the portable family is faster there
+  CHECK(kernel_family(bwd(72, 3, 2)) == "sm90");
+  CHECK(kernel_family(bwd(128, 32)) == "sm90");
+  CHECK(kernel_family(bwd(256, 16)) == "sm80");  // dK + dV would not fit the registers
+  CHECK(kernel_family(bwd(64, 33)) == "sm80");   // nor dKb
+  CHECK(kernel_family(bwd(8, 0)) == "sm80");
+  ProblemKey k = bwd(64, 16);
+  k.qkv_align = 8;
+  CHECK(kernel_family(k) == "sm80");
+  k = bwd(64, 16);
+  k.arch = Arch::parse("sm_90");
+  CHECK(kernel_family(k) == "sm80");
+
+  // Its tiles: block_m = block_n, a warpgroup per 64 rows, one slice; the generated module
+  // instantiates the sm90 template with the four backward entry points.
+  for (int d : {40, 64, 72, 128})
+    for (int r : {0, 3, 16, 32}) {
+      const ProblemKey key = bwd(d, r, r == 3 ? 2 : 16);
+      const std::vector<TileConfig> tiles = enumerate_tiles(key, default_smem_limit(key.arch));
+      INFO(key.str());
+      REQUIRE_FALSE(tiles.empty());
+      for (const TileConfig& t : tiles) {
+        INFO(t.str());
+        CHECK(t.block_m == t.block_n);
+        CHECK(t.warps == t.block_m / 16);
+        CHECK(bwd_slices(key, t) == 1);
+        CHECK(kernel_smem_bytes(key, t) <= default_smem_limit(key.arch));
+      }
+    }
+  const ProblemKey key = bwd(128, 16);
+  const TileConfig t = heuristic_tile(key, ShapeInfo{32, 8192, 8192}, default_smem_limit(key.arch));
+  CHECK(t.str() == "bm128_bn128_w8_s2");  // step 64, the default
+  const KernelSource src = generate(KernelSpec{key, t});
+  CHECK_THAT(src.source, Catch::Contains("#include \"sm90/bwd_kernel.cuh\""));
+  CHECK(src.entries.size() == 4);
+  CHECK(src.threads == 256);
+  CHECK_THAT(legality_error(key, TileConfig::parse("bm=128,bn=64,w=8,s=2,step=64"), 0),
+             Catch::Contains("block_m and block_n must be equal"));
+  CHECK_THAT(legality_error(key, TileConfig::parse("bm=128,bn=128,w=12,s=2,step=64"), 0),
+             Catch::Contains("warps must be 4 per 64 rows of block_m"));
 }
 
 TEST_CASE("every enumerated sm90 tile fits its register split into the launch allocation", "[cpu][generator][sm90]") {
@@ -102,8 +149,14 @@ TEST_CASE("the sm90 source instantiates the sm90 template with a grid-constant p
 }
 
 TEST_CASE("sm90 kernels compile to wgmma code without spills", "[nvrtc][generator][sm90]") {
-  for (const char* cfg : {"bm=128,bn=128,w=12,s=2", "bm=128,bn=64,w=12,s=2,minblocks=2", "bm=192,bn=128,w=16,s=2"}) {
-    const ProblemKey key = hopper_key(64, 16);
+  const std::pair<Direction, const char*> cases[] = {{Direction::fwd, "bm=128,bn=128,w=12,s=2"},
+                                                     {Direction::fwd, "bm=128,bn=64,w=12,s=2,minblocks=2"},
+                                                     {Direction::fwd, "bm=192,bn=128,w=16,s=2"},
+                                                     {Direction::bwd, "bm=128,bn=128,w=8,s=2,step=64"},
+                                                     {Direction::bwd, "bm=64,bn=64,w=4,s=1,step=32"}};
+  for (const auto& [dir, cfg] : cases) {
+    ProblemKey key = hopper_key(64, 16);
+    key.direction = dir;
     const KernelSpec spec{key, TileConfig::parse(cfg)};
     const CompiledKernel ck = compile(generate(spec));
     INFO(spec.str() << ": " << ck.resources.str());

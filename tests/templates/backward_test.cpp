@@ -1,6 +1,8 @@
-// GPU correctness of the sm80 backward (prep, dkdv, dq, reduce) through the whole pipeline, against
-// the fp64 CPU reference: all five gradients, with the gradients poisoned before every run and
-// fresh random inputs every run (the seed is printed on failure).
+// GPU correctness of the backward kernels (prep, dkdv, dq, reduce) through the whole pipeline,
+// against the fp64 CPU reference: all five gradients, with the gradients poisoned before every
+// run and fresh random inputs every run (the seed is printed on failure). On Hopper the
+// dispatcher runs the sm90 family where it applies (head dim <= 128, rank <= 32) and the
+// portable family elsewhere; the portable family is also run on its own there.
 #include <catch2/catch.hpp>
 
 #include <fmt/format.h>
@@ -14,6 +16,7 @@
 #include <thread>
 
 #include "flashbias/flashbias.hpp"
+#include "generator/knobs.h"
 #include "generator/problem_spec.h"
 #include "generator/variants.h"
 #include "runtime/compiler.h"
@@ -77,12 +80,21 @@ std::vector<Case> backward_matrix() {
 
 unsigned worker_count() { return std::max(2u, std::min(8u, std::thread::hardware_concurrency() / 2)); }
 
-}  // namespace
+/// The device's arch, and on Hopper also the portable family's (sm_90 without the 'a').
+std::vector<DeviceInfo> family_devices() {
+  activate_primary_context(0);
+  std::vector<DeviceInfo> out{query_device(0)};
+  if (out[0].arch.a) {
+    out.push_back(out[0]);
+    out.back().arch.a = false;
+  }
+  return out;
+}
 
-TEST_CASE("backward matches the fp64 reference over the D x R x mask x dtype matrix", "[gpu][backward]") {
+void run_matrix(bool portable) {
   const std::vector<Case> cases = backward_matrix();
   activate_primary_context(0);
-  Context ctx(ContextOptions{0, Policy::heuristic, true});
+  Context ctx(ContextOptions{0, Policy::heuristic, true, portable});
   std::atomic<std::size_t> next{0};
   std::mutex mu;
   std::vector<std::string> failures;
@@ -118,13 +130,26 @@ TEST_CASE("backward matches the fp64 reference over the D x R x mask x dtype mat
   CHECK(passed.load() == int(cases.size()));
 }
 
+}  // namespace
+
+TEST_CASE("backward matches the fp64 reference over the D x R x mask x dtype matrix", "[gpu][backward]") {
+  run_matrix(/*portable=*/false);
+}
+
+TEST_CASE("the portable backward matches the fp64 reference on Hopper too", "[gpu][backward][portable]") {
+  if (!query_device(0).arch.a) {
+    WARN("the device runs the portable family by default; the matrix above covered it");
+    return;
+  }
+  run_matrix(/*portable=*/true);
+}
+
 TEST_CASE("every legal backward tile computes the same function", "[gpu][backward][tiles]") {
   // Odd sizes, a rank that needs the k8 tail, broadcast factors (the reduce kernel), causal with
   // Nq != Nk; every legal tile of the knob space, compiled in parallel, loaded directly.
-  activate_primary_context(0);
-  const DeviceInfo dev = query_device(0);
   const char* problems[] = {"b=2,h=2,nq=300,nk=259,d=72,r=3,mask=causal,qb=1n1r,kb=bn1r",
                             "b=1,h=2,nq=130,nk=200,d=128,r=16,dtype=bf16,qb=bnhr,kb=1nhr"};
+  for (const DeviceInfo& dev : family_devices())
   for (const char* text : problems) {
     DeviceProblem problem(parse_problem(text), fresh_seed());
     problem.enable_backward(fresh_seed());
@@ -137,7 +162,7 @@ TEST_CASE("every legal backward tile computes the same function", "[gpu][backwar
     std::set<std::pair<std::string, int>> covered;
     for (const TileConfig& t : legal) {
       bool adds = false;
-      for (const auto& [name, values] : knob_space(key.arch, Direction::bwd).all)
+      for (const auto& [name, values] : knob_space(key).all)
         adds = covered.insert({name, t.get(name).value_or(-1)}).second || adds;
       if (adds) tiles.push_back(t);
     }
@@ -159,7 +184,7 @@ TEST_CASE("every legal backward tile computes the same function", "[gpu][backwar
       const BackwardCheck r = check_backward(
           problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
           [&](const BackwardArgs& a) { plan.launch_backward(a, ws.get(), nullptr); }, 0);
-      INFO(text << " " << spec.str() << ":\n" << r.str());
+      INFO(text << " " << spec.str() << " (" << kernel_family(key) << "):\n" << r.str());
       CHECK(r.pass);
       ++checked;
     }
@@ -170,9 +195,10 @@ TEST_CASE("every legal backward tile computes the same function", "[gpu][backwar
 
 TEST_CASE("backward results are bitwise identical over 20 runs", "[gpu][backward][determinism]") {
   activate_primary_context(0);
-  Context ctx(ContextOptions{0, Policy::heuristic, true});
+  for (const DeviceInfo& dev : family_devices())
   for (const char* text : {"b=2,h=3,nq=1000,nk=777,d=64,r=3,mask=causal,qb=1n1r,kb=bn1r",
                            "b=1,h=2,n=2048,d=128,r=16,dtype=bf16,qb=bn1r"}) {
+    Context ctx(ContextOptions{0, Policy::heuristic, true, !dev.arch.a && query_device(0).arch.a});
     DeviceProblem problem(parse_problem(text), fresh_seed());
     problem.enable_backward(fresh_seed());
     ctx.forward(problem.forward_args(), nullptr);
@@ -185,7 +211,7 @@ TEST_CASE("backward results are bitwise identical over 20 runs", "[gpu][backward
         first = std::move(g);
         continue;
       }
-      INFO(text << " run " << run);
+      INFO(text << " (" << dev.arch.name() << ") run " << run);
       auto same = [](const HostTensor& a, const HostTensor& b) {
         return a.bytes() == b.bytes() && std::memcmp(a.data(), b.data(), a.bytes()) == 0;
       };
@@ -229,18 +255,18 @@ TEST_CASE("small backward problems for the memory and race checkers", "[gpu][san
   // Every code path in few launches: k8 tails (D 72, R 3), 2-byte factor rows, both pipelines
   // (heuristic tiles differ by head dim), split slices (D 128, 256), causal with fully masked rows
   // and key blocks no query sees, broadcast factors (the reduce kernel), ragged tiles.
-  activate_primary_context(0);
-  Context ctx(ContextOptions{0, Policy::heuristic, true});
+  for (const DeviceInfo& dev : family_devices())
   for (const char* text :
        {"b=1,h=2,nq=150,nk=97,d=72,r=3,mask=causal,qb=1n1r", "b=2,h=1,nq=97,nk=150,d=64,r=16,dtype=bf16,kb=bn1r",
         "b=1,h=1,n=130,d=128,r=0,mask=causal", "b=1,h=2,nq=65,nk=200,d=32,r=1,qb=1n1r,kb=1nhr",
         "b=1,h=1,n=70,d=256,r=128", "b=1,h=2,nq=400,nk=100,d=64,r=8,mask=causal",
         "b=1,h=1,nq=100,nk=400,d=128,r=2,mask=causal"}) {
+    Context ctx(ContextOptions{0, Policy::heuristic, true, !dev.arch.a && query_device(0).arch.a});
     DeviceProblem problem(parse_problem(text), fresh_seed());
     const BackwardCheck r = check_backward(
         problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
         [&](const BackwardArgs& a) { ctx.backward(a, nullptr); }, fresh_seed());
-    INFO(text << ":\n" << r.str());
+    INFO(text << " (" << dev.arch.name() << "):\n" << r.str());
     CHECK(r.pass);
   }
 }

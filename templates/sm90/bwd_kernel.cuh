@@ -1,0 +1,517 @@
+// FlashBias backward, sm90 family (Hopper, sm_90a): wgmma over swizzled shared-memory tiles.
+//
+//   S = scale Q K^T + Qb Kb^T (+ mask),  P = exp(S - LSE),  dV = P^T dO,  dP = dO V^T,
+//   Delta = rowsum(dO * O),  dS = P * (dP - Delta),
+//   dQ = scale dS K,  dK = scale dS^T Q,  dQb = dS Kb,  dKb = dS^T Qb.
+//
+// The same four entry points and the same deterministic split as the portable family
+// (sm80/bwd_kernel.cuh, whose prep and reduce kernels and epilogue helpers this one reuses):
+//   dkdv: one CTA per (key block of kBlockN rows, batch, head). Each warpgroup owns 64 key rows
+//         and keeps dK, dV (and dKb) in registers; the CTA walks the query tiles of kStep rows
+//         that see its keys. Per tile, per warpgroup:
+//           S^T  = K Q^T, dP^T = V dO^T         wgmma, both operands from shared memory
+//           S^T  = scale S^T + Kb Qb^T          the bias after the scale, as in the forward
+//           P^T  = exp2(S^T - LSE[query]),  dS^T = P^T (dP^T - Delta[query])
+//           dV  += P^T dO,  dK += dS^T Q,  dKb += dS^T Qb     wgmma, A = P^T / dS^T from registers
+//   dq:   one CTA per (query block of kBlockM rows, batch, head); warpgroups own 64 query rows
+//         and walk the key tiles of kStep rows: S, dP, dS as above (row-wise LSE and Delta), then
+//         dQ += dS K, dQb += dS Kb. It recomputes S and dP rather than sharing dS with dkdv
+//         through atomics: every output element is summed by one thread in a fixed order, so the
+//         results are bitwise identical run to run.
+// Factor gradients take dS as hi + lo / kLoScale (two products), as in the portable family: the
+// rows of dS sum to zero, so 16-bit dS alone would cost them ~1e-2 relative error.
+//
+// Loads: every thread copies its share of the next tile with cp.async (16-byte units, zero fill
+// past the sequence and the head dim) straight into the swizzled layout wgmma reads, double
+// buffered; narrow factor rows (under 16-byte aligned) are copied with ordinary loads. A proxy
+// fence and a CTA barrier hand a landed tile to the tensor cores.
+#pragma once
+
+#include "common/manifest.h"
+#include "common/params.h"
+#include "common/sm90_ops.cuh"
+#include "sm80/bwd_kernel.cuh"
+#include "sm80/mask.cuh"
+#include "sm80/warp_gemm.cuh"
+#include "sm90/gemm.cuh"
+
+namespace flashbias {
+namespace sm90 {
+
+/// The tunable template parameters of BwdKernel and their candidate values (templates/README.md).
+struct BwdKnobs {
+  static constexpr int kBlockM[] = {128, 64, 192};
+  static constexpr int kBlockN[] = {128, 64, 192};
+  static constexpr int kWarps[] = {8, 4, 12};
+  static constexpr int kStages[] = {2, 1};
+  static constexpr int kStep[] = {64, 32, 128, 48};
+  static constexpr int kMinBlocks[] = {1, 2};
+};
+
+template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
+          int kBlockM = 128, int kBlockN = 128, int kWarps = 8, int kStages = 2, int kStep = 64, int kMinBlocks = 1>
+struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
+  using Knobs = BwdKnobs;
+
+  static_assert(kHeadDim % 8 == 0 && kHeadDim >= 16 && kHeadDim <= 128,
+                "head_dim must be a multiple of 8 in [16, 128] on the sm90 backward (dK and dV live in registers)");
+  static_assert(kRank >= 0 && kRank <= 32, "rank must be in [0, 32] on the sm90 backward (dKb lives in registers)");
+  static_assert(kQkvAlign == 16, "the sm90 backward copies 16-byte units of Q, K, V and dO (qkv_align 16)");
+  static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
+  static_assert(kBlockM == kBlockN, "block_m and block_n must be equal (both kernels run warps / 4 warpgroups of 64 rows)");
+  static_assert(kBlockM % 64 == 0 && kBlockM >= 64 && kBlockM <= 192, "block_m must be 64, 128 or 192");
+  static_assert(kWarps == kBlockM / 16, "warps must be 4 per 64 rows of block_m (one warpgroup each)");
+  static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
+  static_assert(kStep == 32 || kStep == 48 || kStep == 64 || kStep == 128, "step must be 32, 48, 64 or 128");
+  static_assert(kMinBlocks == 1 || kMinBlocks == 2, "min_blocks must be 1 or 2");
+
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kMinBlocksPerSm = kMinBlocks;
+  static constexpr int kSlices = 1;
+  static constexpr bool kHasBias = kRank > 0;
+
+  /// The portable family's kernel of the same problem: its prep and reduce entry points (they
+  /// depend on the block size only) and its epilogue helpers.
+  using Portable = sm80::BwdKernel<Element, kHeadDim, kRank, kCausal, kQkvAlign, kBiasAlign, kBlockM, kBlockM, kWarps,
+                                   1, 1, 1>;
+  static_assert(Portable::kThreads == kThreads, "prep and reduce run with this kernel's block size");
+  static constexpr float kLoScale = Portable::kLoScale;
+
+  // Head dim and rank in swizzled chunks (sm90/gemm.cuh); contractions padded to 16.
+  static constexpr int kChunkD = chunk_elems(kHeadDim);
+  static constexpr int kDChunks = (kHeadDim + kChunkD - 1) / kChunkD;
+  static constexpr int kDK = round_up(kHeadDim, 16);
+  static constexpr int kDRowBytes = kChunkD * 2;
+  static constexpr int kRK = kHasBias ? round_up(kRank, 16) : 0;
+  static constexpr int kChunkR = chunk_elems(kRK);
+  static constexpr int kRChunks = kHasBias ? (kRK + kChunkR - 1) / kChunkR : 0;
+  static constexpr int kRRowBytes = kChunkR * 2;
+  static constexpr int kDTiles = kHeadDim / 8;
+  static constexpr int kRTiles = kHasBias ? kRK / 8 : 2;  // dummy width without a bias
+  static constexpr int kStepTiles = kStep / 8;
+
+  // Shared memory (bytes): a block tile (kBlockM = kBlockN rows) and a step tile (kStep rows), per
+  // head-dim / factor chunk. Each chunk is a whole number of its swizzle period (8 rows).
+  static constexpr int kBlockChunkD = kBlockM * kDRowBytes;
+  static constexpr int kBlockChunkR = kBlockM * kRRowBytes;
+  static constexpr int kStepChunkD = kStep * kDRowBytes;
+  static constexpr int kStepChunkR = kStep * kRRowBytes;
+  static constexpr int kBlockD = kDChunks * kBlockChunkD;
+  static constexpr int kBlockR = kRChunks * kBlockChunkR;
+  static constexpr int kStepD = kDChunks * kStepChunkD;
+  static constexpr int kStepR = kRChunks * kStepChunkR;
+  // dkdv: K | V | Kb, then per stage Q | dO | Qb | lse, delta (fp32); each stage padded to 1024
+  // bytes (a 48-row factor tile is not a multiple of it).
+  static constexpr int kLseBytes = 8 * kStep;
+  static constexpr int kDkdvStageBytes = round_up(2 * kStepD + kStepR + kLseBytes, 1024);
+  static constexpr int kDkdvSmemBytes = 2 * kBlockD + kBlockR + kStages * kDkdvStageBytes + 1024;
+  // dq: Q | dO | Qb, then per stage K | V | Kb (padded to 1024 bytes).
+  static constexpr int kDqStageBytes = round_up(2 * kStepD + kStepR, 1024);
+  static constexpr int kDqSmemBytes = 2 * kBlockD + kBlockR + kStages * kDqStageBytes + 1024;
+
+  struct alignas(16) Vec4u { u32 x, y, z, w; };
+  struct alignas(8) Vec2u { u32 x, y; };
+
+  /// The dynamic shared memory window, aligned up to 1024 bytes (the swizzle period; the sizes
+  /// above reserve the slack).
+  static __device__ __forceinline__ u32 smem_base() {
+    extern __shared__ Vec4u smem_raw[];
+    const u32 raw = smem_addr(smem_raw);
+    return (raw + 1023u) & ~1023u;
+  }
+
+  /// Copy rows [0, kRows) of a tile (kCols valid columns, rows `row_stride` elements apart) into
+  /// the swizzled chunks at `dst`, zero-filling rows at or past `rows_valid` and columns past
+  /// kCols. 16-byte aligned rows go by cp.async (the caller commits and waits); narrower rows
+  /// (factors only) by ordinary loads and stores.
+  template <int kRows, int kCols, int kChunk, int kAlign>
+  static __device__ __forceinline__ void load_tile(u32 dst, const Element* src, long long row_stride, int rows_valid,
+                                                   int tid) {
+    constexpr int kRowBytes = kChunk * 2;
+    constexpr int kChunks = (kCols + kChunk - 1) / kChunk;
+    constexpr int kUnitsPerChunkRow = kChunk / 8;
+    constexpr int kUnitsPerRow = kChunks * kUnitsPerChunkRow;
+    constexpr int kUnits = kRows * kUnitsPerRow;
+#pragma unroll 4
+    for (int u = tid; u < kUnits; u += kThreads) {
+      const int r = u / kUnitsPerRow;
+      const int cu = u - r * kUnitsPerRow;
+      const int c = cu / kUnitsPerChunkRow;
+      const int j = cu - c * kUnitsPerChunkRow;
+      const int col = c * kChunk + j * 8;
+      const u32 off = dst + c * kRows * kRowBytes + swizzle<kRowBytes>(u32(r * kRowBytes + j * 16));
+      const bool valid = r < rows_valid && col < kCols;
+      const Element* s = src + r * row_stride + col;
+      if constexpr (kAlign == 16) {
+        cp_async<16>(off, valid ? s : src, valid);
+      } else {
+        constexpr int kVec = kAlign / 2;  // elements per load
+        u32 w[4] = {0u, 0u, 0u, 0u};
+        if (valid) {
+#pragma unroll
+          for (int e = 0; e < 8; e += kVec) {
+            if (col + e < kCols) {
+              if constexpr (kVec == 4) {
+                const Vec2u v = *reinterpret_cast<const Vec2u*>(s + e);
+                w[e / 2] = v.x;
+                w[e / 2 + 1] = v.y;
+              } else if constexpr (kVec == 2) {
+                w[e / 2] = *reinterpret_cast<const u32*>(s + e);
+              } else {
+                const u32 bits = s[e].bits;
+                w[e / 2] |= (e & 1) ? bits << 16 : bits;
+              }
+            }
+          }
+        }
+        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(off), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+                     : "memory");
+      }
+    }
+  }
+
+  /// The main loop of both kernels over tiles [begin, end): load(i, buf) issues tile i's copies,
+  /// body(i, buf) runs once they landed and every thread's copies are visible to the tensor
+  /// cores. Two stages prefetch tile i + 1 during body(i); one stage loads after it. The first
+  /// commit group also carries the tiles the caller issued before (the ones it keeps).
+  template <class Load, class Body>
+  static __device__ __forceinline__ void pipelined(int begin, int end, Load&& load, Body&& body) {
+    if (begin < end) load(begin, 0);
+    cp_async_commit();
+    for (int i = begin; i < end; ++i) {
+      const int buf = kStages == 2 ? ((i - begin) & 1) : 0;
+      if constexpr (kStages == 2) {
+        if (i + 1 < end) load(i + 1, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      fence_proxy_async();  // this thread's copies (cp.async and stores), then the barrier: all of them
+      block_sync();
+      body(i, buf);         // ends with its wgmma groups complete
+      block_sync();         // every warpgroup is done with buffer `buf`
+      if constexpr (kStages == 1) {
+        if (i + 1 < end) load(i + 1, 0);
+        cp_async_commit();
+      }
+    }
+    cp_async_wait<0>();
+  }
+
+  static __device__ __forceinline__ void scale_acc(float (&s)[1][kStepTiles][4], float scale) {
+#pragma unroll
+    for (int i = 0; i < kStepTiles; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[0][i][e] *= scale;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  static __device__ void prep(const BwdParams& p) { Portable::prep(p); }
+  static __device__ void reduce(const BwdParams& p) { Portable::reduce(p); }
+
+  // ---------------------------------------------------------------------------------------------
+  static __device__ void dkdv(const BwdParams& p) {
+    const u32 smem = smem_base();
+    const u32 sK = smem;
+    const u32 sV = sK + kBlockD;
+    const u32 sKb = sV + kBlockD;
+    const u32 stage0 = sKb + kBlockR;
+    auto sQ = [&](int buf) { return stage0 + buf * kDkdvStageBytes; };
+    auto sDo = [&](int buf) { return sQ(buf) + kStepD; };
+    auto sQb = [&](int buf) { return sQ(buf) + 2 * kStepD; };
+    auto sLse = [&](int buf) { return sQ(buf) + 2 * kStepD + kStepR; };  // lse (log2 units) | delta
+
+    const int tid = int(thread_idx());
+    const int wg = tid >> 7;
+    const int tid_wg = tid & 127;
+    const int lane = tid & 31;
+    const int warp = tid_wg >> 5;  // within the warpgroup
+    const int g = lane >> 2, t = lane & 3;
+
+    const typename Portable::Work w = Portable::decode(p, p.num_n_blocks);
+    const long long bh = w.bh;
+    const int b = w.b, h = w.h;
+    const int n0 = w.block * kBlockN;
+    const int wn0 = n0 + wg * 64;  // this warpgroup's first key
+    const typename Portable::HeadInputs in = Portable::head_inputs(p, b, h);
+
+    const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
+    // Query rows that see key n0 or later: i >= n0 - (Nk - Nq) under the causal mask.
+    int m_begin = 0;
+    if (kCausal) {
+      const int first_row = n0 - (p.seqlen_k - p.seqlen_q);
+      m_begin = first_row > 0 ? first_row / kStep : 0;
+    }
+    const int m_end = ceil_div(p.seqlen_q, kStep);
+    const float s_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
+
+    float dk[1][kDTiles][4], dv[1][kDTiles][4];
+    float dkb[1][kRTiles][4], dkb_lo[1][kRTiles][4];
+    sm80::zero(dk);
+    sm80::zero(dv);
+    sm80::zero(dkb);
+    sm80::zero(dkb_lo);
+
+    auto load_stage = [&](int mb, int buf) {
+      const int m0 = mb * kStep;
+      const int rows = p.seqlen_q - m0;
+      load_tile<kStep, kHeadDim, kChunkD, 16>(sQ(buf), in.q + m0 * p.q_row_stride, p.q_row_stride, rows, tid);
+      load_tile<kStep, kHeadDim, kChunkD, 16>(sDo(buf), in.dout + m0 * p.do_row_stride, p.do_row_stride, rows, tid);
+      if constexpr (kHasBias)
+        load_tile<kStep, kRank, kChunkR, kBiasAlign>(sQb(buf), in.qb + m0 * p.qb_row_stride, p.qb_row_stride, rows, tid);
+      if (tid < kStep) {
+        const int row = m0 + tid;
+        const float l = Portable::lse_log2(p, bh, row);
+        const float d = row < p.seqlen_q ? p.delta[bh * p.seqlen_q + row] : 0.f;
+        asm volatile("st.shared.f32 [%0], %1;" ::"r"(sLse(buf) + 4 * tid), "f"(l) : "memory");
+        asm volatile("st.shared.f32 [%0], %1;" ::"r"(sLse(buf) + 4 * (kStep + tid)), "f"(d) : "memory");
+      }
+    };
+
+    const int krows = p.seqlen_k - n0;
+    load_tile<kBlockN, kHeadDim, kChunkD, 16>(sK, in.k + n0 * p.k_row_stride, p.k_row_stride, krows, tid);
+    load_tile<kBlockN, kHeadDim, kChunkD, 16>(sV, in.v + n0 * p.v_row_stride, p.v_row_stride, krows, tid);
+    if constexpr (kHasBias)
+      load_tile<kBlockN, kRank, kChunkR, kBiasAlign>(sKb, in.kb + n0 * p.kb_row_stride, p.kb_row_stride, krows, tid);
+
+    const u32 sKw = sK + wg * 64 * kDRowBytes;
+    const u32 sVw = sV + wg * 64 * kDRowBytes;
+    const u32 sKbw = sKb + wg * 64 * kRRowBytes;
+
+    pipelined(m_begin, m_end, load_stage, [&](int mb, int buf) {
+      const int m0 = mb * kStep;
+      // Keys wholly right of every query row's causal reach contribute nothing here.
+      if (kCausal && wn0 > m0 + kStep - 1 + mask.diag_offset) return;
+      // S^T first, then dP^T: P^T's exponentials run while the tensor cores form dP^T. With the
+      // bias, S^T is scaled before the factor product joins it (one more round trip).
+      float st[1][kStepTiles][4], dpt[1][kStepTiles][4];
+      wgmma_fence();
+      gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&st[0][0][0], sKw, sQ(buf), false);
+      wgmma_commit();
+      if constexpr (kHasBias) {
+        wgmma_wait<0>();
+        fence_regs(st);
+        scale_acc(st, p.scale);
+        wgmma_fence();
+        gemm_ss<Element, kStep, kRK, kChunkR, kBlockChunkR, kStepChunkR>(&st[0][0][0], sKbw, sQb(buf), true);
+        wgmma_commit();
+      }
+      gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&dpt[0][0][0], sVw, sDo(buf), false);
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_regs(st);
+
+      // P^T = exp2(S^T - LSE[query]): this thread's query columns are i * 8 + 2t + {0, 1}.
+      const bool need_mask = mask.tile_needs_mask(m0, wn0, 64);
+      const u32 lse_at = sLse(buf) + 8 * t;
+#pragma unroll
+      for (int i = 0; i < kStepTiles; ++i) {
+        float l0, l1;
+        asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(l0), "=f"(l1) : "r"(lse_at + 32 * i));
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = st[0][i][e] * s_log2 - ((e & 1) ? l1 : l0);
+          if (need_mask) {
+            const int q = m0 + i * 8 + 2 * t + (e & 1);
+            const int key = wn0 + warp * 16 + g + (e >= 2 ? 8 : 0);
+            if (mask.masked(q, key)) x = neg_inf();
+          }
+          st[0][i][e] = fast_exp2(x);
+        }
+      }
+      // dV += P^T dO, issued before dS is formed so that the product overlaps it.
+      u32 pa[1][kStep / 16][4];
+      sm80::pack_a<Element, 1, kStepTiles>(pa, st);
+      wgmma_wait<0>();  // dP^T
+      fence_regs(dpt);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kStep / 16; ++kk)
+        gemm_rs<Element, kHeadDim, kChunkD, kStepChunkD>(&dv[0][0][0], pa[0][kk], sDo(buf) + kk * 16 * kDRowBytes);
+      wgmma_commit();
+      // dS^T = P^T (dP^T - Delta[query]).
+      const u32 delta_at = lse_at + 4 * kStep;
+#pragma unroll
+      for (int i = 0; i < kStepTiles; ++i) {
+        float d0, d1;
+        asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(d0), "=f"(d1) : "r"(delta_at + 32 * i));
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dpt[0][i][e] = st[0][i][e] * (dpt[0][i][e] - ((e & 1) ? d1 : d0));
+      }
+      u32 dsa[1][kStep / 16][4];
+      sm80::pack_a<Element, 1, kStepTiles>(dsa, dpt);
+      u32 dsa_lo[1][kStep / 16][4];
+      if constexpr (kHasBias) sm80::pack_a_residual<Element, 1, kStepTiles>(dsa_lo, dsa, dpt, kLoScale);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kStep / 16; ++kk) {
+        gemm_rs<Element, kHeadDim, kChunkD, kStepChunkD>(&dk[0][0][0], dsa[0][kk], sQ(buf) + kk * 16 * kDRowBytes);
+        if constexpr (kHasBias) {
+          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dkb[0][0][0], dsa[0][kk], sQb(buf) + kk * 16 * kRRowBytes);
+          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dkb_lo[0][0][0], dsa_lo[0][kk], sQb(buf) + kk * 16 * kRRowBytes);
+        }
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(dv);
+      fence_regs(dk);
+      fence_regs(dkb);
+      fence_regs(dkb_lo);
+      fence_regs(pa);
+      fence_regs(dsa);
+      if constexpr (kHasBias) fence_regs(dsa_lo);
+    });
+
+    const int row0 = wn0 + warp * 16;
+    Element* gdk = static_cast<Element*>(p.dk) + b * p.dk_batch_stride + h * p.dk_head_stride;
+    Element* gdv = static_cast<Element*>(p.dv) + b * p.dv_batch_stride + h * p.dv_head_stride;
+    Portable::template write_acc<1, kDTiles, kQkvAlign>(dk, p.scale, gdk, p.dk_row_stride, nullptr, 0, row0,
+                                                        p.seqlen_k, 0, kHeadDim, lane);
+    Portable::template write_acc<1, kDTiles, kQkvAlign>(dv, 1.f, gdv, p.dv_row_stride, nullptr, 0, row0, p.seqlen_k,
+                                                        0, kHeadDim, lane);
+    if constexpr (kHasBias)
+      Portable::write_factor_grad(dkb, dkb_lo, p.dkb_accum, p.dkb, p.dkb_batch_stride, p.dkb_row_stride,
+                                  p.dkb_head_stride, b, h, bh, p.seqlen_k, row0, lane);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  static __device__ void dq(const BwdParams& p) {
+    const u32 smem = smem_base();
+    const u32 sQ = smem;
+    const u32 sDo = sQ + kBlockD;
+    const u32 sQb = sDo + kBlockD;
+    const u32 stage0 = sQb + kBlockR;
+    auto sK = [&](int buf) { return stage0 + buf * kDqStageBytes; };
+    auto sV = [&](int buf) { return sK(buf) + kStepD; };
+    auto sKb = [&](int buf) { return sK(buf) + 2 * kStepD; };
+
+    const int tid = int(thread_idx());
+    const int wg = tid >> 7;
+    const int tid_wg = tid & 127;
+    const int lane = tid & 31;
+    const int warp = tid_wg >> 5;
+    const int g = lane >> 2, t = lane & 3;
+
+    const typename Portable::Work w = Portable::decode(p, p.num_m_blocks);
+    const long long bh = w.bh;
+    const int b = w.b, h = w.h;
+    const int m0 = w.block * kBlockM;
+    const int wm0 = m0 + wg * 64;  // this warpgroup's first query row
+    const typename Portable::HeadInputs in = Portable::head_inputs(p, b, h);
+
+    const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
+    const int key_end = mask.key_end(m0, kBlockM);
+    const int n_blocks = key_end > 0 ? ceil_div(key_end, kStep) : 0;
+    const float s_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
+
+    // This thread's rows: wm0 + warp * 16 + g + 8 * hh.
+    float lse2[2], delta[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int row = wm0 + warp * 16 + g + 8 * hh;
+      lse2[hh] = Portable::lse_log2(p, bh, row);
+      delta[hh] = row < p.seqlen_q ? p.delta[bh * p.seqlen_q + row] : 0.f;
+    }
+
+    float dq[1][kDTiles][4];
+    float dqb[1][kRTiles][4], dqb_lo[1][kRTiles][4];
+    sm80::zero(dq);
+    sm80::zero(dqb);
+    sm80::zero(dqb_lo);
+
+    auto load_stage = [&](int nb, int buf) {
+      const int n0 = nb * kStep;
+      const int rows = p.seqlen_k - n0;
+      load_tile<kStep, kHeadDim, kChunkD, 16>(sK(buf), in.k + n0 * p.k_row_stride, p.k_row_stride, rows, tid);
+      load_tile<kStep, kHeadDim, kChunkD, 16>(sV(buf), in.v + n0 * p.v_row_stride, p.v_row_stride, rows, tid);
+      if constexpr (kHasBias)
+        load_tile<kStep, kRank, kChunkR, kBiasAlign>(sKb(buf), in.kb + n0 * p.kb_row_stride, p.kb_row_stride, rows, tid);
+    };
+
+    const int qrows = p.seqlen_q - m0;
+    load_tile<kBlockM, kHeadDim, kChunkD, 16>(sQ, in.q + m0 * p.q_row_stride, p.q_row_stride, qrows, tid);
+    load_tile<kBlockM, kHeadDim, kChunkD, 16>(sDo, in.dout + m0 * p.do_row_stride, p.do_row_stride, qrows, tid);
+    if constexpr (kHasBias)
+      load_tile<kBlockM, kRank, kChunkR, kBiasAlign>(sQb, in.qb + m0 * p.qb_row_stride, p.qb_row_stride, qrows, tid);
+
+    const u32 sQw = sQ + wg * 64 * kDRowBytes;
+    const u32 sDow = sDo + wg * 64 * kDRowBytes;
+    const u32 sQbw = sQb + wg * 64 * kRRowBytes;
+
+    pipelined(0, n_blocks, load_stage, [&](int nb, int buf) {
+      const int n0 = nb * kStep;
+      // A key tile wholly right of this warpgroup's causal diagonal contributes nothing.
+      if (kCausal && n0 > wm0 + 63 + mask.diag_offset) return;
+      // S first, then dP: P's exponentials run while the tensor cores form dP (as in dkdv).
+      float s[1][kStepTiles][4], dp[1][kStepTiles][4];
+      wgmma_fence();
+      gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&s[0][0][0], sQw, sK(buf), false);
+      wgmma_commit();
+      if constexpr (kHasBias) {
+        wgmma_wait<0>();
+        fence_regs(s);
+        scale_acc(s, p.scale);
+        wgmma_fence();
+        gemm_ss<Element, kStep, kRK, kChunkR, kBlockChunkR, kStepChunkR>(&s[0][0][0], sQbw, sKb(buf), true);
+        wgmma_commit();
+      }
+      gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&dp[0][0][0], sDow, sV(buf), false);
+      wgmma_commit();
+      wgmma_wait<1>();
+      fence_regs(s);
+
+      const bool need_mask = mask.tile_needs_mask(wm0, n0, kStep);
+#pragma unroll
+      for (int i = 0; i < kStepTiles; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int hh = e >> 1;
+          float x = s[0][i][e] * s_log2 - lse2[hh];
+          if (need_mask) {
+            const int row = wm0 + warp * 16 + g + 8 * hh;
+            const int key = n0 + i * 8 + 2 * t + (e & 1);
+            if (mask.masked(row, key)) x = neg_inf();
+          }
+          s[0][i][e] = fast_exp2(x);
+        }
+      wgmma_wait<0>();  // dP
+      fence_regs(dp);
+#pragma unroll
+      for (int i = 0; i < kStepTiles; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[0][i][e] = s[0][i][e] * (dp[0][i][e] - delta[e >> 1]);
+      u32 dsa[1][kStep / 16][4];
+      sm80::pack_a<Element, 1, kStepTiles>(dsa, dp);
+      u32 dsa_lo[1][kStep / 16][4];
+      if constexpr (kHasBias) sm80::pack_a_residual<Element, 1, kStepTiles>(dsa_lo, dsa, dp, kLoScale);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kStep / 16; ++kk) {
+        gemm_rs<Element, kHeadDim, kChunkD, kStepChunkD>(&dq[0][0][0], dsa[0][kk], sK(buf) + kk * 16 * kDRowBytes);
+        if constexpr (kHasBias) {
+          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dqb[0][0][0], dsa[0][kk], sKb(buf) + kk * 16 * kRRowBytes);
+          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dqb_lo[0][0][0], dsa_lo[0][kk], sKb(buf) + kk * 16 * kRRowBytes);
+        }
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(dq);
+      fence_regs(dqb);
+      fence_regs(dqb_lo);
+      fence_regs(dsa);
+      if constexpr (kHasBias) fence_regs(dsa_lo);
+    });
+
+    const int row0 = wm0 + warp * 16;
+    Element* gdq = static_cast<Element*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
+    Portable::template write_acc<1, kDTiles, kQkvAlign>(dq, p.scale, gdq, p.dq_row_stride, nullptr, 0, row0,
+                                                        p.seqlen_q, 0, kHeadDim, lane);
+    if constexpr (kHasBias)
+      Portable::write_factor_grad(dqb, dqb_lo, p.dqb_accum, p.dqb, p.dqb_batch_stride, p.dqb_row_stride,
+                                  p.dqb_head_stride, b, h, bh, p.seqlen_q, row0, lane);
+  }
+};
+
+}  // namespace sm90
+}  // namespace flashbias
