@@ -126,22 +126,31 @@ TileConfig bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std
 ///    warpgroups in lock step at the CTA barriers), 64-row steps (llm_d64 3.93 ms vs 4.36 for
 ///    two warpgroups and 4.48 for 32-row steps).
 ///  - d <= 128: two warpgroups, 64-row steps (llm_d128 11.5 ms, causal 5.85; 48-row steps 12.96
-///    and 6.65, 32-row steps 15.8). At d128 the dkdv kernel then needs 254-255 registers with a
-///    rank-16 bias and spills at rank 32 (64-72 bytes) and at rank 16 in bf16 with the causal mask
-///    (8-12 bytes); those keys take 48-row steps, the widest that fits every rank up to 32 in
-///    both dtypes without spilling (237-255 registers).
+///    and 6.65, 32-row steps 15.8), and three stages: the load of step i + 2 goes into the buffer
+///    of step i - 1, so one CTA barrier per step instead of two, which the two warpgroups of a CTA
+///    otherwise meet twice (llm_d128 10.27 vs 11.68 ms, causal 5.78 vs 5.97; no change with one
+///    warpgroup per CTA at d64, 3.97 vs 3.98). At d128 the dkdv kernel runs at 254-255 registers;
+///    the causal mask with three stages spills 24-44 bytes (two stages: 0-8), and ranks over 16
+///    spill 64-88 bytes at any stage count, so those keys take two stages, and 48-row steps past
+///    rank 16 (the widest that compiles without spills for ranks up to 32 in both dtypes).
 TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
   static const std::vector<TileConfig> narrow{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64"),
                                               TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
                                               TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
-  static const std::vector<TileConfig> wide{TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
+  static const std::vector<TileConfig> wide{TileConfig::parse("bm=128,bn=128,w=8,s=3,step=64"),
+                                            TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
                                             TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48"),
                                             TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
-  static const std::vector<TileConfig> wide_tight{TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48"),
-                                                  TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
-  const bool tight = key.head_dim > 112 && (key.rank > 16 || (key.rank > 0 && key.dtype == DType::bf16 &&
-                                                              key.mask == MaskKind::causal));
-  const auto& prefs = key.head_dim <= 64 ? narrow : tight ? wide_tight : wide;
+  static const std::vector<TileConfig> wide_causal{TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
+                                                   TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48"),
+                                                   TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
+  static const std::vector<TileConfig> wide_rank{TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48"),
+                                                 TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
+  const bool near_cap = key.head_dim > 112;
+  const auto& prefs = key.head_dim <= 64                         ? narrow
+                      : near_cap && key.rank > 16                ? wide_rank
+                      : near_cap && key.mask == MaskKind::causal ? wide_causal
+                                                                 : wide;
   (void)shape;
   for (const TileConfig& t : prefs)
     if (legality_error(key, t, smem_limit).empty()) return t;

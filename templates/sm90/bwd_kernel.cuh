@@ -43,7 +43,7 @@ struct BwdKnobs {
   static constexpr int kBlockM[] = {128, 64, 192};
   static constexpr int kBlockN[] = {128, 64, 192};
   static constexpr int kWarps[] = {8, 4, 12};
-  static constexpr int kStages[] = {2, 1};
+  static constexpr int kStages[] = {2, 1, 3};
   static constexpr int kStep[] = {64, 32, 128, 48};
   static constexpr int kMinBlocks[] = {1, 2};
 };
@@ -61,7 +61,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   static_assert(kBlockM == kBlockN, "block_m and block_n must be equal (both kernels run warps / 4 warpgroups of 64 rows)");
   static_assert(kBlockM % 64 == 0 && kBlockM >= 64 && kBlockM <= 192, "block_m must be 64, 128 or 192");
   static_assert(kWarps == kBlockM / 16, "warps must be 4 per 64 rows of block_m (one warpgroup each)");
-  static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
+  static_assert(kStages >= 1 && kStages <= 3, "stages must be 1, 2 or 3");
   static_assert(kStep == 32 || kStep == 48 || kStep == 64 || kStep == 128, "step must be 32, 48, 64 or 128");
   static_assert(kMinBlocks == 1 || kMinBlocks == 2, "min_blocks must be 1 or 2");
 
@@ -172,14 +172,29 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
 
   /// The main loop of both kernels over tiles [begin, end): load(i, buf) issues tile i's copies,
   /// body(i, buf) runs once they landed and every thread's copies are visible to the tensor
-  /// cores. Two stages prefetch tile i + 1 during body(i); one stage loads after it. The first
-  /// commit group also carries the tiles the caller issued before (the ones it keeps).
+  /// cores. Two stages prefetch tile i + 1 during body(i) and need a second CTA barrier after it
+  /// (before its buffer is refilled); three stages prefetch tile i + 2 into the buffer of tile
+  /// i - 1, which the one barrier before body(i) already frees; one stage loads after body(i).
+  /// The first commit group also carries the tiles the caller issued before (the ones it keeps).
   template <class Load, class Body>
   static __device__ __forceinline__ void pipelined(int begin, int end, Load&& load, Body&& body) {
     if (begin < end) load(begin, 0);
     cp_async_commit();
+    if constexpr (kStages == 3) {
+      if (begin + 1 < end) load(begin + 1, 1);
+      cp_async_commit();
+    }
     for (int i = begin; i < end; ++i) {
-      const int buf = kStages == 2 ? ((i - begin) & 1) : 0;
+      const int buf = (i - begin) % kStages;
+      if constexpr (kStages == 3) {
+        cp_async_wait<1>();   // tile i landed (tile i + 1 may be in flight)
+        fence_proxy_async();  // this thread's copies (cp.async and stores), then the barrier: all of them
+        block_sync();         // ... and every warpgroup is done with body(i - 1)
+        if (i + 2 < end) load(i + 2, (i - begin + 2) % 3);
+        cp_async_commit();
+        body(i, buf);  // ends with its wgmma groups complete
+        continue;
+      }
       if constexpr (kStages == 2) {
         if (i + 1 < end) load(i + 1, buf ^ 1);
         cp_async_commit();
@@ -187,10 +202,10 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       } else {
         cp_async_wait<0>();
       }
-      fence_proxy_async();  // this thread's copies (cp.async and stores), then the barrier: all of them
+      fence_proxy_async();
       block_sync();
-      body(i, buf);         // ends with its wgmma groups complete
-      block_sync();         // every warpgroup is done with buffer `buf`
+      body(i, buf);
+      block_sync();  // every warpgroup is done with buffer `buf`
       if constexpr (kStages == 1) {
         if (i + 1 < end) load(i + 1, 0);
         cp_async_commit();

@@ -80,7 +80,7 @@ TEST_CASE("the sm90 backward takes head dims in (32, 128] and ranks up to 32", "
     }
   const ProblemKey key = bwd(128, 16);
   const TileConfig t = heuristic_tile(key, ShapeInfo{32, 8192, 8192}, default_smem_limit(key.arch));
-  CHECK(t.str() == "bm128_bn128_w8_s2");  // step 64, the default
+  CHECK(t.str() == "bm128_bn128_w8_s3");  // step 64, the default
   const KernelSource src = generate(KernelSpec{key, t});
   CHECK_THAT(src.source, Catch::Contains("#include \"sm90/bwd_kernel.cuh\""));
   CHECK(src.entries.size() == 4);
