@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "flashbias/flashbias.hpp"
+#include "templates/gpu_test_util.h"
 #include "generator/knobs.h"
 #include "generator/problem_spec.h"
 #include "generator/variants.h"
@@ -30,14 +31,9 @@
 namespace flashbias {
 namespace {
 
-std::uint64_t fresh_seed() {
-  return std::uint64_t(std::chrono::steady_clock::now().time_since_epoch().count()) * 0x9E3779B97F4A7C15ull;
-}
-
-struct Case {
-  ProblemSpec spec;
-  std::string label;
-};
+using test::Case;
+using test::family_devices;
+using test::fresh_seed;
 
 // The backward issue's matrix: D x R x causal x dtype, each on a shape drawn by rotation from odd
 // sizes with Nq != Nk variants, and the four factor broadcast patterns rotating independently for
@@ -79,17 +75,6 @@ std::vector<Case> backward_matrix() {
 }
 
 unsigned worker_count() { return std::max(2u, std::min(8u, std::thread::hardware_concurrency() / 2)); }
-
-/// The device's arch, and on Hopper also the portable family's (sm_90 without the 'a').
-std::vector<DeviceInfo> family_devices() {
-  activate_primary_context(0);
-  std::vector<DeviceInfo> out{query_device(0)};
-  if (out[0].arch.a) {
-    out.push_back(out[0]);
-    out.back().arch.a = false;
-  }
-  return out;
-}
 
 void run_matrix(bool portable) {
   const std::vector<Case> cases = backward_matrix();

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "flashbias/flashbias.hpp"
+#include "templates/gpu_test_util.h"
 #include "generator/knobs.h"
 #include "generator/problem_spec.h"
 #include "generator/variants.h"
@@ -27,14 +28,9 @@
 namespace flashbias {
 namespace {
 
-std::uint64_t fresh_seed() {
-  return std::uint64_t(std::chrono::steady_clock::now().time_since_epoch().count()) * 0x9E3779B97F4A7C15ull;
-}
-
-struct Case {
-  ProblemSpec spec;
-  std::string label;
-};
+using test::Case;
+using test::family_devices;
+using test::fresh_seed;
 
 // The matrix of the forward issue: D x R x causal x dtype, each combination on one shape drawn
 // (deterministically, by rotation) from N in {1, 17, 113, 1000, 4096} with Nq != Nk variants and
@@ -119,17 +115,6 @@ void run_cases(const std::vector<Case>& cases, unsigned threads, std::int64_t ro
 }
 
 unsigned worker_count() { return std::max(2u, std::min(16u, std::thread::hardware_concurrency())); }
-
-/// The device's arch, and on Hopper also the portable family's (sm_90 without the 'a').
-std::vector<DeviceInfo> family_devices() {
-  activate_primary_context(0);
-  std::vector<DeviceInfo> out{query_device(0)};
-  if (out[0].arch.a) {
-    out.push_back(out[0]);
-    out.back().arch.a = false;
-  }
-  return out;
-}
 
 }  // namespace
 
