@@ -83,6 +83,24 @@ std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_
 
 namespace {
 
+/// The first of `prefs` (best first, each passed through `adjust`) that is legal for `key` within
+/// `smem_limit`; else the first legal tile of the knob space; else an error naming the key.
+template <class Adjust>
+TileConfig first_legal(const ProblemKey& key, const std::vector<TileConfig>& prefs, std::size_t smem_limit,
+                       Adjust&& adjust) {
+  for (TileConfig t : prefs) {
+    adjust(t);
+    if (legality_error(key, t, smem_limit).empty()) return t;
+  }
+  for (const TileConfig& t : enumerate_tiles(key, smem_limit)) return t;
+  throw Error(ErrorCode::unsupported,
+              fmt::format("no {}tile configuration fits {} within {} bytes of shared memory",
+                          key.direction == Direction::bwd ? "backward " : "", key.str(), smem_limit));
+}
+TileConfig first_legal(const ProblemKey& key, const std::vector<TileConfig>& prefs, std::size_t smem_limit) {
+  return first_legal(key, prefs, smem_limit, [](TileConfig&) {});
+}
+
 /// The backward's preference lists, from a timing sweep on the benchmark shapes (H100, 2026-11-24,
 /// docs/PERF_NOTES.md, backward), each compiled with zero spills for sm_80 and sm_90a. Both tiled
 /// kernels use the tile: block_m is the query tile (the dq kernel's rows, the dkdv kernel's inner
@@ -110,12 +128,7 @@ TileConfig bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std
                                             TileConfig::parse("bm=32,bn=32,w=2,s=1,split=4")};
   const auto& prefs = key.head_dim <= 32 ? d32 : key.head_dim <= 64 ? d64 : key.head_dim <= 128 ? d128 : d256;
   (void)shape;
-  for (const TileConfig& t : prefs)
-    if (legality_error(key, t, smem_limit).empty()) return t;
-  for (const TileConfig& t : enumerate_tiles(key, smem_limit)) return t;
-  throw Error(ErrorCode::unsupported,
-              fmt::format("no backward tile configuration fits {} within {} bytes of shared memory", key.str(),
-                          smem_limit));
+  return first_legal(key, prefs, smem_limit);
 }
 
 /// The Hopper backward (templates/sm90/bwd_kernel.cuh), from a sweep on the benchmark shapes
@@ -152,12 +165,7 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
                       : near_cap && key.mask == MaskKind::causal ? wide_causal
                                                                  : wide;
   (void)shape;
-  for (const TileConfig& t : prefs)
-    if (legality_error(key, t, smem_limit).empty()) return t;
-  for (const TileConfig& t : enumerate_tiles(key, smem_limit)) return t;
-  throw Error(ErrorCode::unsupported,
-              fmt::format("no backward tile configuration fits {} within {} bytes of shared memory", key.str(),
-                          smem_limit));
+  return first_legal(key, prefs, smem_limit);
 }
 
 /// The Hopper forward (templates/sm90/fwd_kernel.cuh), from a timing sweep on the benchmark
@@ -193,13 +201,7 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   // P V overlapped with the next tile's Q K^T (kPvOverlap): 8-12% faster on llm_d128, 2-4% slower
   // on the d32/d64 rows and on llm_d128_causal (A/B in one session, docs/PERF_NOTES.md).
   const int overlap = key.head_dim > 64 && key.mask == MaskKind::none ? 1 : 0;
-  for (TileConfig t : prefs) {
-    t.set("kPvOverlap", overlap);
-    if (legality_error(key, t, smem_limit).empty()) return t;
-  }
-  for (const TileConfig& t : enumerate_tiles(key, smem_limit)) return t;
-  throw Error(ErrorCode::unsupported,
-              fmt::format("no tile configuration fits {} within {} bytes of shared memory", key.str(), smem_limit));
+  return first_legal(key, prefs, smem_limit, [&](TileConfig& t) { t.set("kPvOverlap", overlap); });
 }
 
 }  // namespace
@@ -245,17 +247,12 @@ TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::si
 
   // Short query sequences waste most of a 128-row tile: prefer 64-row tiles there.
   const bool short_rows = shape.seqlen_q <= 64;
-  for (const TileConfig& t : prefs) {
-    TileConfig c = t;
-    if (short_rows && c.block_m == 128) {
-      c.block_m = 64;
-      c.warps = 4;
+  return first_legal(key, prefs, smem_limit, [&](TileConfig& t) {
+    if (short_rows && t.block_m == 128) {
+      t.block_m = 64;
+      t.warps = 4;
     }
-    if (legality_error(key, c, smem_limit).empty()) return c;
-  }
-  for (const TileConfig& t : enumerate_tiles(key, smem_limit)) return t;
-  throw Error(ErrorCode::unsupported,
-              fmt::format("no tile configuration fits {} within {} bytes of shared memory", key.str(), smem_limit));
+  });
 }
 
 std::vector<DefaultVariant> default_variants(const Arch& arch) {
