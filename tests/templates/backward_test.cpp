@@ -77,42 +77,15 @@ std::vector<Case> backward_matrix() {
 unsigned worker_count() { return std::max(2u, std::min(8u, std::thread::hardware_concurrency() / 2)); }
 
 void run_matrix(bool portable) {
-  const std::vector<Case> cases = backward_matrix();
   activate_primary_context(0);
   Context ctx(ContextOptions{0, Policy::heuristic, true, portable});
-  std::atomic<std::size_t> next{0};
-  std::mutex mu;
-  std::vector<std::string> failures;
-  std::atomic<int> passed{0};
-  auto worker = [&] {
-    activate_primary_context(0);
-    for (std::size_t i = next++; i < cases.size(); i = next++) {
-      const Case& c = cases[i];
-      const std::uint64_t seed = fresh_seed() + i;
-      try {
-        DeviceProblem problem(c.spec, seed);
-        const BackwardCheck r = check_backward(
-            problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
-            [&](const BackwardArgs& a) { ctx.backward(a, nullptr); }, seed + 1);
-        if (r.pass) {
-          ++passed;
-        } else {
-          std::lock_guard<std::mutex> lock(mu);
-          failures.push_back(fmt::format("{} seed {}:\n{}", c.label, seed, r.str()));
-        }
-      } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> lock(mu);
-        failures.push_back(fmt::format("{} seed {}: threw {}", c.label, seed, e.what()));
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < worker_count(); ++t) pool.emplace_back(worker);
-  for (auto& t : pool) t.join();
-  for (const std::string& f : failures) UNSCOPED_INFO(f);
-  INFO(fmt::format("{} of {} cases passed", passed.load(), cases.size()));
-  CHECK(failures.empty());
-  CHECK(passed.load() == int(cases.size()));
+  test::run_parallel(backward_matrix(), worker_count(), [&](const Case& c, std::uint64_t seed) {
+    DeviceProblem problem(c.spec, seed);
+    const BackwardCheck r = check_backward(
+        problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
+        [&](const BackwardArgs& a) { ctx.backward(a, nullptr); }, seed + 1);
+    return r.pass ? std::string() : "\n" + r.str();
+  });
 }
 
 }  // namespace

@@ -72,46 +72,18 @@ std::vector<Case> forward_matrix() {
   return out;
 }
 
-// Runs `cases` on `threads` host threads (each with the device's primary context current), so
-// that their first-call compilations overlap: the Context compiles different keys concurrently.
+// Runs `cases` through one Context on `threads` host threads (test::run_parallel).
 void run_cases(const std::vector<Case>& cases, unsigned threads, std::int64_t rows, bool portable = false) {
   ContextOptions opts;
   opts.device = 0;
   opts.portable = portable;
   activate_primary_context(0);
   Context ctx(opts);
-  std::atomic<std::size_t> next{0};
-  std::mutex mu;
-  std::vector<std::string> failures;
-  std::atomic<int> passed{0};
-  auto worker = [&] {
-    activate_primary_context(0);
-    for (std::size_t i = next++; i < cases.size(); i = next++) {
-      const Case& c = cases[i];
-      const std::uint64_t seed = fresh_seed() + i;
-      try {
-        DeviceProblem problem(c.spec, seed);
-        const CheckResult r =
-            check_forward(problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); }, rows);
-        if (r.pass) {
-          ++passed;
-        } else {
-          std::lock_guard<std::mutex> lock(mu);
-          failures.push_back(fmt::format("{} seed {}: {}", c.label, seed, r.str()));
-        }
-      } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> lock(mu);
-        failures.push_back(fmt::format("{} seed {}: threw {}", c.label, seed, e.what()));
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < threads; ++t) pool.emplace_back(worker);
-  for (auto& t : pool) t.join();
-  for (const std::string& f : failures) UNSCOPED_INFO(f);
-  INFO(fmt::format("{} of {} cases passed", passed.load(), cases.size()));
-  CHECK(failures.empty());
-  CHECK(passed.load() == int(cases.size()));
+  test::run_parallel(cases, threads, [&](const Case& c, std::uint64_t seed) {
+    DeviceProblem problem(c.spec, seed);
+    const CheckResult r = check_forward(problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); }, rows);
+    return r.pass ? std::string() : r.str();
+  });
 }
 
 unsigned worker_count() { return std::max(2u, std::min(16u, std::thread::hardware_concurrency())); }

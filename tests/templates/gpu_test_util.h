@@ -1,9 +1,17 @@
 // Helpers shared by the GPU kernel tests (forward_test.cpp, backward_test.cpp).
 #pragma once
 
+#include <catch2/catch.hpp>
+
+#include <fmt/format.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "generator/problem_spec.h"
@@ -33,6 +41,45 @@ inline std::vector<DeviceInfo> family_devices() {
     out.back().arch.a = false;
   }
   return out;
+}
+
+/// Runs check(case, seed) for every case on `threads` host threads, each with the device's
+/// primary context current, so that first-call compilations of different keys overlap. `check`
+/// returns an empty string on a pass, else the failure's text; a throw counts as a failure too.
+/// Every failure is reported with its case and seed.
+template <class Check>
+void run_parallel(const std::vector<Case>& cases, unsigned threads, Check&& check) {
+  activate_primary_context(0);
+  std::atomic<std::size_t> next{0};
+  std::mutex mu;
+  std::vector<std::string> failures;
+  std::atomic<int> passed{0};
+  auto worker = [&] {
+    activate_primary_context(0);
+    for (std::size_t i = next++; i < cases.size(); i = next++) {
+      const Case& c = cases[i];
+      const std::uint64_t seed = fresh_seed() + i;
+      std::string failure;
+      try {
+        failure = check(c, seed);
+      } catch (const std::exception& e) {
+        failure = fmt::format("threw {}", e.what());
+      }
+      if (failure.empty()) {
+        ++passed;
+      } else {
+        std::lock_guard<std::mutex> lock(mu);
+        failures.push_back(fmt::format("{} seed {}: {}", c.label, seed, failure));
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t) pool.emplace_back(worker);
+  for (auto& t : pool) t.join();
+  for (const std::string& f : failures) UNSCOPED_INFO(f);
+  INFO(fmt::format("{} of {} cases passed", passed.load(), cases.size()));
+  CHECK(failures.empty());
+  CHECK(passed.load() == int(cases.size()));
 }
 
 }  // namespace flashbias::test
