@@ -97,7 +97,7 @@ BwdSmem bwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
   const std::size_t bm = std::size_t(t.block_m), bn = std::size_t(t.block_n), st = std::size_t(t.stages);
   BwdSmem out;
   out.dkdv = 2 * (2 * bn * ds + bn * rs) + st * (2 * (2 * bm * ds + bm * rs) + 8 * bm);
-  out.dq = 2 * (2 * bm * ds + bm * rs + st * (2 * bn * ds + bn * rs));
+  out.dq = 2 * (2 * bm * ds + bm * rs + st * (2 * bn * ds + bn * rs)) + (bias ? 4 * bm * round_up8(key.rank) : 0);
   return out;
 }
 

@@ -125,7 +125,7 @@ class ContextImpl {
   ContextImpl& operator=(const ContextImpl&) = delete;
 
   void forward(const ForwardArgs& args, CUstream stream);
-  /// The backward: validate, dispatch (direction bwd is part of the key), then prep, dkdv, dq
+  /// The backward: validate, dispatch (direction bwd is part of the key), then prep, dq, dkdv
   /// (and reduce) on `stream`, with the caller's workspace or a stream-ordered allocation.
   void backward(const BackwardArgs& args, CUstream stream);
   std::size_t backward_workspace_size(const BackwardArgs& args) const;

@@ -200,7 +200,8 @@ BwdWorkspaceLayout bwd_workspace_layout(const BackwardArgs& a) {
   };
   BwdWorkspaceLayout w;
   w.delta = 0;
-  w.bytes = floats({a.batch, a.heads, a.seqlen_q});
+  w.delta_dq = floats({a.batch, a.heads, a.seqlen_q});
+  w.bytes = 2 * w.delta_dq;
   if (a.rank > 0) {
     w.has_dqb_accum = a.qb_stride.batch == 0 || a.qb_stride.head == 0;
     w.has_dkb_accum = a.kb_stride.batch == 0 || a.kb_stride.head == 0;
@@ -235,6 +236,7 @@ BwdParams make_bwd_params(const BackwardArgs& a, const TileConfig& tile, int sli
   p.dkb = bias ? a.dkb : nullptr;
   char* ws = static_cast<char*>(workspace);
   p.delta = reinterpret_cast<float*>(ws + w.delta);
+  p.delta_dq = reinterpret_cast<float*>(ws + w.delta_dq);
   p.dqb_accum = w.has_dqb_accum ? reinterpret_cast<float*>(ws + w.dqb_accum) : nullptr;
   p.dkb_accum = w.has_dkb_accum ? reinterpret_cast<float*>(ws + w.dkb_accum) : nullptr;
   auto set = [](long long& b, long long& r, long long& h, const Strides& s) {
@@ -340,8 +342,10 @@ void LaunchPlan::launch_backward(const BackwardArgs& args, void* workspace, CUst
   const std::uint32_t dkdv_grid = checked_grid(params.num_n_blocks, bh, bwd_slices_, "dK/dV");
   const std::uint32_t dq_grid = checked_grid(params.num_m_blocks, bh, bwd_slices_, "dQ");
   kernel_->launch_function(bwd_prep_, kBwdEntryPrep, prep_grid, 0, stream, kernel_params);
-  kernel_->launch_function(kernel_->function(), kBwdEntryDkdv, dkdv_grid, bwd_dkdv_smem_, stream, kernel_params);
+  // dq before dkdv: dq measures each row's Delta from its own P and dP (delta_dq), and dkdv uses
+  // that (templates/sm80/bwd_kernel.cuh, "Delta").
   kernel_->launch_function(bwd_dq_, kBwdEntryDq, dq_grid, bwd_dq_smem_, stream, kernel_params);
+  kernel_->launch_function(kernel_->function(), kBwdEntryDkdv, dkdv_grid, bwd_dkdv_smem_, stream, kernel_params);
   if (params.dqb_accum != nullptr || params.dkb_accum != nullptr) {
     std::int64_t total = 0;
     if (params.dqb_accum)

@@ -33,7 +33,8 @@ std::uint32_t fwd_grid_size(const ForwardArgs& args, int block_m);
 
 /// Where the backward's scratch buffers live in its workspace (byte offsets, 256-byte aligned).
 struct BwdWorkspaceLayout {
-  std::size_t delta = 0;      ///< fp32 [batch, heads, seqlen_q]
+  std::size_t delta = 0;      ///< fp32 [batch, heads, seqlen_q]: rowsum(dO * O)
+  std::size_t delta_dq = 0;   ///< fp32 [batch, heads, seqlen_q]: Delta as the dq pass measured it
   std::size_t dqb_accum = 0;  ///< fp32 [batch, heads, seqlen_q, rank] when qb broadcasts
   std::size_t dkb_accum = 0;  ///< fp32 [batch, heads, seqlen_k, rank] when kb broadcasts
   bool has_dqb_accum = false;
@@ -57,7 +58,7 @@ class LaunchPlan {
   /// driver refuses the launch.
   void launch_forward(const ForwardArgs& args, CUstream stream) const;
 
-  /// Enqueue the backward's kernels (prep, dkdv, dq, and reduce when a factor broadcasts).
+  /// Enqueue the backward's kernels (prep, dq, dkdv, and reduce when a factor broadcasts).
   /// `workspace` holds bwd_workspace_layout(args).bytes; pass that layout when the caller already
   /// has it (the Context does), else it is computed here. Same contract as launch_forward.
   void launch_backward(const BackwardArgs& args, void* workspace, CUstream stream,

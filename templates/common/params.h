@@ -64,7 +64,9 @@ struct BwdParams {
   void* dv;
   void* dqb;  // the caller's gradient of qb (one slice along each broadcast dimension)
   void* dkb;
-  float* delta;      // workspace [batch, heads, seqlen_q]: rowsum(dO * O)
+  float* delta;      // workspace [batch, heads, seqlen_q]: rowsum(dO * O) (prep; the dq pass's Delta)
+  float* delta_dq;   // workspace [batch, heads, seqlen_q]: delta + rowsum(dS) = rowsum(P * dP) as the dq
+                     // pass measured it (written by dq; the dkdv pass's Delta)
   float* dqb_accum;  // workspace [batch, heads, seqlen_q, rank] fp32 when qb broadcasts, else null
   float* dkb_accum;  // workspace [batch, heads, seqlen_k, rank] fp32 when kb broadcasts, else null
 

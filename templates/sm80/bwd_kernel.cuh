@@ -7,16 +7,31 @@
 // Deterministic by construction: every output element is summed by exactly one thread in a fixed
 // order, with no atomics. Four entry points share one module (generated together, one cubin):
 //   prep:   Delta per query row.
-//   dkdv:   one CTA per (key block, batch, head, slice); warps own key rows; walks the query
-//           blocks that see the key block and accumulates dK, dV (and dKb) in registers.
 //   dq:     one CTA per (query block, batch, head, slice); warps own query rows; walks the key
 //           blocks and accumulates dQ (and dQb). It recomputes S and dP instead of sharing dS
 //           with dkdv through atomics or a global buffer (the cost of determinism: two extra
 //           products of the seven).
+//   dkdv:   one CTA per (key block, batch, head, slice); warps own key rows; walks the query
+//           blocks that see the key block and accumulates dK, dV (and dKb) in registers.
 //   reduce: sums the fp32 factor gradients over broadcast batch/head dimensions (fixed order)
 //           into the caller's dQb/dKb; only launched when a factor broadcasts.
 // The bias is R extra contraction columns of S and R extra output columns of dQ/dK, padded to a
 // multiple of 8 in shared memory only.
+//
+// Delta. rowsum(dO * O) takes the caller's 16-bit O, whose rounding moves Delta off the exact
+// rowsum(P * dP) by ~1e-4 relative; every dS of the row shifts by P times that, and sum_j dS_ij
+// no longer cancels to zero. The factor gradients are such cancelling sums: on short or broadcast
+// rows (a few keys, or a factor shared over everything) that shift alone cost dKb and dQb up to
+// 1e-1 relative error in fp64 simulation. So the passes run prep, dq, dkdv:
+//   dq adds up Sigma_i = sum_j dS_ij (zero when Delta is exact) and writes delta_dq = Delta +
+//      Sigma, which is rowsum(P * dP) with the kernel's own P and dP; its dQb becomes exact with
+//      dQb_i -= Sigma_i * sum_j P_ij Kb_j (one more R-column product, P times Kb);
+//   dkdv takes delta_dq, so dK, dV and dKb see the exact Delta.
+// dQ keeps the shift. It is a cancelling sum too, but over D columns and every row, so it stays
+// within 6e-4 on the test matrix's shapes in the same simulation; a problem of one or two rows of
+// two or three keys each errs like the plain implementation (4-14% of random inputs over 2e-3).
+// When a CTA's rows see a single key tile (short sequences), dq measures Delta = rowsum(P * dP)
+// in that tile before forming dS, which makes all five gradients exact there at no cost.
 //
 // kSplit > 1 cuts the output columns into slices computed by separate CTAs: kSplit slices of the
 // head dim (dK and dV, or dQ) plus one for the factor gradient (which also gets its own slice at
@@ -92,7 +107,10 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
   static constexpr int kDkdvSmemBytes = 2 * kDkdvFixedElems + kStages * kDkdvStageBytes;
   static constexpr int kDqFixedElems = 2 * kBlockM * kDStride + kRElemsM;
   static constexpr int kDqStageElems = 2 * kBlockN * kDStride + kRElemsN;
-  static constexpr int kDqSmemBytes = 2 * (kDqFixedElems + kStages * kDqStageElems);
+  // dq with a bias: then P Kb (the dQb correction, "Delta" above) in fp32, kBlockM x kRankPad, each
+  // thread's own elements only (kept out of registers: dq's factor slice is near the register cap).
+  static constexpr int kDqKbarOffset = 2 * (kDqFixedElems + kStages * kDqStageElems);
+  static constexpr int kDqSmemBytes = kDqKbarOffset + (kHasBias ? 4 * kBlockM * kRankPad : 0);
 
   using Traits = ElementTraits<Element>;
   using LoadM = TileLoader<Element, kBlockM, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
@@ -162,6 +180,17 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
           }
         }
       }
+  }
+
+  /// f(mt, nt, e, element) over an accumulator, fully unrolled.
+  template <int MT, int NT, class F>
+  static __device__ __forceinline__ void for_each_acc(float (&acc)[MT][NT][4], F&& f) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) f(mt, nt, e, acc[mt][nt][e]);
   }
 
   template <int MT, int NT>
@@ -258,6 +287,70 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     }
   }
 
+  /// Sigma (see "Delta" above): this thread's share of sum_j dS_ij for its rows (mt, hh), added
+  /// up tile by tile in a fixed order.
+  template <int MT, int NT>
+  static __device__ __forceinline__ void add_row_sums(float (&sum)[MT][2], const float (&ds)[MT][NT][4]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sum[mt][e >> 1] += ds[mt][nt][e];
+  }
+
+  /// Delta = rowsum(P * dP) over one key tile, for rows that see no other tile: summed over the
+  /// quad that shares each row, replacing the caller's `delta`.
+  template <int MT, int NT>
+  static __device__ __forceinline__ void measure_delta(float (&delta)[MT][2], const float (&pr)[MT][NT][4],
+                                                       const float (&dp)[MT][NT][4]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) sum += pr[mt][nt][2 * hh] * dp[mt][nt][2 * hh] + pr[mt][nt][2 * hh + 1] * dp[mt][nt][2 * hh + 1];
+        sum += shfl_xor(sum, 1);
+        sum += shfl_xor(sum, 2);
+        delta[mt][hh] = sum;
+      }
+  }
+
+  /// The end of the dq pass's Delta measurement: Sigma summed over the quad that shares each row;
+  /// when `correct`, dQb -= Sigma * (P Kb) (kbar(mt, nt, e): P Kb in the layout of `dqb`); when
+  /// `write`, delta_dq = Delta + Sigma for rows [row0, row0 + MT * 16) of this warp.
+  template <int MT, int NT, class Kbar>
+  static __device__ __forceinline__ void finish_delta(const BwdParams& p, float (&sum)[MT][2],
+                                                      const float (&delta)[MT][2], float (&dqb)[MT][NT][4],
+                                                      Kbar&& kbar, bool correct, bool write, long long bh,
+                                                      int row0, int lane) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        sum[mt][hh] += shfl_xor(sum[mt][hh], 1);
+        sum[mt][hh] += shfl_xor(sum[mt][hh], 2);
+      }
+    if (correct) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dqb[mt][nt][e] -= sum[mt][e >> 1] * kbar(mt, nt, e);
+    }
+    if (write && (lane & 3) == 0) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int row = row0 + mt * 16 + (lane >> 2) + 8 * hh;
+          if (row < p.seqlen_q) p.delta_dq[bh * p.seqlen_q + row] = delta[mt][hh] + sum[mt][hh];
+        }
+    }
+  }
+
   // ---------------------------------------------------------------------------------------------
   /// Delta = rowsum(dO * O) in fp32 for every (batch, head, query row): 8 lanes per row.
   static __device__ void prep(const BwdParams& p) {
@@ -346,7 +439,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
       for (int i = tid; i < kBlockM; i += kThreads) {
         const int row = m0 + i;
         lse[i] = lse_log2(p, bh, row);
-        lse[kBlockM + i] = row < p.seqlen_q ? p.delta[bh * p.seqlen_q + row] : 0.f;
+        lse[kBlockM + i] = row < p.seqlen_q ? p.delta_dq[bh * p.seqlen_q + row] : 0.f;
       }
     };
 
@@ -487,9 +580,21 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     float acc_dq[kQMt][kDOut / 8][4];
     float acc_dqb[kQMt][kRankPad / 8 > 0 ? kRankPad / 8 : 1][4];
     float acc_dqb_lo[kQMt][kRankPad / 8 > 0 ? kRankPad / 8 : 1][4];
+    float dsum[kQMt][2];  // Sigma
     zero(acc_dq);
     zero(acc_dqb);
     zero(acc_dqb_lo);
+#pragma unroll
+    for (int mt = 0; mt < kQMt; ++mt) dsum[mt][0] = dsum[mt][1] = 0.f;
+    // P Kb lives in shared memory between key tiles (kDqKbarOffset), element (mt, nt, e) of this
+    // thread at [(mt, nt, e)][tid]: only this thread touches it, so no barrier.
+    constexpr int kRTiles = kRankPad / 8 > 0 ? kRankPad / 8 : 1;
+    float* const sKbar = reinterpret_cast<float*>(reinterpret_cast<char*>(smem_raw) + kDqKbarOffset) + tid;
+    auto kbar_at = [&](int mt, int nt, int e) -> float& { return sKbar[((mt * kRTiles + nt) * 4 + e) * kThreads]; };
+    if constexpr (kHasBias) {
+      if (sl.bias)
+        for (int i = 0; i < kQMt * kRTiles * 4; ++i) sKbar[i * kThreads] = 0.f;
+    }
 
     auto load_stage = [&](int nb, int buf) {
       const int n0 = nb * kBlockN;
@@ -531,15 +636,33 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
             if (need_mask && mask.masked(row, key)) x = neg_inf();
             s[mt][nt][e] = fast_exp2(x);
           }
+      if constexpr (kHasBias) {
+        if (sl.bias) {  // P Kb now, while dP's accumulators are not live yet
+          u32 pa[kQMt][kKCols / 2][4];
+          pack_a<Element, kQMt, kKCols>(pa, s);
+          // 32 factor columns at a time: a wide factor's whole row would not fit next to P.
+          constexpr int kChunk = kRTiles < 4 ? kRTiles : 4;
+          static_assert(kRTiles % kChunk == 0, "rank tiles come in whole chunks");
+#pragma unroll
+          for (int c = 0; c < kRTiles; c += kChunk) {
+            float kbar[kQMt][kChunk][4];
+            for_each_acc(kbar, [&](int mt, int nt, int e, float& v) { v = kbar_at(mt, c + nt, e); });
+            gemm_rs<Element, kQMt, kKCols / 2, kChunk, kRStride>(kbar, pa, aKb(buf) + c * 16, lane);
+            for_each_acc(kbar, [&](int mt, int nt, int e, float& v) { kbar_at(mt, c + nt, e) = v; });
+          }
+        }
+      }
       float dp[kQMt][kKCols][4];
       zero(dp);
       gemm_nt<Element, kQMt, kKCols, kHeadDim, kDStride>(dp, aDo + warp_row0 * kDStride * 2, aV(buf), lane);
+      if (n_blocks == 1) measure_delta(delta, s, dp);  // these rows see this tile only
 #pragma unroll
       for (int mt = 0; mt < kQMt; ++mt)
 #pragma unroll
         for (int nt = 0; nt < kKCols; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) dp[mt][nt][e] = s[mt][nt][e] * (dp[mt][nt][e] - delta[mt][e >> 1]);
+      add_row_sums(dsum, dp);
       u32 dsa[kQMt][kKCols / 2][4];
       pack_a<Element, kQMt, kKCols>(dsa, dp);
       if (sl.d) gemm_rs<Element, kQMt, kKCols / 2, kDOut / 8, kDStride>(acc_dq, dsa, aK(buf) + sl.col0 * 2, lane);
@@ -554,6 +677,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     });
 
     const int row0 = m0 + warp_row0;
+    // Every slice measures Sigma; the first one writes delta_dq, the factor's slice corrects dQb.
+    finish_delta(p, dsum, delta, acc_dqb, kbar_at, kHasBias && sl.bias, sl.d && sl.col0 == 0, bh, row0, lane);
     if (sl.d) {
       Element* gdq = static_cast<Element*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
       write_acc<kQMt, kDOut / 8, kQkvAlign>(acc_dq, p.scale, gdq, p.dq_row_stride, nullptr, 0, row0, p.seqlen_q,

@@ -4,8 +4,9 @@
 //   Delta = rowsum(dO * O),  dS = P * (dP - Delta),
 //   dQ = scale dS K,  dK = scale dS^T Q,  dQb = dS Kb,  dKb = dS^T Qb.
 //
-// The same four entry points and the same deterministic split as the portable family
-// (sm80/bwd_kernel.cuh, whose prep and reduce kernels and epilogue helpers this one reuses):
+// The same four entry points, launch order (prep, dq, dkdv, reduce) and deterministic split as
+// the portable family (sm80/bwd_kernel.cuh, whose prep and reduce kernels and epilogue helpers
+// this one reuses):
 //   dkdv: one CTA per (key block of kBlockN rows, batch, head). Each warpgroup owns 64 key rows
 //         and keeps dK, dV (and dKb) in registers; the CTA walks the query tiles of kStep rows
 //         that see its keys. Per tile, per warpgroup:
@@ -13,11 +14,13 @@
 //           S^T  = scale S^T + Kb Qb^T          the bias after the scale, as in the forward
 //           P^T  = exp2(S^T - LSE[query]),  dS^T = P^T (dP^T - Delta[query])
 //           dV  += P^T dO,  dK += dS^T Q,  dKb += dS^T Qb     wgmma, A = P^T / dS^T from registers
+//         Delta is delta_dq, the one the dq pass measured (sm80/bwd_kernel.cuh, "Delta").
 //   dq:   one CTA per (query block of kBlockM rows, batch, head); warpgroups own 64 query rows
 //         and walk the key tiles of kStep rows: S, dP, dS as above (row-wise LSE and Delta), then
-//         dQ += dS K, dQb += dS Kb. It recomputes S and dP rather than sharing dS with dkdv
-//         through atomics: every output element is summed by one thread in a fixed order, so the
-//         results are bitwise identical run to run.
+//         dQ += dS K, dQb += dS Kb, and P Kb with the row sums of dS for the Delta correction.
+//         It recomputes S and dP rather than sharing dS with dkdv through atomics: every output
+//         element is summed by one thread in a fixed order, so the results are bitwise identical
+//         run to run.
 // Factor gradients take dS as hi + lo / kLoScale (two products), as in the portable family: the
 // rows of dS sum to zero, so 16-bit dS alone would cost them ~1e-2 relative error.
 //
@@ -278,7 +281,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       if (tid < kStep) {
         const int row = m0 + tid;
         const float l = Portable::lse_log2(p, bh, row);
-        const float d = row < p.seqlen_q ? p.delta[bh * p.seqlen_q + row] : 0.f;
+        const float d = row < p.seqlen_q ? p.delta_dq[bh * p.seqlen_q + row] : 0.f;
         asm volatile("st.shared.f32 [%0], %1;" ::"r"(sLse(buf) + 4 * tid), "f"(l) : "memory");
         asm volatile("st.shared.f32 [%0], %1;" ::"r"(sLse(buf) + 4 * (kStep + tid)), "f"(d) : "memory");
       }
@@ -421,19 +424,22 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     const float s_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
 
     // This thread's rows: wm0 + warp * 16 + g + 8 * hh.
-    float lse2[2], delta[2];
+    float lse2[2], delta[1][2];
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       const int row = wm0 + warp * 16 + g + 8 * hh;
       lse2[hh] = Portable::lse_log2(p, bh, row);
-      delta[hh] = row < p.seqlen_q ? p.delta[bh * p.seqlen_q + row] : 0.f;
+      delta[0][hh] = row < p.seqlen_q ? p.delta[bh * p.seqlen_q + row] : 0.f;
     }
 
     float dq[1][kDTiles][4];
     float dqb[1][kRTiles][4], dqb_lo[1][kRTiles][4];
+    float kbar[1][kRTiles][4];        // P Kb (the dQb correction, sm80/bwd_kernel.cuh "Delta")
+    float dsum[1][2] = {{0.f, 0.f}};  // Sigma
     sm80::zero(dq);
     sm80::zero(dqb);
     sm80::zero(dqb_lo);
+    sm80::zero(kbar);
 
     auto load_stage = [&](int nb, int buf) {
       const int n0 = nb * kStep;
@@ -492,21 +498,28 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         }
       wgmma_wait<0>();  // dP
       fence_regs(dp);
+      if (n_blocks == 1) Portable::measure_delta(delta, s, dp);  // these rows see this tile only
 #pragma unroll
       for (int i = 0; i < kStepTiles; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dp[0][i][e] = s[0][i][e] * (dp[0][i][e] - delta[e >> 1]);
+        for (int e = 0; e < 4; ++e) dp[0][i][e] = s[0][i][e] * (dp[0][i][e] - delta[0][e >> 1]);
+      Portable::add_row_sums(dsum, dp);
       u32 dsa[1][kStep / 16][4];
       sm80::pack_a<Element, 1, kStepTiles>(dsa, dp);
-      u32 dsa_lo[1][kStep / 16][4];
-      if constexpr (kHasBias) sm80::pack_a_residual<Element, 1, kStepTiles>(dsa_lo, dsa, dp, kLoScale);
+      u32 dsa_lo[1][kStep / 16][4], pa[1][kStep / 16][4];
+      if constexpr (kHasBias) {
+        sm80::pack_a_residual<Element, 1, kStepTiles>(dsa_lo, dsa, dp, kLoScale);
+        sm80::pack_a<Element, 1, kStepTiles>(pa, s);
+      }
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kStep / 16; ++kk) {
         gemm_rs<Element, kHeadDim, kChunkD, kStepChunkD>(&dq[0][0][0], dsa[0][kk], sK(buf) + kk * 16 * kDRowBytes);
         if constexpr (kHasBias) {
-          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dqb[0][0][0], dsa[0][kk], sKb(buf) + kk * 16 * kRRowBytes);
-          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dqb_lo[0][0][0], dsa_lo[0][kk], sKb(buf) + kk * 16 * kRRowBytes);
+          const u32 kb_at = sKb(buf) + kk * 16 * kRRowBytes;
+          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dqb[0][0][0], dsa[0][kk], kb_at);
+          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dqb_lo[0][0][0], dsa_lo[0][kk], kb_at);
+          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&kbar[0][0][0], pa[0][kk], kb_at);
         }
       }
       wgmma_commit();
@@ -514,11 +527,17 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       fence_regs(dq);
       fence_regs(dqb);
       fence_regs(dqb_lo);
+      fence_regs(kbar);
       fence_regs(dsa);
-      if constexpr (kHasBias) fence_regs(dsa_lo);
+      if constexpr (kHasBias) {
+        fence_regs(dsa_lo);
+        fence_regs(pa);
+      }
     });
 
     const int row0 = wm0 + warp * 16;
+    Portable::finish_delta(p, dsum, delta, dqb, [&](int mt, int nt, int e) { return kbar[mt][nt][e]; }, kHasBias,
+                           true, bh, row0, lane);
     Element* gdq = static_cast<Element*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
     Portable::template write_acc<1, kDTiles, kQkvAlign>(dq, p.scale, gdq, p.dq_row_stride, nullptr, 0, row0,
                                                         p.seqlen_q, 0, kHeadDim, lane);

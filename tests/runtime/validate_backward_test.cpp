@@ -113,14 +113,15 @@ TEST_CASE("validate_backward names every bad argument", "[cpu][runtime][validate
   CHECK_NOTHROW(validate_backward(a, hopper()));
 }
 
-TEST_CASE("the backward workspace holds Delta and the fp32 sums of broadcast factors", "[cpu][runtime][backward]") {
+TEST_CASE("the backward workspace holds both Deltas and the fp32 sums of broadcast factors", "[cpu][runtime][backward]") {
   BackwardArgs a = valid_args();
   BwdWorkspaceLayout w = bwd_workspace_layout(a);
   CHECK(w.delta == 0);
+  CHECK(w.delta_dq == 512);  // 2*3*17 floats = 408 bytes, rounded to 256
   CHECK(w.has_dqb_accum);
   CHECK_FALSE(w.has_dkb_accum);
-  CHECK(w.dqb_accum == 512);  // 2*3*17 floats = 408 bytes, rounded to 256
-  CHECK(w.bytes == 512 + 2 * 3 * 17 * 6 * 4 + (256 - (2 * 3 * 17 * 6 * 4) % 256));
+  CHECK(w.dqb_accum == 1024);
+  CHECK(w.bytes == 1024 + 2 * 3 * 17 * 6 * 4 + (256 - (2 * 3 * 17 * 6 * 4) % 256));
   a.kb_stride.head = 0;
   w = bwd_workspace_layout(a);
   CHECK(w.has_dkb_accum);
@@ -129,7 +130,7 @@ TEST_CASE("the backward workspace holds Delta and the fp32 sums of broadcast fac
   a.rank = 0;
   w = bwd_workspace_layout(a);
   CHECK_FALSE(w.has_dqb_accum);
-  CHECK(w.bytes == 512);
+  CHECK(w.bytes == 1024);
 }
 
 TEST_CASE("make_bwd_params fills BwdParams and zeroes broadcast gradient strides", "[cpu][runtime][backward]") {
@@ -142,7 +143,8 @@ TEST_CASE("make_bwd_params fills BwdParams and zeroes broadcast gradient strides
   char* ws = static_cast<char*>(fake(0xf00000));
   const BwdParams p = make_bwd_params(a, t, bwd_slices(k, t), ws, bwd_workspace_layout(a));
   CHECK(p.delta == reinterpret_cast<float*>(ws));
-  CHECK(p.dqb_accum == reinterpret_cast<float*>(ws + 512));
+  CHECK(p.delta_dq == reinterpret_cast<float*>(ws + 512));
+  CHECK(p.dqb_accum == reinterpret_cast<float*>(ws + 1024));
   CHECK(p.dkb_accum == nullptr);
   CHECK(p.qb_batch_bcast == 1);
   CHECK(p.qb_head_bcast == 1);
