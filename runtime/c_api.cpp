@@ -116,23 +116,71 @@ flashbias::BackwardArgs backward_args(const flashbias_backward_args* args) {
   return a;
 }
 
+// The options common to both create calls, validated before any driver work (so that a bad value
+// is reported as such also on a machine without a GPU).
+flashbias::ContextOptions context_options(std::int32_t device, std::int32_t policy) {
+  using flashbias::Error;
+  using flashbias::ErrorCode;
+  if (device < -1) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("device has the invalid value {} (a CUDA ordinal >= 0, or -1 for the current "
+                            "context's device)",
+                            device));
+  }
+  if (policy < FLASHBIAS_POLICY_HEURISTIC || policy > FLASHBIAS_POLICY_CACHE_ONLY) {
+    throw Error(ErrorCode::invalid_argument,
+                fmt::format("policy has the invalid value {} (heuristic = 0, tune = 1, cache_only = 2)", policy));
+  }
+  flashbias::ContextOptions options;
+  options.device = device;
+  options.policy = static_cast<flashbias::Policy>(policy);
+  return options;
+}
+
+bool flag(const char* name, std::int32_t value) {
+  if (value != 0 && value != 1) {
+    throw flashbias::Error(flashbias::ErrorCode::invalid_argument,
+                           fmt::format("{} has the invalid value {} (0 = off, 1 = on)", name, value));
+  }
+  return value == 1;
+}
+
+// Checks `out` first: on any failure after that, *out is null.
+template <class MakeOptions>
+flashbias_status create_context(flashbias_context** out, MakeOptions&& make_options) noexcept {
+  return guarded([&] {
+    if (out == nullptr) throw flashbias::Error(flashbias::ErrorCode::invalid_argument, "out is null");
+    *out = nullptr;
+    const flashbias::ContextOptions options = make_options();
+    *out = new flashbias_context{flashbias::Context(options)};
+  });
+}
+
 }  // namespace
 
 extern "C" {
 
 flashbias_status flashbias_context_create(int device, int policy, flashbias_context** out) {
-  return guarded([&] {
-    if (out == nullptr) throw flashbias::Error(flashbias::ErrorCode::invalid_argument, "out is null");
-    *out = nullptr;
-    if (policy < FLASHBIAS_POLICY_HEURISTIC || policy > FLASHBIAS_POLICY_CACHE_ONLY) {
-      throw flashbias::Error(flashbias::ErrorCode::invalid_argument,
-                             fmt::format("policy has the invalid value {} (heuristic = 0, tune = 1, cache_only = 2)",
-                                         policy));
-    }
-    flashbias::ContextOptions options;
-    options.device = device;
-    options.policy = static_cast<flashbias::Policy>(policy);
-    *out = new flashbias_context{flashbias::Context(options)};
+  return create_context(out, [&] { return context_options(device, policy); });
+}
+
+void flashbias_context_options_init(flashbias_context_options* opts) {
+  if (opts == nullptr) return;
+  const flashbias::ContextOptions defaults;
+  opts->device = defaults.device;
+  opts->policy = static_cast<std::int32_t>(defaults.policy);
+  opts->check_pointers = defaults.check_pointers ? 1 : 0;
+  opts->portable = defaults.portable ? 1 : 0;
+}
+
+flashbias_status flashbias_context_create_with_options(const flashbias_context_options* opts,
+                                                       flashbias_context** out) {
+  return create_context(out, [&] {
+    if (opts == nullptr) throw flashbias::Error(flashbias::ErrorCode::invalid_argument, "opts is null");
+    flashbias::ContextOptions options = context_options(opts->device, opts->policy);
+    options.check_pointers = flag("check_pointers", opts->check_pointers);
+    options.portable = flag("portable", opts->portable);
+    return options;
   });
 }
 

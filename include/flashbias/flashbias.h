@@ -100,8 +100,35 @@ typedef struct flashbias_backward_args {
 
 typedef struct flashbias_context flashbias_context;
 
-/* device: CUDA ordinal, or -1 for the current context's device (device 0 if none). */
+/* device: CUDA ordinal, or -1 for the current context's device (device 0 if none).
+ * policy: a flashbias_policy. The same as flashbias_context_create_with_options with
+ * check_pointers = 1 and portable = 0. */
 FLASHBIAS_API flashbias_status flashbias_context_create(int device, int policy, flashbias_context** out);
+
+/* The options of flashbias_context_create_with_options (flashbias::ContextOptions in C). Fill it
+ * with flashbias_context_options_init() first, then set what differs from the defaults. */
+typedef struct flashbias_context_options {
+  int32_t device;         /* CUDA device ordinal, or -1 (default) for the current context's device
+                             (device 0 if none) */
+  int32_t policy;         /* flashbias_policy; default FLASHBIAS_POLICY_HEURISTIC */
+  int32_t check_pointers; /* 1 (default): verify that every pointer is device memory (a driver query
+                             per pointer); 0: skip the check (e.g. system-allocated memory on
+                             HMM/ATS systems) */
+  int32_t portable;       /* 1: run the portable kernel family (mma.sync, sm_80 and newer) even where
+                             a faster family exists (the wgmma/TMA forward on sm_90a), for comparison
+                             and testing; kernels are compiled for the plain arch (sm_90, not sm_90a),
+                             so their cache and bundle entries stay apart. 0 (default): the fastest
+                             family for each problem */
+} flashbias_context_options;
+
+/* Set *opts to the defaults: device -1, FLASHBIAS_POLICY_HEURISTIC, check_pointers 1, portable 0.
+ * NULL is a no-op. */
+FLASHBIAS_API void flashbias_context_options_init(flashbias_context_options* opts);
+/* As flashbias_context_create, with every option of the C++ API. Each field is validated (device
+ * >= -1, policy a flashbias_policy, check_pointers and portable 0 or 1): a bad one is
+ * FLASHBIAS_INVALID_ARGUMENT naming the field and the allowed values. *out is NULL on failure. */
+FLASHBIAS_API flashbias_status flashbias_context_create_with_options(const flashbias_context_options* opts,
+                                                                    flashbias_context** out);
 FLASHBIAS_API void flashbias_context_destroy(flashbias_context* ctx);
 FLASHBIAS_API flashbias_status flashbias_forward(flashbias_context* ctx, const flashbias_forward_args* args,
                                                  flashbias_stream stream);

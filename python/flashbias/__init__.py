@@ -11,8 +11,8 @@ The library is found through FLASHBIAS_LIB, the path recorded at install time, a
 package, the repository's build folders, then the dynamic loader (see library_path()).
 """
 from ._library import FlashBiasError, LibraryNotFoundError, MissingSymbolError
-from .runtime import (Context, cache_path, get_context, get_policy, load_bundle, loaded_bundle_count,
-                      problem_string, set_policy, tune)
+from .runtime import (Context, cache_path, get_context, get_context_options, get_policy, load_bundle,
+                      loaded_bundle_count, problem_string, set_context_options, set_policy, tune)
 
 __version__ = "0.1.0"
 
@@ -41,13 +41,15 @@ def library_version():
 
 
 def library_features():
-    """Optional parts the loaded library provides: "backward", "tuning"."""
+    """Optional parts the loaded library provides: "backward", "context_options" (Context's
+    portable and check_pointers), "tuning"."""
     from . import _library
     return sorted(_library.load().features)
 
 
 __all__ = [
     "flash_bias_func", "FlashBiasFunc", "ForwardCall", "FlashBiasError", "LibraryNotFoundError",
-    "MissingSymbolError", "Context", "get_context", "set_policy", "get_policy", "tune", "problem_string",
+    "MissingSymbolError", "Context", "get_context", "set_context_options", "get_context_options", "set_policy",
+    "get_policy", "tune", "problem_string",
     "load_bundle", "loaded_bundle_count", "cache_path", "library_path", "library_version", "library_features",
 ]

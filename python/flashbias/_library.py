@@ -101,11 +101,24 @@ class BackwardArgs(ctypes.Structure):
     ]
 
 
+class ContextOptions(ctypes.Structure):
+    """flashbias_context_options (flashbias::ContextOptions): device (-1: the current context's
+    device), policy (POLICIES), check_pointers (1: verify that every pointer is device memory),
+    portable (1: the portable kernel family even where a faster one exists). The defaults are
+    flashbias_context_options_init()'s; CONTEXT_OPTION_DEFAULTS has them for libraries without it."""
+    _fields_ = [("device", ctypes.c_int32), ("policy", ctypes.c_int32),
+                ("check_pointers", ctypes.c_int32), ("portable", ctypes.c_int32)]
+
+
+CONTEXT_OPTION_DEFAULTS = {"device": -1, "policy": 0, "check_pointers": 1, "portable": 0}
+
+
 # The C structs checked against the header by tests/python/test_layout.py: name -> ctypes type.
 C_STRUCTS = {
     "flashbias_strides": Strides,
     "flashbias_forward_args": ForwardArgs,
     "flashbias_backward_args": BackwardArgs,
+    "flashbias_context_options": ContextOptions,
 }
 
 _c_int, _c_void_p, _c_char_p = ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p
@@ -129,6 +142,10 @@ _OPTIONAL = {
         "flashbias_backward_workspace_size": (
             _c_int, [_c_void_p, ctypes.POINTER(BackwardArgs), ctypes.POINTER(ctypes.c_uint64)]),
     },
+    "context_options": {
+        "flashbias_context_options_init": (None, [ctypes.POINTER(ContextOptions)]),
+        "flashbias_context_create_with_options": (_c_int, [ctypes.POINTER(ContextOptions), _ptr_void]),
+    },
     "tuning": {
         "flashbias_tune": (_c_int, [_c_int, _c_char_p, _c_char_p, ctypes.c_double, ctypes.POINTER(_ptr_char)]),
         "flashbias_load_bundle": (_c_int, [_c_char_p]),
@@ -140,6 +157,8 @@ _OPTIONAL = {
 }
 _FEATURE_HELP = {
     "backward": "the backward pass (issue 6: flashbias_backward, flashbias_backward_workspace_size)",
+    "context_options": "context options beyond device and policy (portable, check_pointers: "
+                       "flashbias_context_create_with_options, flashbias_context_options_init)",
     "tuning": "the tuning C ABI (include/flashbias/tuning.h: flashbias_tune, flashbias_load_bundle)",
 }
 
@@ -228,7 +247,7 @@ def find_library(environ=None, package_dir=None, install_info=None, loader=None)
 
 class Library:
     """The loaded libflashbias.so with its functions typed. `features` lists the optional groups
-    the library exports ("backward", "tuning")."""
+    the library exports ("backward", "context_options", "tuning")."""
 
     def __init__(self, path, cdll):
         self.path = path
@@ -255,12 +274,14 @@ class Library:
     def version_text(self):
         return self.cdll.flashbias_version().decode()
 
-    def require(self, feature):
-        """Raise MissingSymbolError unless the library exports `feature`'s functions."""
+    def require(self, feature, what=""):
+        """Raise MissingSymbolError unless the library exports `feature`'s functions; `what` (e.g.
+        "Context(portable=True)") names the request that needs them at the start of the message."""
         if feature not in self.features:
             names = ", ".join(_OPTIONAL[feature])
+            prefix = f"{what} needs a newer libflashbias.so: " if what else ""
             raise MissingSymbolError(
-                f"the loaded library {self.path} (version {self.version_text()}) does not provide "
+                f"{prefix}the loaded library {self.path} (version {self.version_text()}) does not provide "
                 f"{_FEATURE_HELP[feature]}: it exports none or only some of {names}. Rebuild "
                 f"libflashbias.so from a tree that has it, or point {ENV_LIBRARY} at one that does.")
 

@@ -1,8 +1,8 @@
 """Contexts, the tile-selection policy, tuning, bundles and the kernel cache, from Python.
 
 A Context is the library's handle on one GPU: it holds the kernels compiled (or loaded from the
-cache or a bundle) for that device. This module keeps one per (device, policy), created on first
-use and kept for the life of the process: kernels captured into CUDA graphs, and work already
+cache or a bundle) for that device. This module keeps one per (device, policy, portable,
+check_pointers), created on first use and kept for the life of the process: kernels captured into CUDA graphs, and work already
 queued, stay valid. tune() and load_bundle() retire the current ones (still kept alive) so that the
 next call gets a fresh Context that sees the new winners and bundles.
 
@@ -18,26 +18,67 @@ ENV_POLICY = "FLASHBIAS_POLICY"
 
 _lock = threading.Lock()
 _policy = "heuristic"
-_contexts = {}       # (device, policy) -> Context
+_options = {"portable": False, "check_pointers": True}  # set_context_options(); replaced, never mutated
+_contexts = {}       # (device, policy, portable, check_pointers) -> Context
 _retired = []        # Contexts replaced after tune()/load_bundle(): never destroyed (see above)
+
+
+def _flag(name, value):
+    """A bool option: True/False (or 1/0); anything else is a TypeError naming the option."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 class Context:
     """A flashbias_context on one CUDA device. Made by get_context(); not destroyed while the
-    process runs (kernels it launched may sit in captured CUDA graphs)."""
+    process runs (kernels it launched may sit in captured CUDA graphs).
 
-    def __init__(self, device, policy):
+    device: CUDA ordinal (-1: the current CUDA context's device). policy: "heuristic", "tune" or
+    "cache-only" (see set_policy). portable: run the portable kernel family (mma.sync, sm_80 and
+    newer) even where a faster family exists (the wgmma/TMA kernels on sm_90a), for comparison and
+    testing; its kernels are compiled for the plain arch (sm_90, not sm_90a), so their cache and
+    bundle entries stay apart. check_pointers: verify that every pointer is device memory (one
+    driver query per pointer); False skips that (e.g. system-allocated memory on HMM/ATS systems).
+    The two options need a library with flashbias_context_create_with_options ("context_options"
+    in library_features()); with an older one, asking for a non-default value raises
+    MissingSymbolError. Creation raises FlashBiasError (e.g. status no_gpu without a GPU)."""
+
+    def __init__(self, device, policy, *, portable=False, check_pointers=True):
+        portable = _flag("portable", portable)
+        check_pointers = _flag("check_pointers", check_pointers)
         lib = _library.load()
-        handle = _library.ctypes.c_void_p()
-        lib.check(lib.context_create(int(device), _library.POLICIES[policy], _library.ctypes.byref(handle)),
-                  f"creating a FlashBias context on CUDA device {device} (policy {policy})")
+        ctypes = _library.ctypes
+        handle = ctypes.c_void_p()
+        what = (f"creating a FlashBias context on CUDA device {device} (policy {policy}"
+                + (", portable kernels" if portable else "") + ("" if check_pointers else ", no pointer checks") + ")")
+        if "context_options" in lib.features:
+            opts = _library.ContextOptions()
+            lib.context_options_init(ctypes.byref(opts))
+            opts.device = int(device)
+            opts.policy = _library.POLICIES[policy]
+            opts.check_pointers = int(check_pointers)
+            opts.portable = int(portable)
+            status = lib.context_create_with_options(ctypes.byref(opts), ctypes.byref(handle))
+        else:
+            if portable:
+                lib.require("context_options", "Context(portable=True)")
+            if not check_pointers:
+                lib.require("context_options", "Context(check_pointers=False)")
+            status = lib.context_create(int(device), _library.POLICIES[policy], ctypes.byref(handle))
+        lib.check(status, what)
         self.handle = handle
         self.device = int(device)
         self.policy = policy
+        self.portable = portable
+        self.check_pointers = check_pointers
         self.lib = lib
 
     def __repr__(self):
-        return f"<flashbias.Context device={self.device} policy={self.policy}>"
+        return (f"<flashbias.Context device={self.device} policy={self.policy} portable={self.portable} "
+                f"check_pointers={self.check_pointers}>")
 
 
 def _normalise_policy(policy):
@@ -67,16 +108,45 @@ def get_policy():
     return _normalise_policy(env) if env else _policy
 
 
-def get_context(device):
-    """The cached Context for CUDA device ordinal `device` under the current policy (created on
-    first use; creation raises FlashBiasError, e.g. status no_gpu without a GPU)."""
-    key = (int(device), _policy)
+def set_context_options(*, portable=None, check_pointers=None):
+    """The Context options that get_context() (and so flash_bias_func and ForwardCall) uses from
+    now on; None leaves an option as it is. portable=True runs the portable kernel family even
+    where a faster one exists (for comparison and testing); check_pointers=False skips the check
+    that every pointer is device memory. See Context. Returns the previous settings as a dict, so
+    that set_context_options(**old) restores them. Contexts are cached per setting: switching back
+    reuses the earlier ones."""
+    global _options
+    changes = {}
+    if portable is not None:
+        changes["portable"] = _flag("portable", portable)
+    if check_pointers is not None:
+        changes["check_pointers"] = _flag("check_pointers", check_pointers)
+    with _lock:
+        old = _options
+        _options = dict(old, **changes)
+    return dict(old)
+
+
+def get_context_options():
+    """The Context options get_context() uses now: {"portable": ..., "check_pointers": ...}."""
+    return dict(_options)
+
+
+def get_context(device, *, portable=None, check_pointers=None):
+    """The cached Context for CUDA device ordinal `device` under the current policy and Context
+    options (set_context_options; portable/check_pointers given here override them for this
+    call). Created on first use; creation raises FlashBiasError, e.g. status no_gpu without a GPU,
+    or MissingSymbolError for a non-default option with a library that lacks them."""
+    options = _options
+    portable = options["portable"] if portable is None else _flag("portable", portable)
+    check_pointers = options["check_pointers"] if check_pointers is None else _flag("check_pointers", check_pointers)
+    key = (int(device), _policy, portable, check_pointers)
     ctx = _contexts.get(key)
     if ctx is None:
         with _lock:
             ctx = _contexts.get(key)
             if ctx is None:
-                ctx = Context(key[0], key[1])
+                ctx = Context(key[0], key[1], portable=portable, check_pointers=check_pointers)
                 _contexts[key] = ctx
     return ctx
 

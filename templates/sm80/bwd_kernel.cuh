@@ -32,6 +32,9 @@
 // two or three keys each errs like the plain implementation (4-14% of random inputs over 2e-3).
 // When a CTA's rows see a single key tile (short sequences), dq measures Delta = rowsum(P * dP)
 // in that tile before forming dS, which makes all five gradients exact there at no cost.
+// Without a bias there is no factor gradient, and dK is no cancelling sum over keys, so Sigma
+// is not formed (delta_dq = Delta); the row sums cost the dq kernel an add per score.
+// Cost with a bias (H100, same session, fwd+bwd): +6.5% on llm_d64, +7.6% on seed_n16k.
 //
 // kSplit > 1 cuts the output columns into slices computed by separate CTAs: kSplit slices of the
 // head dim (dK and dV, or dQ) plus one for the factor gradient (which also gets its own slice at
@@ -662,7 +665,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
         for (int nt = 0; nt < kKCols; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) dp[mt][nt][e] = s[mt][nt][e] * (dp[mt][nt][e] - delta[mt][e >> 1]);
-      add_row_sums(dsum, dp);
+      if constexpr (kHasBias) add_row_sums(dsum, dp);  // Sigma: see "Delta" above
       u32 dsa[kQMt][kKCols / 2][4];
       pack_a<Element, kQMt, kKCols>(dsa, dp);
       if (sl.d) gemm_rs<Element, kQMt, kKCols / 2, kDOut / 8, kDStride>(acc_dq, dsa, aK(buf) + sl.col0 * 2, lane);

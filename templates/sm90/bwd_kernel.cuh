@@ -503,7 +503,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       for (int i = 0; i < kStepTiles; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[0][i][e] = s[0][i][e] * (dp[0][i][e] - delta[0][e >> 1]);
-      Portable::add_row_sums(dsum, dp);
+      if constexpr (kHasBias) Portable::add_row_sums(dsum, dp);  // Sigma (sm80 "Delta")
       u32 dsa[1][kStep / 16][4];
       sm80::pack_a<Element, 1, kStepTiles>(dsa, dp);
       u32 dsa_lo[1][kStep / 16][4], pa[1][kStep / 16][4];

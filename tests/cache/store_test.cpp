@@ -266,7 +266,9 @@ TEST_CASE("prune by age, by use and by size; current winners survive", "[cpu][ca
   for (int i = 0; i < 6; ++i) {
     KernelRecord k = sample_kernel(i, "sm_80", cuda_version(12, 4), 100000);
     k.created_at = now - 100 * 86400 + i;
-    k.last_used_at = now - (6 - i) * 86400;  // kernel 0 least recently used
+    // Kernel 0 least recently used; ages 5.5, 4.5, ..., 0.5 days, half a day away from the
+    // 4-day cut below, so the clock ticking between `now` and prune() cannot move a kernel across.
+    k.last_used_at = now - (6 - i) * 86400 + 43200;
     s.put_kernel(k);
   }
   TuningRun old_run = sample_run("k", "b", "bm128_bn64_w4_s1");
@@ -280,7 +282,7 @@ TEST_CASE("prune by age, by use and by size; current winners survive", "[cpu][ca
   dry.unused_for = std::chrono::hours(24 * 4);
   dry.dry_run = true;
   RemovalReport r = s.prune(dry);
-  CHECK(r.kernels == 2);  // used 6 and 5 days ago
+  CHECK(r.kernels == 2);  // used 5.5 and 4.5 days ago
   CHECK(s.stats().kernel_count == 6);
 
   PruneOptions by_use;

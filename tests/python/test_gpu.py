@@ -1,6 +1,7 @@
 """flash_bias_func on a GPU against an fp64 PyTorch reference: the forward (O and LSE) and all five
 gradients, odd sizes, Nq != Nk, causal (bottom-right aligned), broadcast factors, strided and
-expanded inputs; CUDA graph capture and replay against eager; torch.compile(fullgraph=True);
+expanded inputs; the portable kernel family (Context portable=True) as well as the default;
+CUDA graph capture and replay against eager; torch.compile(fullgraph=True);
 torch.library.opcheck of both ops; tuning from Python then running under the cache-only policy.
 
 Tolerances (relative L2 against the fp64 reference): float16 < 2e-3; bfloat16 < max(2e-3, 2x the
@@ -178,6 +179,24 @@ def test_forward_call_matches_flash_bias_func():
     q, k, v, qb, kb, _ = make_inputs(B, H, N, N, D, R, torch.bfloat16, (1, N, 1, R), (1, N, 1, R))
     call = flashbias.ForwardCall(q, k, v, qb, kb, causal=True)
     assert torch.equal(call.run(), flashbias.flash_bias_func(q, k, v, qb, kb, causal=True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_portable_family_and_the_default_against_fp64(dtype, lib, backward):
+    """set_context_options(portable=True) runs the portable kernel family even where a faster one
+    exists (the sm90 forward and backward on sm_90a take this shape): forward and all five
+    gradients against the fp64 reference, with the same bounds as the default family."""
+    if "context_options" not in lib.features:
+        pytest.skip(f"the loaded library {lib.path} has no flashbias_context_create_with_options")
+    B, H, N, D, R = 2, 3, 113, 64, 4
+    q, k, v, qb, kb, dout = make_inputs(B, H, N, N, D, R, DTYPES[dtype], (1, N, 1, R), (B, N, 1, R))
+    for portable in (False, True):
+        old = flashbias.set_context_options(portable=portable)
+        try:
+            assert flashbias.get_context(q.device.index).portable is portable
+            check_against_reference(f"portable={portable}/{dtype}", q, k, v, qb, kb, dout, True, 0.3, grads=True)
+        finally:
+            flashbias.set_context_options(**old)
 
 
 def _graph_inputs(requires_grad):

@@ -106,6 +106,95 @@ TEST_CASE("C ABI maps errors to statuses and keeps the message", "[cpu][runtime]
   flashbias_context_destroy(ctx);
 }
 
+// flashbias_context_options mirrors ContextOptions; its policy values are Policy's.
+static_assert(FLASHBIAS_POLICY_HEURISTIC == static_cast<int>(Policy::heuristic));
+static_assert(FLASHBIAS_POLICY_TUNE == static_cast<int>(Policy::tune));
+static_assert(FLASHBIAS_POLICY_CACHE_ONLY == static_cast<int>(Policy::cache_only));
+
+TEST_CASE("C ABI context options: defaults, validation of each field, creation", "[cpu][runtime][c_api]") {
+  flashbias_context_options opts;
+  opts.device = 5, opts.policy = 9, opts.check_pointers = 7, opts.portable = 7;
+  flashbias_context_options_init(&opts);
+  const ContextOptions cpp;  // the C defaults are the C++ ones
+  CHECK(opts.device == -1);
+  CHECK(opts.device == cpp.device);
+  CHECK(opts.policy == FLASHBIAS_POLICY_HEURISTIC);
+  CHECK(opts.policy == static_cast<int>(cpp.policy));
+  CHECK(opts.check_pointers == 1);
+  CHECK(cpp.check_pointers);
+  CHECK(opts.portable == 0);
+  CHECK_FALSE(cpp.portable);
+  flashbias_context_options_init(nullptr);  // a no-op
+
+  flashbias_context* ctx = reinterpret_cast<flashbias_context*>(0x1);
+  CHECK(flashbias_context_create_with_options(&opts, nullptr) == FLASHBIAS_INVALID_ARGUMENT);
+  CHECK(std::string(flashbias_last_error()) == "out is null");
+  CHECK(flashbias_context_create_with_options(nullptr, &ctx) == FLASHBIAS_INVALID_ARGUMENT);
+  CHECK(std::string(flashbias_last_error()) == "opts is null");
+  CHECK(ctx == nullptr);
+  CHECK(flashbias_context_create_with_options(nullptr, nullptr) == FLASHBIAS_INVALID_ARGUMENT);
+  CHECK(std::string(flashbias_last_error()) == "out is null");
+
+  struct Bad {
+    const char* field;
+    void (*set)(flashbias_context_options&);
+    const char* message;
+  };
+  const Bad bad[] = {
+      {"device", [](flashbias_context_options& o) { o.device = -2; },
+       "device has the invalid value -2 (a CUDA ordinal >= 0, or -1 for the current context's device)"},
+      {"policy", [](flashbias_context_options& o) { o.policy = 3; },
+       "policy has the invalid value 3 (heuristic = 0, tune = 1, cache_only = 2)"},
+      {"policy", [](flashbias_context_options& o) { o.policy = -1; },
+       "policy has the invalid value -1 (heuristic = 0, tune = 1, cache_only = 2)"},
+      {"check_pointers", [](flashbias_context_options& o) { o.check_pointers = 2; },
+       "check_pointers has the invalid value 2 (0 = off, 1 = on)"},
+      {"check_pointers", [](flashbias_context_options& o) { o.check_pointers = -1; },
+       "check_pointers has the invalid value -1 (0 = off, 1 = on)"},
+      {"portable", [](flashbias_context_options& o) { o.portable = 2; },
+       "portable has the invalid value 2 (0 = off, 1 = on)"},
+  };
+  for (const Bad& b : bad) {
+    INFO(b.field);
+    flashbias_context_options o;
+    flashbias_context_options_init(&o);
+    b.set(o);
+    ctx = reinterpret_cast<flashbias_context*>(0x1);
+    CHECK(flashbias_context_create_with_options(&o, &ctx) == FLASHBIAS_INVALID_ARGUMENT);
+    CHECK(ctx == nullptr);
+    CHECK(std::string(flashbias_last_error()) == b.message);
+  }
+  // The plain create validates device and policy the same way (one shared check).
+  CHECK(flashbias_context_create(-2, FLASHBIAS_POLICY_HEURISTIC, &ctx) == FLASHBIAS_INVALID_ARGUMENT);
+  CHECK_THAT(flashbias_last_error(), Catch::Matchers::StartsWith("device has the invalid value -2"));
+  CHECK(flashbias_context_create(0, 3, &ctx) == FLASHBIAS_INVALID_ARGUMENT);
+  CHECK(std::string(flashbias_last_error()) == "policy has the invalid value 3 (heuristic = 0, tune = 1, cache_only = 2)");
+
+  // Every valid combination gets past validation: without a GPU creation says no_gpu, as
+  // flashbias_context_create does; with one it succeeds.
+  for (int check = 0; check <= 1; ++check) {
+    for (int portable = 0; portable <= 1; ++portable) {
+      INFO("check_pointers " << check << ", portable " << portable);
+      flashbias_context_options o;
+      flashbias_context_options_init(&o);
+      o.check_pointers = check;
+      o.portable = portable;
+      ctx = reinterpret_cast<flashbias_context*>(0x1);
+      const flashbias_status st = flashbias_context_create_with_options(&o, &ctx);
+      if (!driver::available()) {
+        CHECK(st == FLASHBIAS_NO_GPU);
+        CHECK(ctx == nullptr);
+        CHECK_THAT(flashbias_last_error(), Catch::Matchers::StartsWith("no GPU:"));
+      } else {
+        REQUIRE(st == FLASHBIAS_OK);
+        CHECK(ctx != nullptr);
+        CHECK(std::string(flashbias_last_error()).empty());
+        flashbias_context_destroy(ctx);
+      }
+    }
+  }
+}
+
 TEST_CASE("the C ABI's last error is per thread", "[cpu][runtime][c_api]") {
   CHECK(flashbias_forward(nullptr, nullptr, nullptr) == FLASHBIAS_INVALID_ARGUMENT);
   std::string other;
