@@ -242,7 +242,7 @@ static_assert(Kernel::kSlices == {slices}, "generator and template disagree on t
 extern "C" __global__ void __launch_bounds__({threads}, Kernel::kMinBlocksPerSm) {dkdv}(const flashbias::BwdParams params) {{
   Kernel::dkdv(params);
 }}
-extern "C" __global__ void __launch_bounds__({threads}, Kernel::kMinBlocksPerSm) {dq}(const flashbias::BwdParams params) {{
+extern "C" __global__ void __launch_bounds__({threads}, Kernel::kDqMinBlocksPerSm) {dq}(const flashbias::BwdParams params) {{
   Kernel::dq(params);
 }}
 extern "C" __global__ void __launch_bounds__({threads}) {prep}(const flashbias::BwdParams params) {{

@@ -86,6 +86,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
 
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kMinBlocksPerSm = kMinBlocks;
+  static constexpr int kDqMinBlocksPerSm = kMinBlocks;  // the dq entry's (__launch_bounds__)
   static constexpr bool kHasBias = kRank > 0;
   static constexpr int kRankPad = round_up(kRank, 8);
   static constexpr int kRowPad = 8;

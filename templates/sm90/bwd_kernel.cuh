@@ -70,6 +70,10 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
 
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kMinBlocksPerSm = kMinBlocks;
+  // The dq entry's: with one warpgroup per CTA three CTAs fit an SM when dq stays at 168
+  // registers or fewer, which it does without spilling up to d64 and rank 16 (183 unconstrained;
+  // rank 32 would spill 224 bytes).
+  static constexpr int kDqMinBlocksPerSm = kWarps == 4 && kHeadDim <= 64 && kRank <= 16 && kMinBlocks < 3 ? 3 : kMinBlocks;
   static constexpr int kSlices = 1;
   static constexpr bool kHasBias = kRank > 0;
 
@@ -496,7 +500,22 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
           }
           s[0][i][e] = fast_exp2(x);
         }
-      wgmma_wait<0>();  // dP
+      if constexpr (kHasBias) {
+        // P Kb (the dQb correction) joins dP in flight, so that P's packed copy is free again
+        // before dS is packed (the register peak).
+        u32 pa[1][kStep / 16][4];
+        sm80::pack_a<Element, 1, kStepTiles>(pa, s);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kStep / 16; ++kk)
+          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&kbar[0][0][0], pa[0][kk], sKb(buf) + kk * 16 * kRRowBytes);
+        wgmma_commit();
+        wgmma_wait<0>();  // dP and P Kb
+        fence_regs(kbar);
+        fence_regs(pa);
+      } else {
+        wgmma_wait<0>();  // dP
+      }
       fence_regs(dp);
       if (n_blocks == 1) Portable::measure_delta(delta, s, dp);  // these rows see this tile only
 #pragma unroll
@@ -506,11 +525,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       if constexpr (kHasBias) Portable::add_row_sums(dsum, dp);  // Sigma (sm80 "Delta")
       u32 dsa[1][kStep / 16][4];
       sm80::pack_a<Element, 1, kStepTiles>(dsa, dp);
-      u32 dsa_lo[1][kStep / 16][4], pa[1][kStep / 16][4];
-      if constexpr (kHasBias) {
-        sm80::pack_a_residual<Element, 1, kStepTiles>(dsa_lo, dsa, dp, kLoScale);
-        sm80::pack_a<Element, 1, kStepTiles>(pa, s);
-      }
+      u32 dsa_lo[1][kStep / 16][4];
+      if constexpr (kHasBias) sm80::pack_a_residual<Element, 1, kStepTiles>(dsa_lo, dsa, dp, kLoScale);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kStep / 16; ++kk) {
@@ -519,7 +535,6 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
           const u32 kb_at = sKb(buf) + kk * 16 * kRRowBytes;
           gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dqb[0][0][0], dsa[0][kk], kb_at);
           gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dqb_lo[0][0][0], dsa_lo[0][kk], kb_at);
-          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&kbar[0][0][0], pa[0][kk], kb_at);
         }
       }
       wgmma_commit();
@@ -527,12 +542,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       fence_regs(dq);
       fence_regs(dqb);
       fence_regs(dqb_lo);
-      fence_regs(kbar);
       fence_regs(dsa);
-      if constexpr (kHasBias) {
-        fence_regs(dsa_lo);
-        fence_regs(pa);
-      }
+      if constexpr (kHasBias) fence_regs(dsa_lo);
     });
 
     const int row0 = wm0 + warp * 16;
