@@ -34,7 +34,8 @@
 // in that tile before forming dS, which makes all five gradients exact there at no cost.
 // Without a bias there is no factor gradient, and dK is no cancelling sum over keys, so Sigma
 // is not formed (delta_dq = Delta); the row sums cost the dq kernel an add per score.
-// Cost with a bias (H100, same session, fwd+bwd): +6.5% on llm_d64, +7.6% on seed_n16k.
+// Cost with a bias (H100, A/B in one session, fwd+bwd): +7.6% on seed_n16k (this family), +6.5%
+// on llm_d64 (sm90), about +3% there once the sm90 dq was back at three CTAs per SM.
 //
 // kSplit > 1 cuts the output columns into slices computed by separate CTAs: kSplit slices of the
 // head dim (dK and dV, or dQ) plus one for the factor gradient (which also gets its own slice at
