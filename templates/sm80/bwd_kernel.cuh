@@ -58,6 +58,52 @@ struct alignas(16) BwdSmemWord { u32 w[4]; };
 
 __device__ __forceinline__ u32 grid_dim() { u32 r; asm("mov.u32 %0, %%nctaid.x;" : "=r"(r)); return r; }
 
+/// The main loop of the backward's tiled kernels (both families) over tiles [begin, end):
+/// load(i, buf) issues tile i's cp.async copies (committed here), body(i, buf) runs once they have
+/// landed and, after visible() (sm90: the proxy fence that hands them to wgmma) and a CTA barrier,
+/// are visible to every thread. Two stages prefetch tile i + 1 during body(i) and need a second
+/// barrier after it (before its buffer is refilled); three stages prefetch tile i + 2 into the
+/// buffer of tile i - 1, which the one barrier before body(i) already frees; one stage loads after
+/// body(i). The first commit group also carries what the caller issued before (the tiles it keeps).
+template <int kStages, class Visible, class Load, class Body>
+__device__ __forceinline__ void bwd_pipeline(int begin, int end, Visible&& visible, Load&& load, Body&& body) {
+  static_assert(kStages >= 1 && kStages <= 3, "stages must be 1, 2 or 3");
+  if (begin < end) load(begin, 0);
+  cp_async_commit();
+  if constexpr (kStages == 3) {
+    if (begin + 1 < end) load(begin + 1, 1);
+    cp_async_commit();
+  }
+  for (int i = begin; i < end; ++i) {
+    const int buf = (i - begin) % kStages;
+    if constexpr (kStages == 3) {
+      cp_async_wait<1>();  // tile i landed (tile i + 1 may be in flight)
+      visible();
+      block_sync();        // ... for every thread, and every warp is done with body(i - 1)
+      if (i + 2 < end) load(i + 2, (i - begin + 2) % 3);
+      cp_async_commit();
+      body(i, buf);
+      continue;
+    }
+    if constexpr (kStages == 2) {
+      if (i + 1 < end) load(i + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    visible();
+    block_sync();  // tile i (and on the first pass the kept tiles) landed
+    body(i, buf);
+    block_sync();  // every warp is done with buffer `buf`
+    if constexpr (kStages == 1) {
+      if (i + 1 < end) load(i + 1, 0);
+      cp_async_commit();
+    }
+  }
+  cp_async_wait<0>();
+}
+
 /// The tunable template parameters of BwdKernel and their candidate values (templates/README.md).
 struct BwdKnobs {
   static constexpr int kBlockM[] = {32, 64, 128};
@@ -247,34 +293,6 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     return in;
   }
 
-  /// The main loop of both tiled kernels over iterations [begin, end): stage i's tiles are loaded
-  /// by load(i, buf) (cp.async, committed here), body(i, buf) runs once they have landed. kStages
-  /// == 2 prefetches stage i + 1 into the other buffer during body(i); kStages == 1 loads after it.
-  /// The first commit group also carries whatever the caller issued before (the tiles it keeps).
-  template <class Load, class Body>
-  static __device__ __forceinline__ void pipelined(int begin, int end, Load&& load, Body&& body) {
-    if (begin < end) load(begin, 0);
-    cp_async_commit();
-    for (int i = begin; i < end; ++i) {
-      const int buf = kStages == 2 ? ((i - begin) & 1) : 0;
-      if constexpr (kStages == 2) {
-        if (i + 1 < end) load(i + 1, buf ^ 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      block_sync();  // stage i (and on the first pass the kept tiles) landed
-      body(i, buf);
-      block_sync();  // every warp is done with buffer `buf`
-      if constexpr (kStages == 1) {
-        if (i + 1 < end) load(i + 1, 0);
-        cp_async_commit();
-      }
-    }
-    cp_async_wait<0>();
-  }
-
   /// The factor gradient's epilogue: hi + lo combined, then fp32 into the per-(batch, head)
   /// workspace when the factor broadcasts (reduce() sums it), else straight into the caller's
   /// gradient. `rows` is Nq for dQb, Nk for dKb.
@@ -452,7 +470,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     LoadN::load(sV, aV, in.v, p.v_row_stride, n0, p.seqlen_k, tid);
     if constexpr (kHasBias) LoadBN::load(sKb, aKb, in.kb, p.kb_row_stride, n0, p.seqlen_k, tid);
 
-    pipelined(m_begin, m_end, load_stage, [&](int mb, int buf) {
+    bwd_pipeline<kStages>(m_begin, m_end, [] {}, load_stage, [&](int mb, int buf) {
       const int m0 = mb * kBlockM;
 
       // S^T = scale K Q^T + Kb Qb^T for this warp's key rows and all query columns.
@@ -612,7 +630,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     LoadM::load(sDo, aDo, in.dout, p.do_row_stride, m0, p.seqlen_q, tid);
     if constexpr (kHasBias) LoadBM::load(sQb, aQb, in.qb, p.qb_row_stride, m0, p.seqlen_q, tid);
 
-    pipelined(0, n_blocks, load_stage, [&](int nb, int buf) {
+    bwd_pipeline<kStages>(0, n_blocks, [] {}, load_stage, [&](int nb, int buf) {
       const int n0 = nb * kBlockN;
 
       float s[kQMt][kKCols][4];

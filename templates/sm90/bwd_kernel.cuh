@@ -177,55 +177,31 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     }
   }
 
-  /// The main loop of both kernels over tiles [begin, end): load(i, buf) issues tile i's copies,
-  /// body(i, buf) runs once they landed and every thread's copies are visible to the tensor
-  /// cores. Two stages prefetch tile i + 1 during body(i) and need a second CTA barrier after it
-  /// (before its buffer is refilled); three stages prefetch tile i + 2 into the buffer of tile
-  /// i - 1, which the one barrier before body(i) already frees; one stage loads after body(i).
-  /// The first commit group also carries the tiles the caller issued before (the ones it keeps).
-  template <class Load, class Body>
-  static __device__ __forceinline__ void pipelined(int begin, int end, Load&& load, Body&& body) {
-    if (begin < end) load(begin, 0);
-    cp_async_commit();
-    if constexpr (kStages == 3) {
-      if (begin + 1 < end) load(begin + 1, 1);
-      cp_async_commit();
-    }
-    for (int i = begin; i < end; ++i) {
-      const int buf = (i - begin) % kStages;
-      if constexpr (kStages == 3) {
-        cp_async_wait<1>();   // tile i landed (tile i + 1 may be in flight)
-        fence_proxy_async();  // this thread's copies (cp.async and stores), then the barrier: all of them
-        block_sync();         // ... and every warpgroup is done with body(i - 1)
-        if (i + 2 < end) load(i + 2, (i - begin + 2) % 3);
-        cp_async_commit();
-        body(i, buf);  // ends with its wgmma groups complete
-        continue;
-      }
-      if constexpr (kStages == 2) {
-        if (i + 1 < end) load(i + 1, buf ^ 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      fence_proxy_async();
-      block_sync();
-      body(i, buf);
-      block_sync();  // every warpgroup is done with buffer `buf`
-      if constexpr (kStages == 1) {
-        if (i + 1 < end) load(i + 1, 0);
-        cp_async_commit();
-      }
-    }
-    cp_async_wait<0>();
-  }
-
-  static __device__ __forceinline__ void scale_acc(float (&s)[1][kStepTiles][4], float scale) {
+  /// The two score products of a step, the same in both kernels: s = scale (A B^T) + Ab Bb^T (the
+  /// head dim, then the factor columns after the scale, as in the forward) and dp = dA dB^T, all
+  /// operands in shared memory (A, Ab, dA this warpgroup's 64 rows). Returns once s is complete;
+  /// dp may still be running, so the exponentials of P overlap it. With the bias, s is waited for
+  /// and scaled before the factor product joins it (one more round trip).
+  static __device__ __forceinline__ void score_products(float (&s)[1][kStepTiles][4], float (&dp)[1][kStepTiles][4],
+                                                        u32 a, u32 b, u32 ab, u32 bb, u32 da, u32 db, float scale) {
+    wgmma_fence();
+    gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&s[0][0][0], a, b, false);
+    wgmma_commit();
+    if constexpr (kHasBias) {
+      wgmma_wait<0>();
+      fence_regs(s);
 #pragma unroll
-    for (int i = 0; i < kStepTiles; ++i)
+      for (int i = 0; i < kStepTiles; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[0][i][e] *= scale;
+        for (int e = 0; e < 4; ++e) s[0][i][e] *= scale;
+      wgmma_fence();
+      gemm_ss<Element, kStep, kRK, kChunkR, kBlockChunkR, kStepChunkR>(&s[0][0][0], ab, bb, true);
+      wgmma_commit();
+    }
+    gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&dp[0][0][0], da, db, false);
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_regs(s);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -301,28 +277,13 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     const u32 sVw = sV + wg * 64 * kDRowBytes;
     const u32 sKbw = sKb + wg * 64 * kRRowBytes;
 
-    pipelined(m_begin, m_end, load_stage, [&](int mb, int buf) {
+    sm80::bwd_pipeline<kStages>(m_begin, m_end, [] { fence_proxy_async(); }, load_stage, [&](int mb, int buf) {
       const int m0 = mb * kStep;
       // Keys wholly right of every query row's causal reach contribute nothing here.
       if (kCausal && wn0 > m0 + kStep - 1 + mask.diag_offset) return;
-      // S^T first, then dP^T: P^T's exponentials run while the tensor cores form dP^T. With the
-      // bias, S^T is scaled before the factor product joins it (one more round trip).
+      // S^T = K Q^T (+ bias), then dP^T = V dO^T.
       float st[1][kStepTiles][4], dpt[1][kStepTiles][4];
-      wgmma_fence();
-      gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&st[0][0][0], sKw, sQ(buf), false);
-      wgmma_commit();
-      if constexpr (kHasBias) {
-        wgmma_wait<0>();
-        fence_regs(st);
-        scale_acc(st, p.scale);
-        wgmma_fence();
-        gemm_ss<Element, kStep, kRK, kChunkR, kBlockChunkR, kStepChunkR>(&st[0][0][0], sKbw, sQb(buf), true);
-        wgmma_commit();
-      }
-      gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&dpt[0][0][0], sVw, sDo(buf), false);
-      wgmma_commit();
-      wgmma_wait<1>();
-      fence_regs(st);
+      score_products(st, dpt, sKw, sQ(buf), sKbw, sQb(buf), sVw, sDo(buf), p.scale);
 
       // P^T = exp2(S^T - LSE[query]): this thread's query columns are i * 8 + 2t + {0, 1}.
       const bool need_mask = mask.tile_needs_mask(m0, wn0, 64);
@@ -464,27 +425,13 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     const u32 sDow = sDo + wg * 64 * kDRowBytes;
     const u32 sQbw = sQb + wg * 64 * kRRowBytes;
 
-    pipelined(0, n_blocks, load_stage, [&](int nb, int buf) {
+    sm80::bwd_pipeline<kStages>(0, n_blocks, [] { fence_proxy_async(); }, load_stage, [&](int nb, int buf) {
       const int n0 = nb * kStep;
       // A key tile wholly right of this warpgroup's causal diagonal contributes nothing.
       if (kCausal && n0 > wm0 + 63 + mask.diag_offset) return;
-      // S first, then dP: P's exponentials run while the tensor cores form dP (as in dkdv).
+      // S = Q K^T (+ bias), then dP = dO V^T.
       float s[1][kStepTiles][4], dp[1][kStepTiles][4];
-      wgmma_fence();
-      gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&s[0][0][0], sQw, sK(buf), false);
-      wgmma_commit();
-      if constexpr (kHasBias) {
-        wgmma_wait<0>();
-        fence_regs(s);
-        scale_acc(s, p.scale);
-        wgmma_fence();
-        gemm_ss<Element, kStep, kRK, kChunkR, kBlockChunkR, kStepChunkR>(&s[0][0][0], sQbw, sKb(buf), true);
-        wgmma_commit();
-      }
-      gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&dp[0][0][0], sDow, sV(buf), false);
-      wgmma_commit();
-      wgmma_wait<1>();
-      fence_regs(s);
+      score_products(s, dp, sQw, sK(buf), sQbw, sKb(buf), sDow, sV(buf), p.scale);
 
       const bool need_mask = mask.tile_needs_mask(wm0, n0, kStep);
 #pragma unroll

@@ -62,16 +62,9 @@ __device__ __forceinline__ void gemm_rs(float* acc, const u32 (&a)[4], u32 b_row
   }
 }
 
-/// Pin an accumulator (or A fragments) across the asynchronous wgmma window.
-template <int kN>
-__device__ __forceinline__ void fence_regs(float (&r)[1][kN][4]) {
-#pragma unroll
-  for (int i = 0; i < kN; ++i)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) reg_fence(r[0][i][e]);
-}
-template <int kN>
-__device__ __forceinline__ void fence_regs(u32 (&r)[1][kN][4]) {
+/// Pin an accumulator (float) or A fragments (u32) across the asynchronous wgmma window.
+template <class T, int kN>
+__device__ __forceinline__ void fence_regs(T (&r)[1][kN][4]) {
 #pragma unroll
   for (int i = 0; i < kN; ++i)
 #pragma unroll

@@ -40,38 +40,11 @@ using test::fresh_seed;
 // Qb and Kb. The fp64 reference needs every row (B*H*Nq*Nk*(6D+3R) multiply-adds), so the longest
 // sequences here are 1000.
 std::vector<Case> backward_matrix() {
-  const int ds[] = {32, 64, 72, 128, 256};
-  const int rs[] = {0, 1, 2, 3, 16, 128};
-  struct Shape {
-    std::int64_t nq, nk, b, h;
-  };
-  const Shape shapes[] = {{1, 1, 2, 3},    {17, 17, 1, 2},  {113, 113, 2, 1}, {1000, 1000, 1, 1}, {1000, 777, 1, 1},
-                          {17, 300, 2, 2}, {113, 17, 2, 2}, {1, 257, 1, 2},   {777, 1000, 1, 1},  {300, 300, 2, 2}};
-  const FactorLayout layouts[] = {{false, false}, {true, false}, {false, true}, {true, true}};
-  std::vector<Case> out;
-  int i = 0;
-  for (DType dt : {DType::f16, DType::bf16})
-    for (int d : ds)
-      for (int r : rs)
-        for (MaskKind m : {MaskKind::none, MaskKind::causal}) {
-          const Shape& s = shapes[i % std::size(shapes)];
-          ProblemSpec p;
-          p.dtype = dt;
-          p.batch = s.b;
-          p.heads = s.h;
-          p.seqlen_q = s.nq;
-          p.seqlen_k = s.nk;
-          p.head_dim = d;
-          p.rank = r;
-          p.mask = m;
-          if (r > 0) {
-            p.qb_layout = layouts[i % 4];
-            p.kb_layout = layouts[(i / 4 + 1) % 4];
-          }
-          out.push_back({p, to_string(p)});
-          ++i;
-        }
-  return out;
+  return test::rotation_matrix({32, 64, 72, 128, 256}, {0, 1, 2, 3, 16, 128},
+                               {{1, 1, 2, 3}, {17, 17, 1, 2}, {113, 113, 2, 1}, {1000, 1000, 1, 1},
+                                {1000, 777, 1, 1}, {17, 300, 2, 2}, {113, 17, 2, 2}, {1, 257, 1, 2},
+                                {777, 1000, 1, 1}, {300, 300, 2, 2}},
+                               /*kb_shift=*/1);
 }
 
 unsigned worker_count() { return std::max(2u, std::min(8u, std::thread::hardware_concurrency() / 2)); }

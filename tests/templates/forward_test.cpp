@@ -36,40 +36,11 @@ using test::fresh_seed;
 // (deterministically, by rotation) from N in {1, 17, 113, 1000, 4096} with Nq != Nk variants and
 // the four factor broadcast patterns, so every size and pattern meets every kernel class.
 std::vector<Case> forward_matrix() {
-  const int ds[] = {32, 64, 72, 128, 256};
-  const int rs[] = {0, 1, 2, 3, 8, 16, 32, 128};
-  struct Shape {
-    std::int64_t nq, nk, b, h;
-  };
-  const Shape shapes[] = {{1, 1, 2, 3},      {17, 17, 1, 2},   {113, 113, 2, 1}, {1000, 1000, 1, 2},
-                          {4096, 4096, 1, 1}, {1000, 777, 1, 2}, {17, 4096, 1, 1}, {113, 17, 2, 2},
-                          {1, 1000, 1, 1},    {777, 1000, 1, 2}};
-  const FactorLayout layouts[] = {{false, false}, {true, false}, {false, true}, {true, true}};
-  std::vector<Case> out;
-  int i = 0;
-  for (DType dt : {DType::f16, DType::bf16})
-    for (int d : ds)
-      for (int r : rs)
-        for (MaskKind m : {MaskKind::none, MaskKind::causal}) {
-          const Shape& s = shapes[i % std::size(shapes)];
-          ProblemSpec p;
-          p.dtype = dt;
-          p.batch = s.b;
-          p.heads = s.h;
-          p.seqlen_q = s.nq;
-          p.seqlen_k = s.nk;
-          p.head_dim = d;
-          p.rank = r;
-          p.mask = m;
-          if (r > 0) {
-            p.qb_layout = layouts[i % 4];
-            p.kb_layout = layouts[(i / 4) % 4];
-          }
-          // D = 256 with N = 4096 costs the fp64 reference most; keep it but with one head.
-          out.push_back({p, to_string(p)});
-          ++i;
-        }
-  return out;
+  return test::rotation_matrix({32, 64, 72, 128, 256}, {0, 1, 2, 3, 8, 16, 32, 128},
+                               {{1, 1, 2, 3}, {17, 17, 1, 2}, {113, 113, 2, 1}, {1000, 1000, 1, 2},
+                                {4096, 4096, 1, 1}, {1000, 777, 1, 2}, {17, 4096, 1, 1}, {113, 17, 2, 2},
+                                {1, 1000, 1, 1}, {777, 1000, 1, 2}},
+                               /*kb_shift=*/0);
 }
 
 // Runs `cases` through one Context on `threads` host threads (test::run_parallel).

@@ -43,6 +43,44 @@ inline std::vector<DeviceInfo> family_devices() {
   return out;
 }
 
+/// A problem size of a test matrix.
+struct MatrixShape {
+  std::int64_t nq, nk, b, h;
+};
+
+/// A test matrix: dtype x D x R x causal, each combination on one shape drawn (deterministically,
+/// by rotation) from `shapes`, and the four factor broadcast patterns rotating for Qb with the
+/// case index and for Kb with every fourth case (offset by `kb_shift`), so that every size and
+/// pattern meets every kernel class.
+inline std::vector<Case> rotation_matrix(const std::vector<int>& ds, const std::vector<int>& rs,
+                                         const std::vector<MatrixShape>& shapes, int kb_shift) {
+  const FactorLayout layouts[] = {{false, false}, {true, false}, {false, true}, {true, true}};
+  std::vector<Case> out;
+  int i = 0;
+  for (DType dt : {DType::f16, DType::bf16})
+    for (int d : ds)
+      for (int r : rs)
+        for (MaskKind m : {MaskKind::none, MaskKind::causal}) {
+          const MatrixShape& s = shapes[std::size_t(i) % shapes.size()];
+          ProblemSpec p;
+          p.dtype = dt;
+          p.batch = s.b;
+          p.heads = s.h;
+          p.seqlen_q = s.nq;
+          p.seqlen_k = s.nk;
+          p.head_dim = d;
+          p.rank = r;
+          p.mask = m;
+          if (r > 0) {
+            p.qb_layout = layouts[i % 4];
+            p.kb_layout = layouts[(i / 4 + kb_shift) % 4];
+          }
+          out.push_back({p, to_string(p)});
+          ++i;
+        }
+  return out;
+}
+
 /// Runs check(case, seed) for every case on `threads` host threads, each with the device's
 /// primary context current, so that first-call compilations of different keys overlap. `check`
 /// returns an empty string on a pass, else the failure's text; a throw counts as a failure too.
