@@ -168,40 +168,57 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   return first_legal(key, prefs, smem_limit);
 }
 
-/// The Hopper forward (templates/sm90/fwd_kernel.cuh), from a timing sweep on the benchmark
-/// shapes (H100, 2026-11-24, docs/PERF_NOTES.md, sm90 forward):
-///  - d <= 32: exp-bound; two CTAs per SM of two consumer warpgroups with 64-key tiles (seed_n4k
-///    0.084 ms vs 0.114 for one CTA of 128x128; af3_tri 0.115 vs 0.165). Factors copied by the
-///    producer's lanes (rows under 16 bytes) leave too few registers for two CTAs: three consumer
-///    warpgroups of one CTA with 64-key tiles instead (alibi_gpt2 1.13 ms vs 1.37 for 128x128;
-///    192x128 ran 1.03 but spills 12 bytes).
-///  - d <= 64: three consumer warpgroups, 128-key tiles (llm_d64 0.655 ms vs 0.836 for two).
-///  - d <= 128: two consumer warpgroups, 128-key tiles (llm_d128 2.22 ms, 495 TFLOP/s).
+/// The Hopper forward (templates/sm90/fwd_kernel.cuh), from timing sweeps on the benchmark
+/// shapes (H100, 2026-11-24, docs/PERF_NOTES.md, sm90 forward). Every entry names its product
+/// order (pvoverlap, FwdKnobs::kPvOverlap):
+///  - d <= 32: exp-bound; two CTAs per SM of two consumer warpgroups with 64-key tiles. Without a
+///    mask three stages and P V behind the next tile's score products (pvoverlap 2): seed_n16k
+///    1.078 ms vs 1.085 with two stages and pvoverlap 0, seed_n4k 0.078 vs 0.079. With the causal
+///    mask two stages and pvoverlap 0 (alibi_gpt2 0.993 ms vs 1.122 with three stages and
+///    pvoverlap 2, 1.094 with three consumer warpgroups of 192 rows). Factor rows of odd rank
+///    (2-byte aligned, copied through the producer's registers) leave too few registers for two
+///    CTAs: three consumer warpgroups of one CTA with 64-key tiles instead.
+///  - d <= 64: three consumer warpgroups, 128-key tiles, three stages, pvoverlap 2 (llm_d64
+///    0.650 ms, 0.648 with two stages and pvoverlap 0: even, and it keeps the d32 order).
+///  - d <= 128: two consumer warpgroups, 128-key tiles; P V overlapped with the next Q K^T
+///    (pvoverlap 1) without a mask (8-12% on llm_d128), not with the causal mask
+///    (llm_d128_causal 1.115 ms vs 1.153). Without a mask the row max by compare and select
+///    (maxselect 1: llm_d128 2.00-2.10 ms against 2.11-2.23 with FMNMX; every other row is 5-9%
+///    faster with FMNMX, llm_d128_causal 1.12 against 1.19-1.20).
 ///  - d <= 256: 64-key tiles fit the shared memory with two consumer warpgroups.
 TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
-  static const std::vector<TileConfig> d32{TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2"),
-                                           TileConfig::parse("bm=192,bn=64,w=16,s=2"),
-                                           TileConfig::parse("bm=128,bn=128,w=12,s=2")};
-  static const std::vector<TileConfig> d64{TileConfig::parse("bm=192,bn=128,w=16,s=2"),
-                                           TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2"),
-                                           TileConfig::parse("bm=128,bn=128,w=12,s=2")};
-  static const std::vector<TileConfig> d128{TileConfig::parse("bm=128,bn=128,w=12,s=2"),
-                                            TileConfig::parse("bm=128,bn=64,w=12,s=2"),
-                                            TileConfig::parse("bm=64,bn=64,w=8,s=2")};
-  static const std::vector<TileConfig> d256{TileConfig::parse("bm=128,bn=64,w=12,s=2"),
-                                            TileConfig::parse("bm=64,bn=64,w=8,s=2")};
-  static const std::vector<TileConfig> short_rows{TileConfig::parse("bm=64,bn=64,w=8,s=2,minblocks=2"),
-                                                  TileConfig::parse("bm=64,bn=128,w=8,s=2"),
-                                                  TileConfig::parse("bm=64,bn=64,w=8,s=2")};
-  const auto& prefs = shape.seqlen_q <= 64    ? short_rows
-                      : key.head_dim <= 32  ? d32
+  static const std::vector<TileConfig> d32{TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=2"),
+                                           TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0"),
+                                           TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
+  static const std::vector<TileConfig> d32_causal{TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2,pvoverlap=0"),
+                                                  TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0"),
+                                                  TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
+  static const std::vector<TileConfig> d64{TileConfig::parse("bm=192,bn=128,w=16,s=3,pvoverlap=2"),
+                                           TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2,pvoverlap=0"),
+                                           TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
+  static const std::vector<TileConfig> d128{TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=1,maxselect=1"),
+                                            TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=1,maxselect=1"),
+                                            TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=1,maxselect=1")};
+  static const std::vector<TileConfig> d128_causal{TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0"),
+                                                   TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=0"),
+                                                   TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=0")};
+  static const std::vector<TileConfig> d256{TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=1"),
+                                            TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=1")};
+  static const std::vector<TileConfig> d256_causal{TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=0"),
+                                                   TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=0")};
+  static const std::vector<TileConfig> short_rows{TileConfig::parse("bm=64,bn=64,w=8,s=2,minblocks=2,pvoverlap=0"),
+                                                  TileConfig::parse("bm=64,bn=128,w=8,s=2,pvoverlap=0"),
+                                                  TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=0")};
+  static const std::vector<TileConfig> short_rows_overlap{TileConfig::parse("bm=64,bn=64,w=8,s=2,minblocks=2,pvoverlap=1"),
+                                                          TileConfig::parse("bm=64,bn=128,w=8,s=2,pvoverlap=1"),
+                                                          TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=1")};
+  const bool causal = key.mask != MaskKind::none;
+  const auto& prefs = shape.seqlen_q <= 64    ? (key.head_dim > 64 && !causal ? short_rows_overlap : short_rows)
+                      : key.head_dim <= 32  ? (causal ? d32_causal : d32)
                       : key.head_dim <= 64  ? d64
-                      : key.head_dim <= 128 ? d128
-                                            : d256;
-  // P V overlapped with the next tile's Q K^T (kPvOverlap): 8-12% faster on llm_d128, 2-4% slower
-  // on the d32/d64 rows and on llm_d128_causal (A/B in one session, docs/PERF_NOTES.md).
-  const int overlap = key.head_dim > 64 && key.mask == MaskKind::none ? 1 : 0;
-  return first_legal(key, prefs, smem_limit, [&](TileConfig& t) { t.set("kPvOverlap", overlap); });
+                      : key.head_dim <= 128 ? (causal ? d128_causal : d128)
+                                            : (causal ? d256_causal : d256);
+  return first_legal(key, prefs, smem_limit);
 }
 
 }  // namespace

@@ -116,6 +116,10 @@ struct BackwardCheck {
   std::string str() const;            ///< one line per gradient
 };
 
+/// The seed of dO for inputs drawn from `seed`: the gpu tests and `flashbias check --backward`
+/// both use it, so the seed a failing test prints reproduces with `flashbias check --seed`.
+constexpr std::uint64_t dout_seed(std::uint64_t seed) { return seed + 1; }
+
 /// Run `forward` (O and LSE, on `problem`'s buffers), poison the gradients, run `backward`, and
 /// compare all five gradients with the fp64 reference (every row: test-sized problems). The
 /// tolerance per gradient follows tolerance_for() with the plain low-precision backward's error.

@@ -13,10 +13,19 @@
 namespace flashbias {
 namespace sm80 {
 
-template <int kMTiles, int kNTiles, int kDTiles>
+// kSelectMax: the row max by compare and select (FSETP + FSEL) instead of max_ (one FMNMX); see
+// sm90::FwdKnobs::kMaxSelect.
+template <int kMTiles, int kNTiles, int kDTiles, bool kSelectMax = false>
 struct OnlineSoftmax {
   float row_max[kMTiles][2];  // raw units
   float row_sum[kMTiles][2];  // this thread's partial sum; reduced over the quad at the end
+
+  static __device__ __forceinline__ float larger(float a, float b) {
+    if constexpr (kSelectMax)
+      return a > b ? a : b;
+    else
+      return max_(a, b);
+  }
 
   __device__ __forceinline__ void init() {
 #pragma unroll
@@ -32,17 +41,26 @@ struct OnlineSoftmax {
   /// (unnormalised), and rescale the output accumulator by exp(old max - new max).
   __device__ __forceinline__ void update(float (&s)[kMTiles][kNTiles][4], float (&o)[kMTiles][kDTiles][4],
                                          float scale_log2) {
+    float corr[kMTiles][2];
+    probabilities(s, scale_log2, corr);
+    rescale(o, corr);
+  }
+
+  /// update() without touching the output accumulator: `corr` receives the factor that rescale()
+  /// applies to it later (so that a product still accumulating into it can run meanwhile).
+  __device__ __forceinline__ void probabilities(float (&s)[kMTiles][kNTiles][4], float scale_log2,
+                                                float (&corr)[kMTiles][2]) {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         float mx = row_max[mt][h];
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) mx = max_(mx, max_(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
-        mx = max_(mx, shfl_xor(mx, 1));
-        mx = max_(mx, shfl_xor(mx, 2));
+        for (int nt = 0; nt < kNTiles; ++nt) mx = larger(mx, larger(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        mx = larger(mx, shfl_xor(mx, 1));
+        mx = larger(mx, shfl_xor(mx, 2));
         const float m_scaled = mx == neg_inf() ? 0.f : mx * scale_log2;
-        const float corr = fast_exp2(row_max[mt][h] * scale_log2 - m_scaled);
+        corr[mt][h] = fast_exp2(row_max[mt][h] * scale_log2 - m_scaled);
         row_max[mt][h] = mx;
         float sum = 0.f;
 #pragma unroll
@@ -51,14 +69,18 @@ struct OnlineSoftmax {
           s[mt][nt][2 * h + 1] = fast_exp2(s[mt][nt][2 * h + 1] * scale_log2 - m_scaled);
           sum += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
         }
-        row_sum[mt][h] = row_sum[mt][h] * corr + sum;
-#pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt) {
-          o[mt][dt][2 * h] *= corr;
-          o[mt][dt][2 * h + 1] *= corr;
-        }
+        row_sum[mt][h] = row_sum[mt][h] * corr[mt][h] + sum;
       }
     }
+  }
+
+  __device__ __forceinline__ void rescale(float (&o)[kMTiles][kDTiles][4], const float (&corr)[kMTiles][2]) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[mt][dt][e] *= corr[mt][e >> 1];
   }
 
   /// Complete the row sums across the quad. Afterwards inv_sum() and lse() are final.

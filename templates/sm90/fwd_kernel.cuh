@@ -10,8 +10,10 @@
 //     an "empty" mbarrier (one arrival per consumer warp). The factor tiles Qb, Kb come by TMA too
 //     when their rows are 16-byte aligned (the rank padded to 16 by the copy engine's zero fill;
 //     a broadcast, stride-0, dimension described with extent 1). Narrower factor rows (rank 1, 2,
-//     3, ...), which TMA cannot describe, are copied by the producer's lanes with ordinary loads
-//     into the same swizzled layout; they then fence the async proxy and arrive on the barrier.
+//     3, ...), which TMA cannot describe, are copied by the producer's lanes into the same
+//     swizzled layout: by cp.async when the rows are 4- or 8-byte aligned (even rank; the rank
+//     padding zeroed once at the start), by ordinary loads and stores otherwise (odd rank); the
+//     lanes then fence the async proxy and arrive on the barrier.
 //   - warpgroups 1..kBlockM/64, the consumers: each owns 64 query rows and walks the key tiles
 //     from last to first (the tiles that need masking first), per tile:
 //       S  = Q K^T                  wgmma, A = Q and B = K from shared memory (K-major)
@@ -22,8 +24,8 @@
 //     then O is normalised, staged through the consumer's own rows of the Q tile, and written
 //     with 16-byte stores; LSE goes straight out.
 // The consumer warpgroups (and, with kMinBlocks = 2, two CTAs) interleave on the SM: one's
-// softmax overlaps another's wgmma. kPvOverlap keeps a tile's P V in flight while the next
-// tile's Q K^T is issued.
+// softmax overlaps another's wgmma. kPvOverlap orders a warpgroup's products so that P V of one
+// tile overlaps the next tile's Q K^T issue (1) or its softmax (2).
 //
 // Products wider than one wgmma, or with a width the instruction set here does not cover, are
 // split into the widths of sm90/wgmma.cuh: multiples of 64 up to 256 and one tail under 64 that
@@ -48,11 +50,17 @@ struct FwdKnobs {
   static constexpr int kWarps[] = {12, 16, 8};
   static constexpr int kStages[] = {2, 3};
   static constexpr int kMinBlocks[] = {1, 2};
-  static constexpr int kPvOverlap[] = {1, 0};
+  static constexpr int kPvOverlap[] = {1, 0, 2};
+  // The softmax's row max by FMNMX (0) or by compare and select, FSETP + FSEL (1). Fewer
+  // instructions, and 5-9% faster on the d32/d64 benchmark rows and on llm_d128_causal; yet
+  // llm_d128 without a mask (pvoverlap 1) ran 2.00-2.10 ms with 1 against 2.11-2.23 with 0 in
+  // the same session (H100, docs/PERF_NOTES.md), so it is the tuner's to choose.
+  static constexpr int kMaxSelect[] = {0, 1};
 };
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
-          int kBlockM = 128, int kBlockN = 128, int kWarps = 12, int kStages = 2, int kMinBlocks = 1, int kPvOverlap = 1>
+          int kBlockM = 128, int kBlockN = 128, int kWarps = 12, int kStages = 2, int kMinBlocks = 1, int kPvOverlap = 1,
+          int kMaxSelect = 0>
 struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -74,6 +82,10 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   // Factors whose rows, strides and base are 16-byte aligned come by TMA like Q, K, V (the copy
   // engine zero-fills the rank padding); narrower ones are copied by the producer's lanes.
   static constexpr bool kFactorTma = kHasBias && kBiasAlign == 16;
+  // Rows aligned to 4 or 8 bytes (rank 2, 4, 6, ... in a packed tensor) are copied by cp.async,
+  // which needs no registers to stage them; rows of 2-byte alignment (odd rank) by the lanes'
+  // ordinary loads and stores.
+  static constexpr bool kFactorCpAsync = kHasBias && !kFactorTma && kBiasAlign >= 4;
   static constexpr int kFullArrivals = kHasBias && !kFactorTma ? 33 : 1;  // TMA issuer (+ 32 copying lanes)
   // Register split (setmaxnreg). Every warp starts with the launch allocation (the cap that
   // __launch_bounds__(kThreads, kMinBlocks) gives ptxas); the producer's setmaxnreg.dec returns
@@ -81,12 +93,14 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   // the split must fit the CTA's own launch allocation, or the consumers wait forever. One
   // consumer warpgroup alone on the SM keeps the launch allocation.
   static constexpr int kLaunchRegs = (65536 / (kThreads * kMinBlocks)) / 8 * 8;
-  static constexpr int kProducerRegs = kHasBias && !kFactorTma ? 56 : 24;  // more when its lanes copy factors
+  // More when its lanes stage factor rows in registers (ordinary loads); cp.async stages none.
+  static constexpr int kProducerRegs = kHasBias && !kFactorTma ? (kFactorCpAsync ? 32 : 56) : 24;
   static constexpr int kConsumerShare = (kLaunchRegs * (kWarps / 4) - kProducerRegs) / kConsumers / 8 * 8;
   static constexpr int kConsumerRegs =
       kConsumers == 1 && kMinBlocks == 1 ? 0 : (kConsumerShare < 240 ? kConsumerShare : 240);
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 2, "min_blocks must be 1 or 2");
-  static_assert(kPvOverlap == 0 || kPvOverlap == 1, "pvoverlap must be 0 or 1");
+  static_assert(kPvOverlap >= 0 && kPvOverlap <= 2, "pvoverlap must be 0, 1 or 2");
+  static_assert(kMaxSelect == 0 || kMaxSelect == 1, "maxselect must be 0 or 1");
   static_assert(kConsumerRegs == 0 || kConsumerRegs >= 96,
                 "block_m and min_blocks leave under 96 registers per consumer thread");
   // ptxas places each wgmma's accumulators within the launch allocation, whatever setmaxnreg
@@ -125,7 +139,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   // + 1024: the dynamic shared memory window is aligned up to 1024 bytes at run time.
   static constexpr int kSmemBytes = kBarrierOffset + kBarrierBytes + 1024;
 
-  using Softmax = sm80::OnlineSoftmax<1, kNTiles, kDTiles>;
+  using Softmax = sm80::OnlineSoftmax<1, kNTiles, kDTiles, kMaxSelect == 1>;
   struct alignas(16) Vec4u { u32 x, y, z, w; };
   struct alignas(8) Vec2u { u32 x, y; };
 
@@ -188,6 +202,50 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     }
   }
 
+  /// copy_factor by cp.async (factor rows aligned to kBiasAlign = 4 or 8 bytes): each lane moves
+  /// kBiasAlign bytes per instruction straight into shared memory, rows past `rows_valid` are
+  /// zero-filled by the copy (src-size 0), and the rank padding was zeroed once at the start
+  /// (zero_factor_padding) since only the rank's columns are ever written.
+  template <int kRows>
+  static __device__ __forceinline__ void copy_factor_async(u32 dst, const Element* src, long long row_stride,
+                                                           int rows_valid, int lane) {
+    constexpr int kUnitsPerChunkRow = kChunkR / 8;
+    constexpr int kDataUnitsPerRow = (kRank + 7) / 8;  // 16-byte units that hold factor columns
+    constexpr int kUnits = kRows * kDataUnitsPerRow;
+    constexpr int kVec = kBiasAlign / 2;  // elements per cp.async
+#pragma unroll
+    for (int u0 = 0; u0 < kUnits; u0 += 32) {
+      const int u = u0 + lane;
+      if (kUnits % 32 == 0 || u < kUnits) {
+        const int r = u / kDataUnitsPerRow;
+        const int ju = u - r * kDataUnitsPerRow;
+        const int chunk = ju / kUnitsPerChunkRow;
+        const int j = ju - chunk * kUnitsPerChunkRow;
+        const u32 off = chunk * kRows * kRRowBytes + swizzle<kRRowBytes>(u32(r * kRRowBytes + j * 16));
+        const bool valid = r < rows_valid;
+        const Element* row = src + (valid ? r : 0) * row_stride + ju * 8;
+#pragma unroll
+        for (int e = 0; e < 8; e += kVec)
+          if (ju * 8 + e < kRank) cp_async<kBiasAlign>(dst + off + e * 2, row + e, valid);
+      }
+    }
+  }
+
+  /// Zero the factor tiles (Q's and every stage's) once: copy_factor_async writes only the rank's
+  /// columns, and the contraction runs over the rank padded to 16.
+  static __device__ __forceinline__ void zero_factor_padding(u32 smem, int tid) {
+    const u32 sQb = smem + kQBytes;
+    const u32 sStage0 = sQb + kQbBytes;
+    for (int i = tid * 16; i < kQbBytes; i += kThreads * 16)
+      asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(sQb + i), "r"(0u));
+#pragma unroll 1
+    for (int st = 0; st < kStages; ++st)
+      for (int i = tid * 16; i < kKbBytes; i += kThreads * 16)
+        asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(sStage0 + st * kStageBytes + 2 * kKBytes + i),
+                     "r"(0u));
+    fence_proxy_async();  // read by wgmma (the async proxy)
+  }
+
   static __device__ __forceinline__ void producer(const Sm90FwdParams& prm, u32 smem, int b, int h, int m0,
                                                   int n_blocks, int lane) {
     const FwdParams& p = prm.p;
@@ -219,7 +277,13 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       const Element* gQb =
           static_cast<const Element*>(p.qb) + b * p.qb_batch_stride + h * p.qb_head_stride + m0 * p.qb_row_stride;
       gKb = static_cast<const Element*>(p.kb) + b * p.kb_batch_stride + h * p.kb_head_stride;
-      copy_factor<kBlockM>(sQb, gQb, p.qb_row_stride, p.seqlen_q - m0, lane);
+      if constexpr (kFactorCpAsync) {
+        copy_factor_async<kBlockM>(sQb, gQb, p.qb_row_stride, p.seqlen_q - m0, lane);
+        cp_async_commit();
+        cp_async_wait<0>();
+      } else {
+        copy_factor<kBlockM>(sQb, gQb, p.qb_row_stride, p.seqlen_q - m0, lane);
+      }
       fence_proxy_async();
       mbar_arrive(bar_q);
     }
@@ -246,7 +310,13 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
         for (int c = 0; c < kDChunks; ++c) tma_load_4d(sV + c * kKChunkBytes, &prm.tma_v, bar_full(s), c * kChunkD, n0, h, b);
       }
       if constexpr (kHasBias && !kFactorTma) {
-        copy_factor<kBlockN>(sKb, gKb + n0 * p.kb_row_stride, p.kb_row_stride, p.seqlen_k - n0, lane);
+        if constexpr (kFactorCpAsync) {
+          copy_factor_async<kBlockN>(sKb, gKb + n0 * p.kb_row_stride, p.kb_row_stride, p.seqlen_k - n0, lane);
+          cp_async_commit();
+          cp_async_wait<0>();
+        } else {
+          copy_factor<kBlockN>(sKb, gKb + n0 * p.kb_row_stride, p.kb_row_stride, p.seqlen_k - n0, lane);
+        }
         fence_proxy_async();
         mbar_arrive(bar_full(s));
       }
@@ -282,10 +352,14 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     float s[1][kNTiles][4];
     u32 pa[1][kBlockN / 16][4];
 
-    // kPvOverlap: O += P V of tile j stays in flight while tile j + 1's wait and Q K^T issue (the
-    // tensor cores run the two products back to back); its stage is released, and P's registers
-    // (read asynchronously by the instruction) are reused, only after the next wait. Without it,
-    // each tile waits for its own P V.
+    // kPvOverlap (the order of a warpgroup's products; the tensor cores run them back to back):
+    //  0: each tile waits for its own P V.
+    //  1: O += P V of tile j stays in flight while tile j + 1's wait and Q K^T issue.
+    //  2: P V of tile j is issued behind tile j + 1's score products (Q K^T and the bias) and
+    //     runs while tile j + 1's softmax turns its scores into probabilities; O is rescaled, and
+    //     P's registers rewritten, only after it completes.
+    // A stage is released, and P's registers (read asynchronously by the instruction) reused,
+    // only after the P V that reads them has completed.
     int pv_stage = -1;
     auto release = [&](int stage) {
       warp_sync();
@@ -297,6 +371,15 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       if (pv_stage >= 0) release(pv_stage);
       pv_stage = -1;
     };
+    auto issue_pv = [&](int stage) {
+      const u32 sV = sStage0 + stage * kStageBytes + kKBytes;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) gemm_rs<Element, kHeadDim, kChunkD, kKChunkBytes>(&o[0][0][0], pa[0][kk], sV + kk * 16 * kDRowBytes);
+      wgmma_commit();
+      pv_stage = stage;
+    };
+    int pv_next = -1;  // kPvOverlap 2: the stage whose P V waits for the next tile's score products
     mbar_wait(bar_q, 0);
     for (int it = 0; it < n_blocks; ++it) {
       const int nb = n_blocks - 1 - it;
@@ -304,8 +387,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       const int st = it % kStages;
       mbar_wait(bar_full(st), u32(it / kStages) & 1u);
       const u32 sK = sStage0 + st * kStageBytes;
-      const u32 sV = sK + kKBytes;
-      const u32 sKb = sV + kKBytes;
+      const u32 sKb = sK + 2 * kKBytes;
       // A key tile wholly right of this warpgroup's causal diagonal contributes nothing.
       if (kCausal && n0 > row0 + 63 + mask.diag_offset) {
         release(st);
@@ -317,7 +399,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       if constexpr (kHasBias) {
         wgmma_wait<0>();
         fence_regs(s);
-        pv_done();
+        if constexpr (kPvOverlap != 2) pv_done();
 #pragma unroll
         for (int i = 0; i < kNTiles; ++i)
 #pragma unroll
@@ -326,9 +408,15 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
         gemm_ss<Element, kBlockN, kRK, kChunkR, kQbChunkBytes, kKbChunkBytes>(&s[0][0][0], sQb, sKb, true);
         wgmma_commit();
       }
-      wgmma_wait<0>();
+      if (kPvOverlap == 2 && pv_next >= 0) {
+        issue_pv(pv_next);
+        pv_next = -1;
+        wgmma_wait<1>();  // the score products are done; P V may still run
+      } else {
+        wgmma_wait<0>();
+      }
       fence_regs(s);
-      pv_done();
+      if constexpr (kPvOverlap != 2) pv_done();
       if (mask.tile_needs_mask(row0, n0, kBlockN)) {
 #pragma unroll
         for (int i = 0; i < kNTiles; ++i)
@@ -339,18 +427,25 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
             if (mask.masked(row, col)) s[0][i][e] = neg_inf();
           }
       }
-      softmax.update(s, o, scale_log2);
-      sm80::pack_a<Element, 1, kNTiles>(pa, s);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) gemm_rs<Element, kHeadDim, kChunkD, kKChunkBytes>(&o[0][0][0], pa[0][kk], sV + kk * 16 * kDRowBytes);
-      wgmma_commit();
-      pv_stage = st;
-      if constexpr (!kPvOverlap) {
+      if constexpr (kPvOverlap == 2) {
+        float corr[1][2];
+        softmax.probabilities(s, scale_log2, corr);
         wgmma_wait<0>();
         pv_done();
+        softmax.rescale(o, corr);
+        sm80::pack_a<Element, 1, kNTiles>(pa, s);
+        pv_next = st;
+      } else {
+        softmax.update(s, o, scale_log2);
+        sm80::pack_a<Element, 1, kNTiles>(pa, s);
+        issue_pv(st);
+        if constexpr (!kPvOverlap) {
+          wgmma_wait<0>();
+          pv_done();
+        }
       }
     }
+    if (pv_next >= 0) issue_pv(pv_next);
     wgmma_wait<0>();
     pv_done();
 
@@ -422,6 +517,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       }
       mbar_fence_init();
     }
+    if constexpr (kFactorCpAsync) zero_factor_padding(smem, tid);
     block_sync();
 
     if (wg == 0) {

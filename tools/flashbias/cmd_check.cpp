@@ -79,7 +79,7 @@ void add_check(CLI::App& app, int& rc) {
         DeviceBuffer workspace;
         std::string tile_name = "dispatcher";
         if (!o->config.empty()) {
-          problem.enable_backward(seed + 7);
+          problem.enable_backward(dout_seed(seed));
           ProblemKey key = validate_backward(problem.backward_args(), session.device());
           const KernelSpec ks{key, TileConfig::parse(o->config)};
           plan = std::make_shared<LaunchPlan>(std::make_shared<const LoadedKernel>(compile(generate(ks))), ks);
@@ -90,7 +90,7 @@ void add_check(CLI::App& app, int& rc) {
         for (int i = 0; i < o->repeat; ++i) {
           if (i > 0) problem.regenerate(++seed);
           if (o->time_only) {
-            if (!problem.backward_enabled()) problem.enable_backward(seed + 7);
+            if (!problem.backward_enabled()) problem.enable_backward(dout_seed(seed));
             const ForwardArgs fa = problem.forward_args();
             const BackwardArgs ba = problem.backward_args();
             ctx.forward(fa, nullptr);
@@ -104,7 +104,7 @@ void add_check(CLI::App& app, int& rc) {
           }
           const BackwardCheck r = check_backward(
               problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
-              backward, seed + 7);
+              backward, dout_seed(seed));
           std::string timing;
           if (o->time) {
             const ForwardArgs fa = problem.forward_args();

@@ -1,0 +1,27 @@
+#!/bin/bash
+# A/B of two flashbias binaries (or of knob settings) on the forward benchmark shapes, alternating
+# in one session on the GPU machine:
+#   tools/fwd_ab.sh "label=binary[:knobs]" "label=binary[:knobs]" ...
+# knobs are appended to each case's heuristic-like base tile ("-" alone: the dispatcher's own tile).
+# Prints "case label ms" per run; two rounds.
+cd "$(dirname "$0")/.."
+while read -r p base; do
+  for round in 1 2; do
+    for spec in "$@"; do
+      label=${spec%%=*}; rest=${spec#*=}; bin=${rest%%:*}; knobs=${rest#*:}
+      [ "$knobs" = "$rest" ] && knobs=-
+      cfg=()
+      [ "$knobs" != "-" ] && cfg=(--config "$base,$knobs")
+      timeout 60 "$bin" check -p "$p" "${cfg[@]}" --time --rows 8 2>&1 |
+        awk -v p="$p" -v l="$label" '/time|rror|FAIL/{print p, l, $0}'
+    done
+  done
+done <<'CASES'
+b=2,h=4,n=4096,d=32,r=8 bm=128,bn=64,w=12,s=2,minblocks=2
+b=2,h=4,n=16384,d=32,r=8 bm=128,bn=64,w=12,s=2,minblocks=2
+b=1,h=50,n=8192,d=32,r=2,mask=causal bm=192,bn=64,w=16,s=2
+b=4,h=16,n=4096,d=64,r=16 bm=192,bn=128,w=16,s=2
+b=2,h=16,n=8192,d=128,r=16 bm=128,bn=128,w=12,s=2
+b=2,h=16,n=8192,d=128,r=16,mask=causal bm=128,bn=128,w=12,s=2
+b=256,h=4,n=384,d=32,r=16 bm=128,bn=64,w=12,s=2,minblocks=2
+CASES
