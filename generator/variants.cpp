@@ -171,13 +171,15 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
 /// The Hopper forward (templates/sm90/fwd_kernel.cuh), from timing sweeps on the benchmark
 /// shapes (H100, 2026-11-24, docs/PERF_NOTES.md, sm90 forward). Every entry names its product
 /// order (pvoverlap, FwdKnobs::kPvOverlap):
-///  - d <= 32: exp-bound; two CTAs per SM of two consumer warpgroups with 64-key tiles. Without a
-///    mask three stages and P V behind the next tile's score products (pvoverlap 2): seed_n16k
-///    1.078 ms vs 1.085 with two stages and pvoverlap 0, seed_n4k 0.078 vs 0.079. With the causal
-///    mask two stages and pvoverlap 0 (alibi_gpt2 0.993 ms vs 1.122 with three stages and
-///    pvoverlap 2, 1.094 with three consumer warpgroups of 192 rows). Factor rows of odd rank
-///    (2-byte aligned, copied through the producer's registers) leave too few registers for two
-///    CTAs: three consumer warpgroups of one CTA with 64-key tiles instead.
+///  - d <= 32: exp-bound; two CTAs per SM of two consumer warpgroups with 64-key tiles and three
+///    stages, P V after each tile's softmax (pvoverlap 0): seed_n4k 0.0766-0.0774 ms, af3_tri
+///    0.1071-0.1079, seed_n16k 1.058-1.069, against 0.0776-0.0784, 0.1092-0.1103 and
+///    1.066-1.074 with P V behind the next tile's score products (pvoverlap 2). With the causal
+///    mask and enough rows for four waves of one CTA per SM, three consumer warpgroups with
+///    192-key tiles: alibi_gpt2 0.897-0.903 ms against 0.988-1.005 for the two-CTA tile (which
+///    stays for fewer rows: seed_n4k ran 0.103 with 192x192, 176 CTAs on 132 SMs). Factor rows of
+///    odd rank (2-byte aligned, copied through the producer's registers) leave too few registers
+///    for two CTAs: three consumer warpgroups of one CTA with 64-key tiles instead.
 ///  - d <= 64: three consumer warpgroups, 128-key tiles, three stages, pvoverlap 2 (llm_d64
 ///    0.650 ms, 0.648 with two stages and pvoverlap 0: even, and it keeps the d32 order).
 ///  - d <= 128: two consumer warpgroups, 128-key tiles; P V overlapped with the next Q K^T
@@ -187,12 +189,12 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
 ///    faster with FMNMX, llm_d128_causal 1.12 against 1.19-1.20).
 ///  - d <= 256: 64-key tiles fit the shared memory with two consumer warpgroups.
 TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
-  static const std::vector<TileConfig> d32{TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=2"),
+  static const std::vector<TileConfig> d32{TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0"),
                                            TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0"),
                                            TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
-  static const std::vector<TileConfig> d32_causal{TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2,pvoverlap=0"),
-                                                  TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0"),
-                                                  TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
+  static const std::vector<TileConfig> d32_causal_many{TileConfig::parse("bm=192,bn=192,w=16,s=2,pvoverlap=0"),
+                                                       TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0"),
+                                                       TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0")};
   static const std::vector<TileConfig> d64{TileConfig::parse("bm=192,bn=128,w=16,s=3,pvoverlap=2"),
                                            TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2,pvoverlap=0"),
                                            TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
@@ -213,8 +215,10 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
                                                           TileConfig::parse("bm=64,bn=128,w=8,s=2,pvoverlap=1"),
                                                           TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=1")};
   const bool causal = key.mask != MaskKind::none;
+  // Four waves of one 192-row CTA per SM on a 132-SM GPU.
+  const bool many_rows = shape.batch_heads * ((shape.seqlen_q + 191) / 192) >= 4 * 132;
   const auto& prefs = shape.seqlen_q <= 64    ? (key.head_dim > 64 && !causal ? short_rows_overlap : short_rows)
-                      : key.head_dim <= 32  ? (causal ? d32_causal : d32)
+                      : key.head_dim <= 32  ? (causal && many_rows ? d32_causal_many : d32)
                       : key.head_dim <= 64  ? d64
                       : key.head_dim <= 128 ? (causal ? d128_causal : d128)
                                             : (causal ? d256_causal : d256);
