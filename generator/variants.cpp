@@ -180,11 +180,15 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
 ///    stays for fewer rows: seed_n4k ran 0.103 with 192x192, 176 CTAs on 132 SMs). Factor rows of
 ///    odd rank (2-byte aligned, copied through the producer's registers) leave too few registers
 ///    for two CTAs: three consumer warpgroups of one CTA with 64-key tiles instead.
-///  - d <= 64: three consumer warpgroups, 128-key tiles, three stages, pvoverlap 2 (llm_d64
-///    0.650 ms, 0.648 with two stages and pvoverlap 0: even, and it keeps the d32 order).
+///  - d <= 64: three consumer warpgroups, 128-key tiles, three stages, pvoverlap 2, taking turns
+///    at the score products (pingpong 1): llm_d64 0.616-0.619 ms against 0.642-0.646 without
+///    turns and 0.639-0.642 with two stages and pvoverlap 0 (which turns make slower, 0.667-0.673).
 ///  - d <= 128: two consumer warpgroups, 128-key tiles; P V overlapped with the next Q K^T
 ///    (pvoverlap 1) without a mask (8-12% on llm_d128), not with the causal mask
-///    (llm_d128_causal 1.115 ms vs 1.153). Without a mask the row max by compare and select
+///    (llm_d128_causal 1.115 ms vs 1.153), where the two warpgroups take turns instead
+///    (pingpong 1: 1.074-1.076 ms against 1.123-1.125; without a mask even, 2.02-2.14 vs
+///    2.01-2.02). The d32 rows run slower with turns (seed_n16k 1.12 vs 1.065, alibi_gpt2 0.911
+///    vs 0.897). Without a mask the row max by compare and select
 ///    (maxselect 1: llm_d128 2.00-2.10 ms against 2.11-2.23 with FMNMX; every other row is 5-9%
 ///    faster with FMNMX, llm_d128_causal 1.12 against 1.19-1.20).
 ///  - d <= 256: 64-key tiles fit the shared memory with two consumer warpgroups.
@@ -195,14 +199,14 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   static const std::vector<TileConfig> d32_causal_many{TileConfig::parse("bm=192,bn=192,w=16,s=2,pvoverlap=0"),
                                                        TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0"),
                                                        TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0")};
-  static const std::vector<TileConfig> d64{TileConfig::parse("bm=192,bn=128,w=16,s=3,pvoverlap=2"),
+  static const std::vector<TileConfig> d64{TileConfig::parse("bm=192,bn=128,w=16,s=3,pvoverlap=2,pingpong=1"),
                                            TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2,pvoverlap=0"),
                                            TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
   static const std::vector<TileConfig> d128{TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=1,maxselect=1"),
                                             TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=1,maxselect=1"),
                                             TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=1,maxselect=1")};
-  static const std::vector<TileConfig> d128_causal{TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0"),
-                                                   TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=0"),
+  static const std::vector<TileConfig> d128_causal{TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0,pingpong=1"),
+                                                   TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=0,pingpong=1"),
                                                    TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=0")};
   static const std::vector<TileConfig> d256{TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=1"),
                                             TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=1")};

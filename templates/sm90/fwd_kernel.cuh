@@ -56,11 +56,14 @@ struct FwdKnobs {
   // llm_d128 without a mask (pvoverlap 1) ran 2.00-2.10 ms with 1 against 2.11-2.23 with 0 in
   // the same session (H100, docs/PERF_NOTES.md), so it is the tuner's to choose.
   static constexpr int kMaxSelect[] = {0, 1};
+  // Consumer warpgroups take turns issuing their score products (1; named barriers in a ring),
+  // so that one's softmax runs while another's products occupy the tensor cores.
+  static constexpr int kPingPong[] = {0, 1};
 };
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
           int kBlockM = 128, int kBlockN = 128, int kWarps = 12, int kStages = 2, int kMinBlocks = 1, int kPvOverlap = 1,
-          int kMaxSelect = 0>
+          int kMaxSelect = 0, int kPingPong = 0>
 struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -101,6 +104,10 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 2, "min_blocks must be 1 or 2");
   static_assert(kPvOverlap >= 0 && kPvOverlap <= 2, "pvoverlap must be 0, 1 or 2");
   static_assert(kMaxSelect == 0 || kMaxSelect == 1, "maxselect must be 0 or 1");
+  static_assert(kPingPong == 0 || kPingPong == 1, "pingpong must be 0 or 1");
+  static constexpr bool kTakeTurns = kPingPong == 1 && kConsumers > 1;
+  // Named barriers: 0 is the CTA's, 1..3 each consumer warpgroup's epilogue, 4..6 the turns.
+  static constexpr int kTurnBarrier = 4;
   static_assert(kConsumerRegs == 0 || kConsumerRegs >= 96,
                 "block_m and min_blocks leave under 96 registers per consumer thread");
   // ptxas places each wgmma's accumulators within the launch allocation, whatever setmaxnreg
@@ -380,6 +387,19 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       pv_stage = stage;
     };
     int pv_next = -1;  // kPvOverlap 2: the stage whose P V waits for the next tile's score products
+    // kPingPong: warpgroup w issues a tile's score products only after warpgroup w - 1 (mod the
+    // consumer count) has issued its own (named barrier kTurnBarrier + w over both warpgroups).
+    // The last warpgroup opens the ring and does not arrive after its last tile, so every
+    // barrier sees exactly n_blocks arrivals; skipped (masked) tiles take their turn too.
+    auto turn_begin = [&] {
+      if constexpr (kTakeTurns) named_sync(kTurnBarrier + wg, 256);
+    };
+    auto turn_end = [&](int it) {
+      if constexpr (kTakeTurns)
+        if (wg != kConsumers - 1 || it != n_blocks - 1) named_arrive(kTurnBarrier + (wg + 1) % kConsumers, 256);
+    };
+    if constexpr (kTakeTurns)
+      if (wg == kConsumers - 1 && n_blocks > 0) named_arrive(kTurnBarrier, 256);
     mbar_wait(bar_q, 0);
     for (int it = 0; it < n_blocks; ++it) {
       const int nb = n_blocks - 1 - it;
@@ -391,8 +411,11 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       // A key tile wholly right of this warpgroup's causal diagonal contributes nothing.
       if (kCausal && n0 > row0 + 63 + mask.diag_offset) {
         release(st);
+        turn_begin();
+        turn_end(it);
         continue;
       }
+      turn_begin();
       wgmma_fence();
       gemm_ss<Element, kBlockN, kDK, kChunkD, kQChunkBytes, kKChunkBytes>(&s[0][0][0], sQ, sK, false);
       wgmma_commit();
@@ -408,6 +431,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
         gemm_ss<Element, kBlockN, kRK, kChunkR, kQbChunkBytes, kKbChunkBytes>(&s[0][0][0], sQb, sKb, true);
         wgmma_commit();
       }
+      turn_end(it);
       if (kPvOverlap == 2 && pv_next >= 0) {
         issue_pv(pv_next);
         pv_next = -1;
