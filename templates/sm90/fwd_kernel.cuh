@@ -24,8 +24,9 @@
 //     then O is normalised, staged through the consumer's own rows of the Q tile, and written
 //     with 16-byte stores; LSE goes straight out.
 // The consumer warpgroups (and, with kMinBlocks = 2, two CTAs) interleave on the SM: one's
-// softmax overlaps another's wgmma. kPvOverlap orders a warpgroup's products so that P V of one
-// tile overlaps the next tile's Q K^T issue (1) or its softmax (2).
+// softmax overlaps another's wgmma; with kPingPong they take turns at the score products
+// (named barriers in a ring), which makes that overlap the rule. kPvOverlap orders a warpgroup's
+// products so that P V of one tile overlaps the next tile's Q K^T issue (1) or its softmax (2).
 //
 // Products wider than one wgmma, or with a width the instruction set here does not cover, are
 // split into the widths of sm90/wgmma.cuh: multiples of 64 up to 256 and one tail under 64 that
