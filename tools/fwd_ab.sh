@@ -2,7 +2,8 @@
 # A/B of two flashbias binaries (or of knob settings) on the forward benchmark shapes, alternating
 # in one session on the GPU machine:
 #   tools/fwd_ab.sh "label=binary[:knobs]" "label=binary[:knobs]" ...
-# knobs are appended to each case's heuristic-like base tile ("-" alone: the dispatcher's own tile).
+# knobs are appended to each case's base tile, the heuristic's choice on an H100 (session 6); a
+# later knob of the same name wins ("-" alone: the dispatcher's own tile).
 # Prints "case label ms" per run; two rounds.
 cd "$(dirname "$0")/.."
 while read -r p base; do
@@ -17,11 +18,11 @@ while read -r p base; do
     done
   done
 done <<'CASES'
-b=2,h=4,n=4096,d=32,r=8 bm=128,bn=64,w=12,s=2,minblocks=2
-b=2,h=4,n=16384,d=32,r=8 bm=128,bn=64,w=12,s=2,minblocks=2
-b=1,h=50,n=8192,d=32,r=2,mask=causal bm=192,bn=64,w=16,s=2
-b=4,h=16,n=4096,d=64,r=16 bm=192,bn=128,w=16,s=2
-b=2,h=16,n=8192,d=128,r=16 bm=128,bn=128,w=12,s=2
-b=2,h=16,n=8192,d=128,r=16,mask=causal bm=128,bn=128,w=12,s=2
-b=256,h=4,n=384,d=32,r=16 bm=128,bn=64,w=12,s=2,minblocks=2
+b=2,h=4,n=4096,d=32,r=8 bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0
+b=2,h=4,n=16384,d=32,r=8 bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0
+b=1,h=50,n=8192,d=32,r=2,mask=causal bm=192,bn=192,w=16,s=2,pvoverlap=0
+b=4,h=16,n=4096,d=64,r=16 bm=192,bn=128,w=16,s=3,pvoverlap=2,pingpong=1
+b=2,h=16,n=8192,d=128,r=16 bm=128,bn=128,w=12,s=2,maxselect=1
+b=2,h=16,n=8192,d=128,r=16,mask=causal bm=128,bn=128,w=12,s=2,pvoverlap=0,pingpong=1
+b=256,h=4,n=384,d=32,r=16 bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0
 CASES
