@@ -40,7 +40,7 @@ std::size_t sm90_fwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
   const std::size_t bm = std::size_t(t.block_m), bn = std::size_t(t.block_n), st = std::size_t(t.stages);
   const std::size_t q = d_chunks * bm * chunk_d * 2 + r_chunks * bm * chunk_r * 2;
   const std::size_t stage = 2 * d_chunks * bn * chunk_d * 2 + r_chunks * bn * chunk_r * 2;
-  return q + st * stage + 8 * (2 + 2 * st) + 1024;  // barriers: Q full, Q empty, full and empty per stage
+  return q + st * stage + 8 * (1 + 2 * st) + 1024;
 }
 
 }  // namespace

@@ -293,18 +293,6 @@ LaunchPlan::LaunchPlan(std::shared_ptr<const LoadedKernel> kernel, const KernelS
                               "it would deadlock in setmaxnreg",
                               spec_.str(), kernel_->attribute(CU_FUNC_ATTRIBUTE_NUM_REGS), kernel_->threads(),
                               split.producer, split.consumers, split.consumer));
-    if (spec_.tile.get("kPersistent").value_or(0) == 1) {
-      const driver::Api& d = driver::api();
-      CUdevice dev = 0;
-      int sms = 0;
-      driver::check(d.cuCtxGetDevice(&dev), "cuCtxGetDevice");
-      driver::check(d.cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev),
-                    "cuDeviceGetAttribute(multiprocessor count)");
-      persistent_ctas_ = std::int64_t(sms) * kernel_->max_active_blocks_per_sm();
-      if (persistent_ctas_ <= 0)
-        throw Error(ErrorCode::unsupported, fmt::format("kernel {} cannot be resident on this device ({} threads)",
-                                                        spec_.str(), kernel_->threads()));
-    }
   }
   if (spec_.key.direction == Direction::bwd) {
     const BwdSmem smem = bwd_smem_bytes(spec_.key, spec_.tile);
@@ -373,8 +361,7 @@ void LaunchPlan::launch_backward(const BackwardArgs& args, void* workspace, CUst
 void LaunchPlan::launch_forward(const ForwardArgs& args, CUstream stream) const {
   if (spec_.key.direction != Direction::fwd)
     throw Error(ErrorCode::internal, fmt::format("launch_forward on the backward plan {}", spec_.str()));
-  std::uint32_t grid = fwd_grid_size(args, spec_.tile.block_m);
-  if (persistent_ctas_ > 0 && grid > persistent_ctas_) grid = std::uint32_t(persistent_ctas_);
+  const std::uint32_t grid = fwd_grid_size(args, spec_.tile.block_m);
   if (sm90_) {
     Sm90FwdParams params;
     params.p = make_fwd_params(args, spec_.tile.block_m);

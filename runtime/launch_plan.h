@@ -82,9 +82,6 @@ class LaunchPlan {
   std::size_t bwd_dq_smem_ = 0;
   int bwd_slices_ = 1;
   bool sm90_ = false;  // the forward runs the sm90 family (Sm90FwdParams)
-  // sm90 persistent tiles (FwdKnobs::kPersistent): the CTAs that fit on the device at once (the
-  // forward's grid is capped there); 0 otherwise.
-  std::int64_t persistent_ctas_ = 0;
   struct TmaMemo;
   std::unique_ptr<TmaMemo> tma_memo_;  // sm90 only: the last encoded descriptors
 };

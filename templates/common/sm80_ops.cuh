@@ -9,7 +9,6 @@ namespace flashbias {
 
 __device__ __forceinline__ u32 thread_idx() { u32 r; asm("mov.u32 %0, %%tid.x;" : "=r"(r)); return r; }
 __device__ __forceinline__ u32 block_idx() { u32 r; asm("mov.u32 %0, %%ctaid.x;" : "=r"(r)); return r; }
-__device__ __forceinline__ u32 grid_dim() { u32 r; asm("mov.u32 %0, %%nctaid.x;" : "=r"(r)); return r; }
 
 __device__ __forceinline__ void block_sync() { asm volatile("bar.sync 0;" ::: "memory"); }
 __device__ __forceinline__ void warp_sync() { asm volatile("bar.warp.sync 0xffffffff;" ::: "memory"); }

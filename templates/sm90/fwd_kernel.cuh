@@ -60,15 +60,11 @@ struct FwdKnobs {
   // Consumer warpgroups take turns issuing their score products (1; named barriers in a ring),
   // so that one's softmax runs while another's products occupy the tensor cores.
   static constexpr int kPingPong[] = {0, 1};
-  // Persistent CTAs (1): the grid is what fits on the device at once, and each CTA walks the
-  // (batch, head, query block) tiles with a stride of the grid; the stage ring runs on across
-  // tiles, so the next tile's keys load while this one's output is written.
-  static constexpr int kPersistent[] = {0, 1};
 };
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
           int kBlockM = 128, int kBlockN = 128, int kWarps = 12, int kStages = 2, int kMinBlocks = 1, int kPvOverlap = 1,
-          int kMaxSelect = 0, int kPingPong = 0, int kPersistent = 0>
+          int kMaxSelect = 0, int kPingPong = 0>
 struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -110,7 +106,6 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   static_assert(kPvOverlap >= 0 && kPvOverlap <= 2, "pvoverlap must be 0, 1 or 2");
   static_assert(kMaxSelect == 0 || kMaxSelect == 1, "maxselect must be 0 or 1");
   static_assert(kPingPong == 0 || kPingPong == 1, "pingpong must be 0 or 1");
-  static_assert(kPersistent == 0 || kPersistent == 1, "persistent must be 0 or 1");
   static constexpr bool kTakeTurns = kPingPong == 1 && kConsumers > 1;
   // Named barriers: 0 is the CTA's, 1..3 each consumer warpgroup's epilogue, 4..6 the turns.
   static constexpr int kTurnBarrier = 4;
@@ -148,9 +143,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   static constexpr int kKbBytes = kRChunks * kKbChunkBytes;
   static constexpr int kStageBytes = 2 * kKBytes + kKbBytes;
   static constexpr int kBarrierOffset = kQBytes + kQbBytes + kStages * kStageBytes;
-  // Q full, kStages full, kStages empty, Q empty (the consumers have written the tile's O out of
-  // the Q tile, where it is staged).
-  static constexpr int kBarrierBytes = 8 * (2 + 2 * kStages);
+  static constexpr int kBarrierBytes = 8 * (1 + 2 * kStages);
   // + 1024: the dynamic shared memory window is aligned up to 1024 bytes at run time.
   static constexpr int kSmemBytes = kBarrierOffset + kBarrierBytes + 1024;
 
@@ -261,10 +254,8 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     fence_proxy_async();  // read by wgmma (the async proxy)
   }
 
-  /// One tile's loads: `seq` counts this CTA's tiles, `it0` the key tiles loaded before this one
-  /// (the stage ring and its phases run on across tiles).
   static __device__ __forceinline__ void producer(const Sm90FwdParams& prm, u32 smem, int b, int h, int m0,
-                                                  int n_blocks, int lane, int seq, int it0) {
+                                                  int n_blocks, int lane) {
     const FwdParams& p = prm.p;
     const u32 sQ = smem;
     const u32 sQb = sQ + kQBytes;
@@ -272,19 +263,14 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     const u32 bar_q = smem + kBarrierOffset;
     auto bar_full = [&](int s) { return bar_q + 8 * (1 + s); };
     auto bar_empty = [&](int s) { return bar_q + 8 * (1 + kStages + s); };
-    const u32 bar_q_empty = bar_q + 8 * (1 + 2 * kStages);
-    // The previous tile's O has left the Q tile (free for the first tile).
-    mbar_wait(bar_q_empty, (u32(seq) & 1u) ^ 1u);
     // Factor coordinates: a broadcast (stride-0) dimension is encoded with extent 1 (host side).
     const int qb_b = p.qb_batch_stride == 0 ? 0 : b, qb_h = p.qb_head_stride == 0 ? 0 : h;
     const int kb_b = p.kb_batch_stride == 0 ? 0 : b, kb_h = p.kb_head_stride == 0 ? 0 : h;
 
     if (lane == 0) {
-      if (seq == 0) {
-        tma_prefetch_desc(&prm.tma_q);
-        tma_prefetch_desc(&prm.tma_k);
-        tma_prefetch_desc(&prm.tma_v);
-      }
+      tma_prefetch_desc(&prm.tma_q);
+      tma_prefetch_desc(&prm.tma_k);
+      tma_prefetch_desc(&prm.tma_v);
       mbar_arrive_expect_tx(bar_q, kQBytes + (kFactorTma ? kQbBytes : 0));
 #pragma unroll
       for (int c = 0; c < kDChunks; ++c) tma_load_4d(sQ + c * kQChunkBytes, &prm.tma_q, bar_q, c * kChunkD, m0, h, b);
@@ -313,8 +299,8 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     for (int it = 0; it < n_blocks; ++it) {
       const int nb = n_blocks - 1 - it;
       const int n0 = nb * kBlockN;
-      const int s = (it0 + it) % kStages;
-      const u32 phase = u32((it0 + it) / kStages) & 1u;
+      const int s = it % kStages;
+      const u32 phase = u32(it / kStages) & 1u;
       mbar_wait(bar_empty(s), phase ^ 1u);  // the consumers released this stage (free on the first lap)
       const u32 sK = sStage0 + s * kStageBytes;
       const u32 sV = sK + kKBytes;
@@ -347,9 +333,8 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
 
   // ---- consumer ------------------------------------------------------------------------------
 
-  /// One tile of one consumer warpgroup (`seq`, `it0`: as for producer()).
   static __device__ __forceinline__ void consumer(const FwdParams& p, u32 smem, Element* smem_ptr, int wg, int b,
-                                                  int h, int m0, int n_blocks, int tid_wg, int seq, int it0) {
+                                                  int h, int m0, int n_blocks, int tid_wg) {
     const int lane = tid_wg & 31;
     const int warp = tid_wg >> 5;  // within the warpgroup
     const int g = lane >> 2, t = lane & 3;
@@ -416,12 +401,12 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     };
     if constexpr (kTakeTurns)
       if (wg == kConsumers - 1 && n_blocks > 0) named_arrive(kTurnBarrier, 256);
-    mbar_wait(bar_q, u32(seq) & 1u);
+    mbar_wait(bar_q, 0);
     for (int it = 0; it < n_blocks; ++it) {
       const int nb = n_blocks - 1 - it;
       const int n0 = nb * kBlockN;
-      const int st = (it0 + it) % kStages;
-      mbar_wait(bar_full(st), u32((it0 + it) / kStages) & 1u);
+      const int st = it % kStages;
+      mbar_wait(bar_full(st), u32(it / kStages) & 1u);
       const u32 sK = sStage0 + st * kStageBytes;
       const u32 sKb = sK + 2 * kKBytes;
       // A key tile wholly right of this warpgroup's causal diagonal contributes nothing.
@@ -521,9 +506,6 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
             *reinterpret_cast<const Vec4u*>(reinterpret_cast<const char*>(sQp) + off);
       }
     }
-    // This warp's reads of the staged O are done: the producer may load the next tile's Q.
-    warp_sync();
-    if (lane == 0) mbar_arrive(bar_q + 8 * (1 + 2 * kStages));
   }
 
   static __device__ void run(const Sm90FwdParams& prm) {
@@ -539,6 +521,17 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     const int warp = tid >> 5;
     const int wg = warp >> 2;
 
+    const int bid = int(block_idx());
+    int m_block = bid % p.num_m_blocks;
+    const int bh = bid / p.num_m_blocks;
+    if (kCausal) m_block = p.num_m_blocks - 1 - m_block;  // heaviest first
+    const int b = bh / p.heads;
+    const int h = bh - b * p.heads;
+    const int m0 = m_block * kBlockM;
+    const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
+    const int key_end = mask.key_end(m0, kBlockM);
+    const int n_blocks = key_end > 0 ? ceil_div(key_end, kBlockN) : 0;
+
     const u32 bar_q = smem + kBarrierOffset;
     if (tid == 0) {
       mbar_init(bar_q, kFullArrivals);
@@ -547,47 +540,17 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
         mbar_init(bar_q + 8 * (1 + s), kFullArrivals);
         mbar_init(bar_q + 8 * (1 + kStages + s), kConsumers * 4);  // empty: one per consumer warp
       }
-      mbar_init(bar_q + 8 * (1 + 2 * kStages), kConsumers * 4);  // Q empty: one per consumer warp
       mbar_fence_init();
     }
     if constexpr (kFactorCpAsync) zero_factor_padding(smem, tid);
     block_sync();
 
-    // The tiles this CTA owns, in order: its own (b, h, query block), or with kPersistent every
-    // grid-stride one. `seq` counts them, `it0` the key tiles before each (the stage ring's position).
-    auto for_each_tile = [&](auto&& body) {
-      auto one = [&](int tile, int seq, int it0) {
-        int m_block = tile % p.num_m_blocks;
-        const int bh = tile / p.num_m_blocks;
-        if (kCausal) m_block = p.num_m_blocks - 1 - m_block;  // heaviest first
-        const int b = bh / p.heads;
-        const int h = bh - b * p.heads;
-        const int m0 = m_block * kBlockM;
-        const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
-        const int key_end = mask.key_end(m0, kBlockM);
-        const int n_blocks = key_end > 0 ? ceil_div(key_end, kBlockN) : 0;
-        body(b, h, m0, n_blocks, seq, it0);
-        return n_blocks;
-      };
-      if constexpr (kPersistent) {
-        const int tiles = p.num_m_blocks * p.batch * p.heads;
-        int it0 = 0;
-        for (int tile = int(block_idx()), seq = 0; tile < tiles; tile += int(grid_dim()), ++seq) it0 += one(tile, seq, it0);
-      } else {
-        one(int(block_idx()), 0, 0);
-      }
-    };
     if (wg == 0) {
       if constexpr (kConsumerRegs > 0) regs_dealloc<kProducerRegs>();
-      if (warp == 0)
-        for_each_tile([&](int b, int h, int m0, int n_blocks, int seq, int it0) {
-          producer(prm, smem, b, h, m0, n_blocks, tid & 31, seq, it0);
-        });
+      if (warp == 0) producer(prm, smem, b, h, m0, n_blocks, tid & 31);
     } else {
       if constexpr (kConsumerRegs > 0) regs_alloc<kConsumerRegs>();
-      for_each_tile([&](int b, int h, int m0, int n_blocks, int seq, int it0) {
-        consumer(p, smem, smem_ptr, wg - 1, b, h, m0, n_blocks, tid - 128 * wg, seq, it0);
-      });
+      consumer(p, smem, smem_ptr, wg - 1, b, h, m0, n_blocks, tid - 128 * wg);
     }
   }
 };
