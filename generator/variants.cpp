@@ -1,5 +1,8 @@
 #include "generator/variants.h"
 
+#include <span>
+#include <string_view>
+
 #include <fmt/format.h>
 
 #include "generator/kernel_source.h"
@@ -168,6 +171,13 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   return first_legal(key, prefs, smem_limit);
 }
 
+/// Each of `tiles` with `knobs` appended (TileConfig::parse syntax).
+std::vector<TileConfig> with_knobs(std::span<const char* const> tiles, std::string_view knobs) {
+  std::vector<TileConfig> out;
+  for (const char* t : tiles) out.push_back(TileConfig::parse(fmt::format("{},{}", t, knobs)));
+  return out;
+}
+
 /// The Hopper forward (templates/sm90/fwd_kernel.cuh), from timing sweeps on the benchmark
 /// shapes (H100, 2026-11-24, docs/PERF_NOTES.md, sm90 forward). Every entry names its product
 /// order (pvoverlap, FwdKnobs::kPvOverlap):
@@ -202,22 +212,16 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   static const std::vector<TileConfig> d64{TileConfig::parse("bm=192,bn=128,w=16,s=3,pvoverlap=2,pingpong=1"),
                                            TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2,pvoverlap=0"),
                                            TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
-  static const std::vector<TileConfig> d128{TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=1,maxselect=1"),
-                                            TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=1,maxselect=1"),
-                                            TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=1,maxselect=1")};
-  static const std::vector<TileConfig> d128_causal{TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0,pingpong=1"),
-                                                   TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=0,pingpong=1"),
-                                                   TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=0")};
-  static const std::vector<TileConfig> d256{TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=1"),
-                                            TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=1")};
-  static const std::vector<TileConfig> d256_causal{TileConfig::parse("bm=128,bn=64,w=12,s=2,pvoverlap=0"),
-                                                   TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=0")};
-  static const std::vector<TileConfig> short_rows{TileConfig::parse("bm=64,bn=64,w=8,s=2,minblocks=2,pvoverlap=0"),
-                                                  TileConfig::parse("bm=64,bn=128,w=8,s=2,pvoverlap=0"),
-                                                  TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=0")};
-  static const std::vector<TileConfig> short_rows_overlap{TileConfig::parse("bm=64,bn=64,w=8,s=2,minblocks=2,pvoverlap=1"),
-                                                          TileConfig::parse("bm=64,bn=128,w=8,s=2,pvoverlap=1"),
-                                                          TileConfig::parse("bm=64,bn=64,w=8,s=2,pvoverlap=1")};
+  // The d128, d256 and short-row tiles, each with the product order of its mask (above).
+  static constexpr const char* kD128[] = {"bm=128,bn=128,w=12,s=2", "bm=128,bn=64,w=12,s=2", "bm=64,bn=64,w=8,s=2"};
+  static constexpr const char* kD256[] = {"bm=128,bn=64,w=12,s=2", "bm=64,bn=64,w=8,s=2"};
+  static constexpr const char* kShort[] = {"bm=64,bn=64,w=8,s=2,minblocks=2", "bm=64,bn=128,w=8,s=2", "bm=64,bn=64,w=8,s=2"};
+  static const std::vector<TileConfig> d128 = with_knobs(kD128, "pvoverlap=1,maxselect=1");
+  static const std::vector<TileConfig> d128_causal = with_knobs(kD128, "pvoverlap=0,pingpong=1");
+  static const std::vector<TileConfig> d256 = with_knobs(kD256, "pvoverlap=1");
+  static const std::vector<TileConfig> d256_causal = with_knobs(kD256, "pvoverlap=0");
+  static const std::vector<TileConfig> short_rows_overlap = with_knobs(kShort, "pvoverlap=1");
+  static const std::vector<TileConfig> short_rows = with_knobs(kShort, "pvoverlap=0");
   const bool causal = key.mask != MaskKind::none;
   // Four waves of one 192-row CTA per SM on a 132-SM GPU.
   const bool many_rows = shape.batch_heads * ((shape.seqlen_q + 191) / 192) >= 4 * 132;

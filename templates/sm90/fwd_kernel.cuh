@@ -149,24 +149,23 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
 
   using Softmax = sm80::OnlineSoftmax<1, kNTiles, kDTiles, kMaxSelect == 1>;
   struct alignas(16) Vec4u { u32 x, y, z, w; };
-  struct alignas(8) Vec2u { u32 x, y; };
 
   // ---- producer ------------------------------------------------------------------------------
 
   /// Copy rows [0, kRows) of a factor tile (rank kRank, rows `row_stride` elements apart) into
   /// the swizzled tile at `dst` (kRChunks chunks of kRows x kChunkR), zero-filling rows past
-  /// `rows_valid` and the rank padding: the path for factors TMA cannot address (rows narrower
-  /// than 16-byte aligned). Each lane writes whole 16-byte units; the loads of a batch of units
-  /// are all issued before their stores, so their latencies overlap.
+  /// `rows_valid` and the rank padding: the path for factor rows of 2-byte alignment (odd rank),
+  /// which neither TMA nor cp.async can address. Each lane writes whole 16-byte units; the loads
+  /// of a batch of units are all issued before their stores, so their latencies overlap.
   template <int kRows>
   static __device__ __forceinline__ void copy_factor(u32 dst, const Element* src, long long row_stride, int rows_valid,
                                                      int lane) {
+    static_assert(kBiasAlign == 2, "4-, 8- and 16-byte factor rows go by cp.async or TMA");
     constexpr int kUnitsPerChunkRow = kChunkR / 8;
     constexpr int kUnitsPerRow = kRChunks * kUnitsPerChunkRow;
     constexpr int kUnits = kRows * kUnitsPerRow;
     constexpr int kPerLane = (kUnits + 31) / 32;
     constexpr int kBatch = kPerLane < 4 ? kPerLane : 4;
-    constexpr int kVec = kBiasAlign / 2;  // elements per global load
     for (int i0 = 0; i0 < kPerLane; i0 += kBatch) {
       u32 w[kBatch][4];
 #pragma unroll
@@ -178,18 +177,10 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
         if (u < kUnits && r < rows_valid) {
           const Element* row = src + r * row_stride;
 #pragma unroll
-          for (int e = 0; e < 8; e += kVec) {
+          for (int e = 0; e < 8; ++e) {
             if (col0 + e < kRank) {
-              if constexpr (kVec == 4) {
-                const Vec2u v = *reinterpret_cast<const Vec2u*>(row + col0 + e);
-                w[i][e / 2] = v.x;
-                w[i][e / 2 + 1] = v.y;
-              } else if constexpr (kVec == 2) {
-                w[i][e / 2] = *reinterpret_cast<const u32*>(row + col0 + e);
-              } else {
-                const u32 bits = *reinterpret_cast<const u16*>(row + col0 + e);
-                w[i][e / 2] |= (e & 1) ? bits << 16 : bits;
-              }
+              const u32 bits = *reinterpret_cast<const u16*>(row + col0 + e);
+              w[i][e / 2] |= (e & 1) ? bits << 16 : bits;
             }
           }
         }
