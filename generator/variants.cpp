@@ -189,7 +189,12 @@ std::vector<TileConfig> with_knobs(std::span<const char* const> tiles, std::stri
 ///    192-key tiles: alibi_gpt2 0.897-0.903 ms against 0.988-1.005 for the two-CTA tile (which
 ///    stays for fewer rows: seed_n4k ran 0.103 with 192x192, 176 CTAs on 132 SMs). Factor rows of
 ///    odd rank (2-byte aligned, copied through the producer's registers) leave too few registers
-///    for two CTAs: three consumer warpgroups of one CTA with 64-key tiles instead.
+///    for two CTAs: three consumer warpgroups of one CTA with 64-key tiles instead. Rows of at
+///    most 512 keys (a CTA sees a handful of key tiles, so its start, the wait for its Q tile,
+///    weighs: 9% of af3_tri's warp samples): four CTAs per SM of one consumer warpgroup each,
+///    af3_tri 0.1011-0.1025 ms against 0.1072-0.1088, and 0.0887-0.0897 against 0.0953-0.0958
+///    with the causal mask and rank 2 (seed_n4k, 4096 keys, runs 0.092 with them against 0.078;
+///    even at 1024-2048 keys).
 ///  - d <= 64: three consumer warpgroups, 128-key tiles, three stages, pvoverlap 2, taking turns
 ///    at the score products (pingpong 1): llm_d64 0.616-0.619 ms against 0.642-0.646 without
 ///    turns and 0.639-0.642 with two stages and pvoverlap 0 (which turns make slower, 0.667-0.673).
@@ -206,6 +211,9 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   static const std::vector<TileConfig> d32{TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0"),
                                            TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0"),
                                            TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
+  static const std::vector<TileConfig> d32_short_keys{TileConfig::parse("bm=64,bn=64,w=8,s=3,minblocks=4,pvoverlap=0"),
+                                                      TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0"),
+                                                      TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0")};
   static const std::vector<TileConfig> d32_causal_many{TileConfig::parse("bm=192,bn=192,w=16,s=2,pvoverlap=0"),
                                                        TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0"),
                                                        TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0")};
@@ -226,7 +234,9 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   // Four waves of one 192-row CTA per SM on a 132-SM GPU.
   const bool many_rows = shape.batch_heads * ((shape.seqlen_q + 191) / 192) >= 4 * 132;
   const auto& prefs = shape.seqlen_q <= 64    ? (key.head_dim > 64 && !causal ? short_rows_overlap : short_rows)
-                      : key.head_dim <= 32  ? (causal && many_rows ? d32_causal_many : d32)
+                      : key.head_dim <= 32  ? (shape.seqlen_k <= 512 ? d32_short_keys
+                                               : causal && many_rows   ? d32_causal_many
+                                                                       : d32)
                       : key.head_dim <= 64  ? d64
                       : key.head_dim <= 128 ? (causal ? d128_causal : d128)
                                             : (causal ? d256_causal : d256);

@@ -23,7 +23,7 @@
 //       O += P V                    wgmma, A = P from registers, B = V from shared memory (MN-major)
 //     then O is normalised, staged through the consumer's own rows of the Q tile, and written
 //     with 16-byte stores; LSE goes straight out.
-// The consumer warpgroups (and, with kMinBlocks = 2, two CTAs) interleave on the SM: one's
+// The consumer warpgroups (and, with kMinBlocks > 1, several CTAs) interleave on the SM: one's
 // softmax overlaps another's wgmma; with kPingPong they take turns at the score products
 // (named barriers in a ring), which makes that overlap the rule. kPvOverlap orders a warpgroup's
 // products so that P V of one tile overlaps the next tile's Q K^T issue (1) or its softmax (2).
@@ -50,7 +50,9 @@ struct FwdKnobs {
   static constexpr int kBlockN[] = {128, 64, 192};
   static constexpr int kWarps[] = {12, 16, 8};
   static constexpr int kStages[] = {2, 3};
-  static constexpr int kMinBlocks[] = {1, 2};
+  // CTAs per SM (__launch_bounds__). 3 and 4 fit one consumer warpgroup per CTA: on rows of a few
+  // key tiles one CTA's start (the wait for its Q tile) then overlaps three others' work.
+  static constexpr int kMinBlocks[] = {1, 2, 3, 4};
   static constexpr int kPvOverlap[] = {1, 0, 2};
   // The softmax's row max by FMNMX (0) or by compare and select, FSETP + FSEL (1). Fewer
   // instructions, and 5-9% faster on the d32/d64 benchmark rows and on llm_d128_causal; yet
@@ -102,7 +104,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   static constexpr int kConsumerShare = (kLaunchRegs * (kWarps / 4) - kProducerRegs) / kConsumers / 8 * 8;
   static constexpr int kConsumerRegs =
       kConsumers == 1 && kMinBlocks == 1 ? 0 : (kConsumerShare < 240 ? kConsumerShare : 240);
-  static_assert(kMinBlocks >= 1 && kMinBlocks <= 2, "min_blocks must be 1 or 2");
+  static_assert(kMinBlocks >= 1 && kMinBlocks <= 4, "min_blocks must be in [1, 4]");
   static_assert(kPvOverlap >= 0 && kPvOverlap <= 2, "pvoverlap must be 0, 1 or 2");
   static_assert(kMaxSelect == 0 || kMaxSelect == 1, "maxselect must be 0 or 1");
   static_assert(kPingPong == 0 || kPingPong == 1, "pingpong must be 0 or 1");

@@ -137,6 +137,25 @@ TEST_CASE("sm90 tiles that would starve the consumers are refused with the rule'
   CHECK_FALSE(legality_error(hopper_key(64, 16), TileConfig::parse("bm=128,bn=64,w=4,s=1"), 0).empty());
 }
 
+TEST_CASE("the sm90 forward runs four one-warpgroup CTAs per SM on short d32 rows", "[cpu][generator][sm90]") {
+  // af3_tri (N = 384): a handful of key tiles per CTA, so four CTAs per SM overlap one's start
+  // with three others' work; long rows keep two CTAs of two consumer warpgroups.
+  const std::size_t smem = default_smem_limit(Arch::parse("sm_90a"));
+  CHECK(heuristic_tile(hopper_key(32, 16), ShapeInfo{1024, 384, 384}, smem).str() ==
+        "bm64_bn64_w8_s3_minblocks4_pvoverlap0");
+  CHECK(heuristic_tile(hopper_key(32, 8), ShapeInfo{8, 4096, 4096}, smem).str() ==
+        "bm128_bn64_w12_s3_minblocks2_pvoverlap0");
+  // Odd rank (factor rows staged in the producer's registers) leaves four CTAs under 96
+  // registers per consumer: the next preference, which fits.
+  const TileConfig four = TileConfig::parse("bm=64,bn=64,w=8,s=3,minblocks=4,pvoverlap=0");
+  CHECK_THAT(legality_error(hopper_key(32, 3, 2), four, 0), Catch::Contains("under 96 registers per consumer thread"));
+  CHECK(heuristic_tile(hopper_key(32, 3, 2), ShapeInfo{1024, 384, 384}, smem).str() ==
+        "bm192_bn64_w16_s2_pvoverlap0");
+  // Four CTAs need the launch allocation (64 registers) to hold the widest wgmma's accumulators.
+  CHECK_THAT(legality_error(hopper_key(32, 16), TileConfig::parse("bm=64,bn=128,w=8,s=3,minblocks=4"), 0),
+             Catch::Contains("must hold the widest wgmma's accumulators"));
+}
+
 TEST_CASE("the sm90 source instantiates the sm90 template with a grid-constant parameter block", "[cpu][generator][sm90]") {
   const ProblemKey key = hopper_key(128, 16);
   const TileConfig t = heuristic_tile(key, ShapeInfo{32, 8192, 8192}, default_smem_limit(key.arch));
