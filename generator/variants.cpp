@@ -193,8 +193,9 @@ std::vector<TileConfig> with_knobs(std::span<const char* const> tiles, std::stri
 ///    most 512 keys (a CTA sees a handful of key tiles, so its start, the wait for its Q tile,
 ///    weighs: 9% of af3_tri's warp samples): four CTAs per SM of one consumer warpgroup each,
 ///    af3_tri 0.1011-0.1025 ms against 0.1072-0.1088, and 0.0887-0.0897 against 0.0953-0.0958
-///    with the causal mask and rank 2 (seed_n4k, 4096 keys, runs 0.092 with them against 0.078;
-///    even at 1024-2048 keys).
+///    with the causal mask and rank 2 (0.130 with the 192x192 tile). At 1024 and 2048 keys the
+///    two tiles are within 1.5% of each other; seed_n4k (4096 keys) runs 0.092 with four CTAs
+///    against 0.078.
 ///  - d <= 64: three consumer warpgroups, 128-key tiles, three stages, pvoverlap 2, taking turns
 ///    at the score products (pingpong 1): llm_d64 0.616-0.619 ms against 0.642-0.646 without
 ///    turns and 0.639-0.642 with two stages and pvoverlap 0 (which turns make slower, 0.667-0.673).

@@ -2,7 +2,7 @@
 # A/B of two flashbias binaries (or of knob settings) on the forward benchmark shapes, alternating
 # in one session on the GPU machine:
 #   tools/fwd_ab.sh "label=binary[:knobs]" "label=binary[:knobs]" ...
-# knobs are appended to each case's base tile, the heuristic's choice on an H100 (session 6); a
+# knobs are appended to each case's base tile, the heuristic's choice on an H100 (session 7); a
 # later knob of the same name wins ("-" alone: the dispatcher's own tile).
 # Prints "case label ms" per run; two rounds. PORTABLE=1: the portable family (--portable) with
 # its own heuristic's tiles as the bases; CASES="2 7": only those cases (line numbers below).
@@ -31,5 +31,5 @@ b=1,h=50,n=8192,d=32,r=2,mask=causal bm=192,bn=192,w=16,s=2,pvoverlap=0 bm=128,b
 b=4,h=16,n=4096,d=64,r=16 bm=192,bn=128,w=16,s=3,pvoverlap=2,pingpong=1 bm=128,bn=64,w=4,s=2
 b=2,h=16,n=8192,d=128,r=16 bm=128,bn=128,w=12,s=2,maxselect=1 bm=128,bn=64,w=4,s=1,minblocks=2
 b=2,h=16,n=8192,d=128,r=16,mask=causal bm=128,bn=128,w=12,s=2,pvoverlap=0,pingpong=1 bm=128,bn=64,w=4,s=1,minblocks=2
-b=256,h=4,n=384,d=32,r=16 bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0 bm=128,bn=64,w=4,s=2,minblocks=3
+b=256,h=4,n=384,d=32,r=16 bm=64,bn=64,w=8,s=3,minblocks=4,pvoverlap=0 bm=128,bn=64,w=4,s=2,minblocks=3
 CASES_END
