@@ -209,15 +209,16 @@ std::vector<TileConfig> with_knobs(std::span<const char* const> tiles, std::stri
 ///    faster with FMNMX, llm_d128_causal 1.12 against 1.19-1.20).
 ///  - d <= 256: 64-key tiles fit the shared memory with two consumer warpgroups.
 TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
-  static const std::vector<TileConfig> d32{TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0"),
-                                           TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0"),
-                                           TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
-  static const std::vector<TileConfig> d32_short_keys{TileConfig::parse("bm=64,bn=64,w=8,s=3,minblocks=4,pvoverlap=0"),
-                                                      TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0"),
-                                                      TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0")};
-  static const std::vector<TileConfig> d32_causal_many{TileConfig::parse("bm=192,bn=192,w=16,s=2,pvoverlap=0"),
-                                                       TileConfig::parse("bm=128,bn=64,w=12,s=3,minblocks=2,pvoverlap=0"),
-                                                       TileConfig::parse("bm=192,bn=64,w=16,s=2,pvoverlap=0")};
+  // The d32 tiles (P V after each tile's softmax, pvoverlap 0, for all of them): two CTAs of two
+  // consumer warpgroups, one CTA of three, four CTAs of one, and the 192x192 tile.
+  static constexpr const char* kTwoCtas = "bm=128,bn=64,w=12,s=3,minblocks=2";
+  static constexpr const char* kThreeWgs = "bm=192,bn=64,w=16,s=2";
+  static constexpr const char* kD32[] = {kTwoCtas, kThreeWgs, "bm=128,bn=128,w=12,s=2"};
+  static constexpr const char* kD32ShortKeys[] = {"bm=64,bn=64,w=8,s=3,minblocks=4", kTwoCtas, kThreeWgs};
+  static constexpr const char* kD32CausalMany[] = {"bm=192,bn=192,w=16,s=2", kTwoCtas, kThreeWgs};
+  static const std::vector<TileConfig> d32 = with_knobs(kD32, "pvoverlap=0");
+  static const std::vector<TileConfig> d32_short_keys = with_knobs(kD32ShortKeys, "pvoverlap=0");
+  static const std::vector<TileConfig> d32_causal_many = with_knobs(kD32CausalMany, "pvoverlap=0");
   static const std::vector<TileConfig> d64{TileConfig::parse("bm=192,bn=128,w=16,s=3,pvoverlap=2,pingpong=1"),
                                            TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2,pvoverlap=0"),
                                            TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
@@ -300,12 +301,14 @@ std::vector<DefaultVariant> default_variants(const Arch& arch) {
     const char* name;
     int d, r;
     MaskKind mask;
+    std::int64_t batch_heads, n;
   };
-  // The benchmark cases of shared/BENCH.md (seed, ALiBi GPT-2, LLM d64/d128, AlphaFold-3).
+  // The benchmark cases of shared/BENCH.md (seed, ALiBi GPT-2, LLM d64/d128, AlphaFold-3); seed
+  // at seed_n4k's extents (seed_n16k's pick the same tile).
   static const Row rows[] = {
-      {"seed", 32, 8, MaskKind::none},          {"alibi_gpt2", 32, 2, MaskKind::causal},
-      {"llm_d64", 64, 16, MaskKind::none},      {"llm_d128", 128, 16, MaskKind::none},
-      {"llm_d128_causal", 128, 16, MaskKind::causal}, {"af3_tri", 32, 16, MaskKind::none},
+      {"seed", 32, 8, MaskKind::none, 8, 4096},          {"alibi_gpt2", 32, 2, MaskKind::causal, 50, 8192},
+      {"llm_d64", 64, 16, MaskKind::none, 64, 4096},     {"llm_d128", 128, 16, MaskKind::none, 32, 8192},
+      {"llm_d128_causal", 128, 16, MaskKind::causal, 32, 8192}, {"af3_tri", 32, 16, MaskKind::none, 1024, 384},
   };
   std::vector<DefaultVariant> out;
   for (DType dt : {DType::f16, DType::bf16})
@@ -318,7 +321,7 @@ std::vector<DefaultVariant> default_variants(const Arch& arch) {
       k.mask = r.mask;
       k.qkv_align = 16;
       k.bias_align = dense_problem_key(ProblemSpec{.rank = r.r}, arch).bias_align;
-      out.push_back({fmt::format("{}_{}", r.name, to_string(dt)), k});
+      out.push_back({fmt::format("{}_{}", r.name, to_string(dt)), k, ShapeInfo{r.batch_heads, r.n, r.n}});
     }
   return out;
 }

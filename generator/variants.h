@@ -60,6 +60,7 @@ std::size_t default_smem_limit(const Arch& arch);
 struct DefaultVariant {
   std::string name;  ///< the benchmark case it serves, e.g. "llm_d128_causal"
   ProblemKey key;    ///< arch filled in by default_variants()
+  ShapeInfo shape;   ///< the benchmark case's extents, which the heuristic's tile choice reads
 };
 
 /// The default variant set for an arch: the keys of the benchmark cases in both dtypes, with

@@ -23,14 +23,16 @@ TEST_CASE("the default variant set (forward and backward) compiles for sm_80 and
   for (const char* a : {"sm_80", "sm_90a"}) {
     const Arch arch = Arch::parse(a);
     for (const DefaultVariant& v : default_variants(arch))
-      // Long and short sequences pick different heuristic tiles; both belong to the set. The
+      // Long and short sequences pick different heuristic tiles; both belong to the set, and so
+      // does the tile of the benchmark case's own extents (what `flashbias demo` reports). The
       // backward of every key too (its four kernels share one module; spills summed over them).
       for (Direction dir : {Direction::fwd, Direction::bwd})
-        for (std::int64_t n : {384, 8192}) {
+        for (const ShapeInfo& shape : {ShapeInfo{8, 384, 384}, ShapeInfo{8, 8192, 8192}, v.shape}) {
           ProblemKey key = v.key;
           key.direction = dir;
-          const TileConfig t = heuristic_tile(key, ShapeInfo{8, n, n}, default_smem_limit(arch));
-          jobs.push_back({KernelSpec{key, t}, fmt::format("{} {} n={}", v.name, to_string(dir), n)});
+          const TileConfig t = heuristic_tile(key, shape, default_smem_limit(arch));
+          jobs.push_back({KernelSpec{key, t}, fmt::format("{} {} bh={} n={}", v.name, to_string(dir),
+                                                          shape.batch_heads, shape.seqlen_k)});
         }
   }
   // Deduplicate (several shapes share a tile), then compile on every core.

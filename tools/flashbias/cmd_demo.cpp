@@ -34,7 +34,7 @@ int compile_report(unsigned jobs) {
   for (const char* a : {"sm_80", "sm_90a"}) {
     const Arch arch = Arch::parse(a);
     for (const DefaultVariant& v : default_variants(arch))
-      todo.push_back({arch, v, heuristic_tile(v.key, ShapeInfo{8, 4096, 4096}, default_smem_limit(arch))});
+      todo.push_back({arch, v, heuristic_tile(v.key, v.shape, default_smem_limit(arch))});
   }
   // NVRTC is thread-safe per program: compile on `jobs` threads, then print in table order.
   std::vector<std::optional<CompiledKernel>> compiled(todo.size());
