@@ -1,5 +1,7 @@
-"""flash_bias_func: the FlashBias paper's Python API over libflashbias.so, with autograd, as opaque
-custom ops (torch.library) so that torch.compile keeps it in one graph and CUDA graphs can capture it.
+"""flash_bias_func: the FlashBias paper's Python API over libflashbias.so, with autograd. Two entry
+points run the same launches: opaque custom ops (torch.library), which torch.compile keeps in one
+graph, and, for eager calls, a torch.autograd.Function that costs a fraction of their CPU time.
+Both capture into CUDA graphs.
 
     O = softmax(softmax_scale * Q K^T + Qb Kb^T) V      (causal: bottom-right aligned)
 
@@ -127,10 +129,14 @@ def _readable(t):
 
 
 def _strides(t, shared=(False, False)):
-    """flashbias_strides for a [B, N, H, X] tensor. Shared (broadcast) dims get 0. A dim of extent
+    """flashbias_strides for a [B, N, H, X] tensor (see _strides_of)."""
+    return _strides_of(t.shape, t.stride(), shared)
+
+
+def _strides_of(shape, st, shared=(False, False)):
+    """flashbias_strides for a [B, N, H, X] layout. Shared (broadcast) dims get 0. A dim of extent
     1 gets its contiguous stride: the kernels never step along it, the library refuses 0 outside
     the factors, and a multiple of X keeps the alignment class of the layout."""
-    shape, st = t.shape, t.stride()
     X = shape[3]
     canon = (shape[1] * shape[2] * X, shape[2] * X, X)
     b = 0 if shared[0] else (st[0] if shape[0] > 1 else canon[0])
@@ -139,12 +145,27 @@ def _strides(t, shared=(False, False)):
     return _library.Strides(b, n, h)
 
 
+def _contiguous_strides(shape):
+    strides, n = [], 1
+    for extent in reversed(shape):
+        strides.append(n)
+        n *= extent
+    return tuple(reversed(strides))
+
+
 def _expanded(t):
     """An expanded view (stride 0 where the extent is > 1) in the batch or head dim."""
     return any(t.shape[d] > 1 and t.stride(d) == 0 for d in (0, 2))
 
 
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def _stream(device):
+    """The device's current CUDA stream as a handle. The raw query skips building a
+    torch.cuda.Stream object (a few microseconds per call); the public one is the fallback."""
+    if _raw_stream is not None:
+        return ctypes.c_void_p(_raw_stream(device.index))
     return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
 
 
@@ -211,6 +232,46 @@ class ForwardCall:
 # ---------------------------------------------------------------------------------------------
 # The custom ops.
 
+# Argument blocks are built once per layout (shapes, strides, dtype, flags, device) and copied per
+# call with the new pointers: building one field by field through ctypes costs tens of microseconds,
+# more than a small problem's kernels take. Bounded: cleared when it reaches _MAX_TEMPLATES.
+_MAX_TEMPLATES = 256
+_fwd_templates = {}
+_bwd_templates = {}
+
+
+def _layout(tensors):
+    return tuple(None if t is None else (t.shape, t.stride()) for t in tensors)
+
+
+def _remember(cache, key, value):
+    if len(cache) >= _MAX_TEMPLATES:
+        cache.clear()
+    cache[key] = value
+
+
+def _forward_impl(q, k, v, q_bias, k_bias, causal, softmax_scale):
+    """The forward launch (both entry points; layouts the kernels can read): out [B, Nq, H, D] and
+    lse [B, H, Nq] float32."""
+    B, Nq, H, D = q.shape
+    device = q.device
+    out = torch.empty((B, Nq, H, D), dtype=q.dtype, device=device)
+    lse = torch.empty((B, H, Nq), dtype=torch.float32, device=device)
+    key = (device.index, q.dtype, causal, softmax_scale, _layout((q, k, v, q_bias, k_bias)))
+    template = _fwd_templates.get(key)
+    if template is None:
+        # out is allocated contiguous here, so its strides follow from q's shape (in the key).
+        template = _forward_args(q, k, v, q_bias, k_bias, causal, softmax_scale, out, lse)
+        _remember(_fwd_templates, key, template)
+    a = _library.ForwardArgs.from_buffer_copy(template)
+    a.q, a.k, a.v, a.o, a.lse = q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr()
+    if q_bias is not None:
+        a.qb, a.kb = q_bias.data_ptr(), k_bias.data_ptr()
+    ctx = runtime.get_context(device.index)
+    ctx.lib.check(ctx.lib.forward(ctx.handle, ctypes.byref(a), _stream(device)), "flash_bias_func forward")
+    return out, lse
+
+
 @torch.library.custom_op("flashbias::attention_forward", mutates_args=())
 def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_bias: Optional[torch.Tensor],
                 k_bias: Optional[torch.Tensor], causal: bool,
@@ -219,13 +280,7 @@ def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_bias: Optio
     q, k, v = _readable(q), _readable(k), _readable(v)
     if q_bias is not None:
         q_bias, k_bias = _readable(q_bias), _readable(k_bias)
-    B, Nq, H, D = q.shape
-    out = torch.empty((B, Nq, H, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, Nq), dtype=torch.float32, device=q.device)
-    ctx = runtime.get_context(q.device.index)
-    a = _forward_args(q, k, v, q_bias, k_bias, causal, softmax_scale, out, lse)
-    ctx.lib.check(ctx.lib.forward(ctx.handle, ctypes.byref(a), _stream(q.device)), "flash_bias_func forward")
-    return out, lse
+    return _forward_impl(q, k, v, q_bias, k_bias, causal, softmax_scale)
 
 
 @_forward_op.register_fake
@@ -234,12 +289,37 @@ def _forward_fake(q, k, v, q_bias, k_bias, causal, softmax_scale):
     return q.new_empty((B, Nq, H, D)), q.new_empty((B, H, Nq), dtype=torch.float32)
 
 
-@torch.library.custom_op("flashbias::attention_backward", mutates_args=())
-def _backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 q_bias: Optional[torch.Tensor], k_bias: Optional[torch.Tensor], out: torch.Tensor,
-                 lse: torch.Tensor, causal: bool, softmax_scale: Optional[float]
-                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    ctx = runtime.get_context(q.device.index)
+def _backward_block(dout, q, k, v, q_bias, k_bias, out, causal, softmax_scale, lib, handle):
+    """A backward argument block without pointers, and the workspace bytes it needs (the
+    gradients are allocated contiguous, so their strides follow from the shapes in the key)."""
+    B, Nq, H, D = q.shape
+    a = _library.BackwardArgs()
+    qs = ks = (False, False)
+    if q_bias is not None:
+        qs = runtime.factor_broadcast(q_bias, B, H)
+        ks = runtime.factor_broadcast(k_bias, B, H)
+    _fill_common(a, q, k, v, q_bias, k_bias, causal, softmax_scale, qs, ks)
+    a.o_stride = _strides(out)
+    a.dout_stride = _strides(dout)
+    a.dq_stride = _strides_of(q.shape, _contiguous_strides(q.shape))
+    a.dk_stride = _strides_of(k.shape, _contiguous_strides(k.shape))
+    a.dv_stride = _strides_of(k.shape, _contiguous_strides(k.shape))
+    if q_bias is not None:
+        a.dqb_stride = _strides_of(q_bias.shape, _contiguous_strides(q_bias.shape))
+        a.dkb_stride = _strides_of(k_bias.shape, _contiguous_strides(k_bias.shape))
+    a.mode = _library.BACKWARD_DETERMINISTIC
+    size = ctypes.c_uint64(0)
+    lib.check(lib.backward_workspace_size(handle, ctypes.byref(a), ctypes.byref(size)),
+              "flash_bias_func backward (workspace size)")
+    # At least 16 bytes so the pointer is never NULL (NULL asks the library to allocate itself).
+    return a, max(int(size.value), 16)
+
+
+def _backward_impl(dout, q, k, v, q_bias, k_bias, out, lse, causal, softmax_scale):
+    """The backward launch (both entry points; q, k, v, out in layouts the kernels can read): dq,
+    dk, dv, dqb, dkb (the last two empty without factors), deterministic mode."""
+    device = q.device
+    ctx = runtime.get_context(device.index)
     lib = ctx.lib
     lib.require("backward")
     B, Nq, H, D = q.shape
@@ -247,46 +327,47 @@ def _backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     # dO comes from autograd: o.sum().backward() hands an expanded (all-stride-0) tensor, other
     # losses a transposed one. The kernels need a contiguous last dim and real storage: copy then.
     dout = _readable(dout.to(q.dtype))
-    q, k, v, out = _readable(q), _readable(k), _readable(v), _readable(out)
-    dq = torch.empty((B, Nq, H, D), dtype=q.dtype, device=q.device)
-    dk = torch.empty((B, Nk, H, D), dtype=q.dtype, device=q.device)
-    dv = torch.empty((B, Nk, H, D), dtype=q.dtype, device=q.device)
-    a = _library.BackwardArgs()
-    qs = ks = (False, False)
+    dq = torch.empty((B, Nq, H, D), dtype=q.dtype, device=device)
+    dk = torch.empty((B, Nk, H, D), dtype=q.dtype, device=device)
+    dv = torch.empty((B, Nk, H, D), dtype=q.dtype, device=device)
     if q_bias is not None:
         # An expanded factor (a size-B view of one slice, stride 0) needs a gradient per element,
         # not the sum the library writes for a shared dim: pass a copy with real strides.
-        dqb = torch.empty(tuple(q_bias.shape), dtype=q.dtype, device=q.device)
-        dkb = torch.empty(tuple(k_bias.shape), dtype=q.dtype, device=q.device)
+        dqb = torch.empty(tuple(q_bias.shape), dtype=q.dtype, device=device)
+        dkb = torch.empty(tuple(k_bias.shape), dtype=q.dtype, device=device)
         q_bias = _readable(q_bias.contiguous() if _expanded(q_bias) else q_bias)
         k_bias = _readable(k_bias.contiguous() if _expanded(k_bias) else k_bias)
-        qs = runtime.factor_broadcast(q_bias, B, H)
-        ks = runtime.factor_broadcast(k_bias, B, H)
     else:
-        dqb = torch.empty((0,), dtype=q.dtype, device=q.device)
-        dkb = torch.empty((0,), dtype=q.dtype, device=q.device)
-    _fill_common(a, q, k, v, q_bias, k_bias, causal, softmax_scale, qs, ks)
-    a.o, a.o_stride = out.data_ptr(), _strides(out)
-    a.dout, a.dout_stride = dout.data_ptr(), _strides(dout)
+        dqb = torch.empty((0,), dtype=q.dtype, device=device)
+        dkb = torch.empty((0,), dtype=q.dtype, device=device)
     lse = lse if lse.is_contiguous() else lse.contiguous()
-    a.lse = lse.data_ptr()
-    a.dq, a.dq_stride = dq.data_ptr(), _strides(dq)
-    a.dk, a.dk_stride = dk.data_ptr(), _strides(dk)
-    a.dv, a.dv_stride = dv.data_ptr(), _strides(dv)
-    if q_bias is not None:
-        a.dqb, a.dqb_stride = dqb.data_ptr(), _strides(dqb)
-        a.dkb, a.dkb_stride = dkb.data_ptr(), _strides(dkb)
-    a.mode = _library.BACKWARD_DETERMINISTIC
-    size = ctypes.c_uint64(0)
-    lib.check(lib.backward_workspace_size(ctx.handle, ctypes.byref(a), ctypes.byref(size)),
-              "flash_bias_func backward (workspace size)")
+    key = (device.index, q.dtype, causal, softmax_scale, _layout((dout, q, k, v, q_bias, k_bias, out)))
+    entry = _bwd_templates.get(key)
+    if entry is None:
+        entry = _backward_block(dout, q, k, v, q_bias, k_bias, out, causal, softmax_scale, lib, ctx.handle)
+        _remember(_bwd_templates, key, entry)
+    template, workspace_bytes = entry
     # Scratch from PyTorch's allocator (inside a CUDA graph capture: the graph's pool), so the
-    # library never allocates. At least 16 bytes so the pointer is never NULL (NULL asks the
-    # library to allocate itself); the caching allocator's blocks are 512-byte aligned.
-    workspace = torch.empty((max(int(size.value), 16),), dtype=torch.uint8, device=q.device)
-    a.workspace, a.workspace_bytes = workspace.data_ptr(), workspace.numel()
-    lib.check(lib.backward(ctx.handle, ctypes.byref(a), _stream(q.device)), "flash_bias_func backward")
+    # library never allocates; the caching allocator's blocks are 512-byte aligned.
+    workspace = torch.empty((workspace_bytes,), dtype=torch.uint8, device=device)
+    a = _library.BackwardArgs.from_buffer_copy(template)
+    a.q, a.k, a.v, a.o, a.dout = q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), dout.data_ptr()
+    a.lse, a.dq, a.dk, a.dv = lse.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr()
+    if q_bias is not None:
+        a.qb, a.kb, a.dqb, a.dkb = q_bias.data_ptr(), k_bias.data_ptr(), dqb.data_ptr(), dkb.data_ptr()
+    a.workspace, a.workspace_bytes = workspace.data_ptr(), workspace_bytes
+    lib.check(lib.backward(ctx.handle, ctypes.byref(a), _stream(device)), "flash_bias_func backward")
     return dq, dk, dv, dqb, dkb
+
+
+@torch.library.custom_op("flashbias::attention_backward", mutates_args=())
+def _backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 q_bias: Optional[torch.Tensor], k_bias: Optional[torch.Tensor], out: torch.Tensor,
+                 lse: torch.Tensor, causal: bool, softmax_scale: Optional[float]
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # The saved tensors' layouts are the forward's unless a compiler changed them.
+    q, k, v, out = _readable(q), _readable(k), _readable(v), _readable(out)
+    return _backward_impl(dout, q, k, v, q_bias, k_bias, out, lse, causal, softmax_scale)
 
 
 @_backward_op.register_fake
@@ -326,6 +407,53 @@ _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
+# The eager entry point. Outside torch.compile, dispatching through the custom ops costs more CPU
+# time per call than the kernels of a small problem take on the GPU (torch.library's Python
+# dispatch, its autograd wrapper and the schema checks: docs/PERF_NOTES.md, "Python call
+# overhead"). Eager calls therefore run the same launches through a torch.autograd.Function, or,
+# when no gradient is wanted, call the forward launch directly; torch.compile traces the custom
+# ops, which it can keep in one graph.
+
+class _EagerFunction(torch.autograd.Function):
+    """Eager autograd over _forward_impl / _backward_impl (the custom ops' bodies, so both entry
+    points launch the same kernels with the same arguments and give bitwise-equal results)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, q_bias, k_bias, causal, softmax_scale):
+        out, lse = _forward_impl(q, k, v, q_bias, k_bias, causal, softmax_scale)
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(q, k, v, q_bias, k_bias, out, lse)
+        ctx.causal = causal
+        ctx.softmax_scale = softmax_scale
+        return out, lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dlse):
+        q, k, v, q_bias, k_bias, out, lse = ctx.saved_tensors
+        dq, dk, dv, dqb, dkb = _backward_impl(dout, q, k, v, q_bias, k_bias, out, lse, ctx.causal,
+                                              ctx.softmax_scale)
+        if q_bias is None:
+            dqb = dkb = None
+        return dq, dk, dv, dqb, dkb, None, None
+
+
+# Set to False to send eager calls through the custom ops as well (for comparison and debugging).
+eager_fast_path = True
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _eager_call(tensors):
+    """True when flash_bias_func may skip the custom ops: not under torch.compile or export, and
+    every tensor a plain (or Parameter) tensor, i.e. none of the fake, functional or subclass
+    tensors that tracing uses (those go through the custom ops, which carry fake kernels)."""
+    if not eager_fast_path or torch.compiler.is_compiling():
+        return False
+    return all(t is None or type(t) in _PLAIN_TYPES for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------
 # The public function.
 
 def flash_bias_func(q, k, v, q_bias=None, k_bias=None, mask=None, causal=False, softmax_scale=None, *,
@@ -352,17 +480,27 @@ def flash_bias_func(q, k, v, q_bias=None, k_bias=None, mask=None, causal=False, 
 
     Runs on the current CUDA stream; works under torch.compile (fullgraph; pass softmax_scale as a
     Python float there: Dynamo traces NumPy scalars as arrays) and CUDA graph capture (call once
-    before capturing, so the kernels are built). Library failures raise
-    flashbias.FlashBiasError with the library's message."""
+    before capturing, so the kernels are built). Eager calls take a lighter path than the custom
+    ops that torch.compile sees (a torch.autograd.Function; no autograd node at all when no input
+    needs a gradient): same kernels, same results, a fraction of the CPU time per call. Library
+    failures raise flashbias.FlashBiasError with the library's message."""
     _check_inputs(q, k, v, q_bias, k_bias, mask, causal, softmax_scale)
-    out, lse = _forward_op(q, k, v, q_bias, k_bias, bool(causal),
-                           None if softmax_scale is None else float(softmax_scale))
+    causal = bool(causal)
+    softmax_scale = None if softmax_scale is None else float(softmax_scale)
+    tensors = (q, k, v, q_bias, k_bias)
+    if not _eager_call(tensors):
+        out, lse = _forward_op(q, k, v, q_bias, k_bias, causal, softmax_scale)
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        out, lse = _EagerFunction.apply(q, k, v, q_bias, k_bias, causal, softmax_scale)
+    else:
+        out, lse = _forward_impl(q, k, v, q_bias, k_bias, causal, softmax_scale)
     return (out, lse) if return_lse else out
 
 
 class FlashBiasFunc:
     """The paper's `FlashBiasFunc.apply(q, k, v, q_bias, k_bias, mask, causal, softmax_scale)`
-    spelling. Autograd is the custom op's (torch.library.register_autograd)."""
+    spelling of flash_bias_func (same autograd: the eager Function, or the custom ops' under
+    torch.compile)."""
 
     @staticmethod
     def apply(q, k, v, q_bias=None, k_bias=None, mask=None, causal=False, softmax_scale=None):

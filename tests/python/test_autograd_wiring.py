@@ -1,7 +1,8 @@
-"""The custom ops' autograd glue (register_autograd: what the forward saves, how the backward op is
-called, which gradients come back, None for absent factors), checked on the CPU by giving both
-ops a CPU kernel computed from the reference; the CUDA kernels are the library's and are tested
-in test_gpu.py. Registering CPU kernels only adds the CPU dispatch key: flash_bias_func itself
+"""The autograd glue of both entry points (the custom ops' register_autograd and the eager
+torch.autograd.Function: what the forward saves, how the backward is called, which gradients come
+back, None for absent factors), checked on the CPU by giving both ops a CPU kernel computed from
+the reference (and the Function the same functions in place of its launches); the CUDA kernels
+are the library's and are tested in test_gpu.py. Registering CPU kernels only adds the CPU dispatch key: flash_bias_func itself
 still refuses CPU tensors, and the CUDA path is untouched."""
 import math
 
@@ -10,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (tools/test.sh installs it)")
 
 import flashbias  # noqa: E402,F401  (registers the ops)
+from flashbias import attention  # noqa: E402
 from reference import make_inputs, reference  # noqa: E402
 
 calls = []
@@ -70,11 +72,27 @@ def cpu_kernels():
     torch.library.register_kernel("flashbias::attention_backward", "cpu", _cpu_backward)
 
 
-def test_gradients_flow_to_all_five_inputs_in_their_own_shapes():
+def _eager_apply(*args):
+    return attention._EagerFunction.apply(*args)
+
+
+# The two autograd entry points: the custom op (torch.compile's) and the eager Function, whose
+# launches (attention._forward_impl / _backward_impl) are replaced by the CPU ones for these tests.
+ENTRY_POINTS = {"custom_op": lambda *args: torch.ops.flashbias.attention_forward(*args), "eager": _eager_apply}
+
+
+@pytest.fixture(params=sorted(ENTRY_POINTS))
+def forward(request, monkeypatch):
+    monkeypatch.setattr(attention, "_forward_impl", _cpu_forward)
+    monkeypatch.setattr(attention, "_backward_impl", _cpu_backward)
+    return ENTRY_POINTS[request.param]
+
+
+def test_gradients_flow_to_all_five_inputs_in_their_own_shapes(forward):
     q, k, v, qb, kb, dout = make_inputs(2, 3, 9, 7, 8, 2, torch.float32, (1, 9, 1, 2), (2, 7, 1, 2), device="cpu")
     leaves = [t.clone().requires_grad_() for t in (q, k, v, qb, kb)]
     calls.clear()
-    out, lse = torch.ops.flashbias.attention_forward(*leaves, True, 0.5)
+    out, lse = forward(*leaves, True, 0.5)
     assert not lse.requires_grad  # marked non-differentiable
     out.backward(dout)
     assert calls == ["forward", "backward"]
@@ -86,17 +104,48 @@ def test_gradients_flow_to_all_five_inputs_in_their_own_shapes():
         assert torch.allclose(got.grad.double(), w.grad, rtol=1e-5, atol=1e-5), name
 
 
-def test_plain_attention_returns_no_factor_gradients():
+def test_plain_attention_returns_no_factor_gradients(forward):
     q, k, v, _, _, dout = make_inputs(1, 2, 5, 5, 8, 0, torch.float32, device="cpu")
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out, _ = torch.ops.flashbias.attention_forward(*leaves, None, None, False, None)
+    out, _ = forward(*leaves, None, None, False, None)
     grads = torch.autograd.grad(out, leaves, dout)
     assert [g.shape for g in grads] == [t.shape for t in leaves]
 
 
-def test_only_the_inputs_that_need_it_get_gradients():
+def test_only_the_inputs_that_need_it_get_gradients(forward):
     q, k, v, qb, kb, dout = make_inputs(1, 2, 5, 5, 8, 2, torch.float32, device="cpu")
     qb = qb.clone().requires_grad_()
-    out, _ = torch.ops.flashbias.attention_forward(q, k, v, qb, kb, False, None)
+    out, _ = forward(q, k, v, qb, kb, False, None)
     (g,) = torch.autograd.grad(out, (qb,), dout)
     assert g.shape == qb.shape and torch.isfinite(g).all()
+
+
+def test_eager_backward_refuses_a_second_derivative():
+    q, k, v, qb, kb, dout = make_inputs(1, 2, 5, 5, 8, 2, torch.float32, device="cpu")
+    q = q.clone().requires_grad_()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(attention, "_forward_impl", _cpu_forward)
+        m.setattr(attention, "_backward_impl", _cpu_backward)
+        out, _ = _eager_apply(q, k, v, qb, kb, False, None)
+        # (dO requiring a gradient, as in a double-backward; otherwise g simply has no graph)
+        (g,) = torch.autograd.grad(out, (q,), dout.requires_grad_(), create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable|second time|double"):
+            g.sum().backward()
+
+
+def test_flash_bias_func_picks_the_eager_path_outside_compile_only(monkeypatch):
+    """The dispatch rule, without a GPU: eager calls on plain tensors take the Function (or no
+    autograd node when nothing needs a gradient); tracing, tensor subclasses and the switch
+    take the custom ops."""
+    q = torch.zeros(1, 2, 1, 8)
+    assert attention._eager_call((q, q, q, None, None))
+    assert attention._eager_call((q, q, q, torch.nn.Parameter(torch.zeros(1, 2, 1, 2)), q))
+
+    class Sub(torch.Tensor):
+        pass
+    assert not attention._eager_call((q, q.as_subclass(Sub), q, None, None))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not attention._eager_call((q, q, q, None, None))
+    monkeypatch.undo()
+    monkeypatch.setattr(attention, "eager_fast_path", False)
+    assert not attention._eager_call((q, q, q, None, None))
