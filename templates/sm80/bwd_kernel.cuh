@@ -255,19 +255,23 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
   }
 
   /// The (block, batch, head, slice) a CTA of a tiled kernel owns: blockIdx.x enumerates the
-  /// blocks of one (batch, head) fastest, then (batch, head), then the slice.
+  /// blocks of one (batch, head) fastest (so the CTAs on the GPU at once share K and V in L2),
+  /// then (batch, head), then the slice. `reverse` walks each head's blocks from the last: under
+  /// the causal mask the last query blocks see the most keys, so dq starts each head with its
+  /// heaviest block and the grid ends on light ones (dkdv's heaviest key blocks are its first).
   struct Work {
     int block;
     long long bh;
     int b, h;
     Slice sl;
   };
-  static __device__ __forceinline__ Work decode(const BwdParams& p, int num_blocks) {
+  static __device__ __forceinline__ Work decode(const BwdParams& p, int num_blocks, bool reverse = false) {
     const long long bid = block_idx();
     const long long rest = bid / num_blocks;
     const long long heads = (long long)p.batch * p.heads;
     Work w;
     w.block = int(bid % num_blocks);
+    if (reverse) w.block = num_blocks - 1 - w.block;
     w.bh = rest % heads;
     w.sl = slice_of(int(rest / heads));
     w.b = int(w.bh / p.heads);
@@ -577,7 +581,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     const int warp_row0 = warp * kQWarpRows;
     const int gq = lane >> 2, t = lane & 3;
 
-    const Work w = decode(p, p.num_m_blocks);
+    const Work w = decode(p, p.num_m_blocks, kCausal);
     const Slice sl = w.sl;
     const long long bh = w.bh;
     const int b = w.b, h = w.h;

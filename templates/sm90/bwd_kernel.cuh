@@ -376,7 +376,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     const int warp = tid_wg >> 5;
     const int g = lane >> 2, t = lane & 3;
 
-    const typename Portable::Work w = Portable::decode(p, p.num_m_blocks);
+    const typename Portable::Work w = Portable::decode(p, p.num_m_blocks, kCausal);
     const long long bh = w.bh;
     const int b = w.b, h = w.h;
     const int m0 = w.block * kBlockM;
