@@ -6,12 +6,15 @@ same inputs: sdpa_concat (the paper's PyTorch route), sdpa_dense, flex_dense, sd
 Our kernels run through the Python package (python/flashbias, over libflashbias.so; FLASHBIAS_LIB
 or the repository's build folders): flashbias_ms times a prepared call (flashbias.ForwardCall: the
 argument block built once, so the time is the launch and the kernel, as the peers' are);
-flashbias_func_ms times flash_bias_func itself (checks, custom-op dispatch, argument block).
-Time = median of triton.testing.do_bench (which clears L2 between runs), after its warm-up.
+flashbias_func_ms times flash_bias_func itself (checks, the eager entry point, argument block).
+Time = median of triton.testing.do_bench (which clears L2 between runs), after its warm-up; every
+contender of a case is timed in --rounds alternating rounds (default 3) and reported as the median
+of its rounds (each round's time is kept in the JSON), so clock drift over a case hits all alike.
 Error = relative L2 of our output against an fp32 SDPA of the dense-bias problem."""
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 
@@ -41,6 +44,32 @@ def do_bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
+ROUNDS = 3  # --rounds
+
+
+def time_contenders(res, contenders, rounds):
+    """Times every contender (name -> fn) in `rounds` alternating rounds (ours, peer, peer, ...,
+    then again), so that a drift of the GPU's clocks over the case lands on all of them alike.
+    res[name + "_ms"] = the median over the rounds, res[name + "_rounds_ms"] = every round's
+    median. A contender that raises is reported in res[name + "_error"] and dropped."""
+    samples = {name: [] for name in contenders}
+    starts = {name: [] for name in contenders}
+    live = dict(contenders)
+    for _ in range(rounds):
+        for name, fn in list(live.items()):
+            try:
+                starts[name].append(round(time.time(), 2))
+                samples[name].append(do_bench(fn))
+            except Exception as e:  # report, never hide
+                res[name + "_error"] = str(e).splitlines()[0][:200]
+                del live[name]
+    for name, times in samples.items():
+        if name in live and times:
+            res[name + "_ms"] = statistics.median(times)
+            res[name + "_rounds_ms"] = times
+            res[name + "_rounds_start"] = starts[name]  # Unix time of each round (to match clock logs)
+
+
 def make_inputs(B, H, N, D, R, dtype, seed):
     g = torch.Generator(device="cuda").manual_seed(seed)
     q = torch.randn(B, N, H, D, device="cuda", dtype=dtype, generator=g)
@@ -61,7 +90,7 @@ def dense_bias(qb, kb, causal, dtype):
     return bias.to(dtype)
 
 
-def run_case(name, dtype, skip_flex, check):
+def run_case(name, dtype, skip_flex, check, rounds=ROUNDS):
     B, H, N, D, R, causal = CASES[name]
     scale = 1.0 / math.sqrt(D)
     q, k, v, qb, kb = make_inputs(B, H, N, D, R, dtype, seed=int(time.time()) & 0xFFFF)
@@ -72,10 +101,6 @@ def run_case(name, dtype, skip_flex, check):
     call = flashbias.ForwardCall(q, k, v, qb, kb, causal=causal, softmax_scale=scale)
     out = call.run()
     torch.cuda.synchronize()
-    res["flashbias_ms"] = do_bench(call.run)
-    res["flashbias_tflops"] = flops / (res["flashbias_ms"] * 1e-3) / 1e12
-    res["flashbias_func_ms"] = do_bench(
-        lambda: flashbias.flash_bias_func(q, k, v, qb, kb, causal=causal, softmax_scale=scale))
 
     if check:
         # fp32 reference on the dense-bias problem (memory-efficient SDPA does not materialise S).
@@ -87,23 +112,16 @@ def run_case(name, dtype, skip_flex, check):
         res["rel_l2"] = ((got - ref).norm() / ref.norm()).item()
         del bias32, ref
 
-    def sdpa_nobias():
-        return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale)
-    res["sdpa_nobias_ms"] = do_bench(sdpa_nobias)
-
     qc = torch.cat([q * scale, qb], dim=-1).transpose(1, 2)
     kc = torch.cat([k, kb], dim=-1).transpose(1, 2)
-
-    def sdpa_concat():
-        return F.scaled_dot_product_attention(qc, kc, vt, is_causal=causal, scale=1.0)
-    res["sdpa_concat_ms"] = do_bench(sdpa_concat)
-    del qc, kc
-
     bias = dense_bias(qb, kb, causal, dtype)
-
-    def sdpa_dense():
-        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale)
-    res["sdpa_dense_ms"] = do_bench(sdpa_dense)
+    contenders = {
+        "flashbias": call.run,
+        "flashbias_func": lambda: flashbias.flash_bias_func(q, k, v, qb, kb, causal=causal, softmax_scale=scale),
+        "sdpa_nobias": lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale),
+        "sdpa_concat": lambda: F.scaled_dot_product_attention(qc, kc, vt, is_causal=causal, scale=1.0),
+        "sdpa_dense": lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale),
+    }
 
     if not skip_flex and B * H * N * N >= 2**31:
         # The captured [B, H, N, N] bias has more elements than int32 indexing reaches; the
@@ -122,19 +140,20 @@ def run_case(name, dtype, skip_flex, check):
             block_mask = create_block_mask(causal_mask, None, None, N, N)
         try:
             flex(qt, kt, vt, score_mod=score_mod, block_mask=block_mask, scale=scale)
-            res["flex_dense_ms"] = do_bench(lambda: flex(qt, kt, vt, score_mod=score_mod, block_mask=block_mask,
-                                                         scale=scale))
+            contenders["flex_dense"] = lambda: flex(qt, kt, vt, score_mod=score_mod, block_mask=block_mask,
+                                                    scale=scale)
         except Exception as e:  # report, never hide
             res["flex_dense_error"] = str(e).splitlines()[0][:200]
-    del bias
+    time_contenders(res, contenders, rounds)
+    res["flashbias_tflops"] = flops / (res["flashbias_ms"] * 1e-3) / 1e12
+    del bias, qc, kc
     torch.cuda.empty_cache()
     return res
 
 
-BWD_CASES = ["seed_n16k", "llm_d64", "llm_d128", "llm_d128_causal", "af3_tri"]  # BENCH.md's fwd+bwd rows
 
 
-def run_case_bwd(name, dtype):
+def run_case_bwd(name, dtype, rounds=ROUNDS):
     """fwd+bwd (BENCH.md's second table): one forward and the gradients of every input that carries
     them, from a fixed dO, through torch.autograd.grad (no .grad accumulation in the timing).
     Ours: dq, dk, dv, dq_bias, dk_bias (deterministic mode). sdpa_concat: grads of the concatenated
@@ -156,38 +175,33 @@ def run_case_bwd(name, dtype):
         return torch.autograd.grad(o, (q, k, v, qb, kb), do)
     ours()
     torch.cuda.synchronize()
-    res["flashbias_ms"] = do_bench(ours)
-    res["flashbias_tflops"] = flops / (res["flashbias_ms"] * 1e-3) / 1e12
 
     qt, kt, vt, dot_ = (x.transpose(1, 2) for x in (q, k, v, do))
 
     def sdpa_nobias():
         o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale)
         return torch.autograd.grad(o, (q, k, v), dot_)
-    res["sdpa_nobias_ms"] = do_bench(sdpa_nobias)
 
     def sdpa_concat():
         qc = torch.cat([q * scale, qb], dim=-1).transpose(1, 2)
         kc = torch.cat([k, kb], dim=-1).transpose(1, 2)
         o = F.scaled_dot_product_attention(qc, kc, vt, is_causal=causal, scale=1.0)
         return torch.autograd.grad(o, (q, k, v, qb, kb), dot_)
-    try:
-        res["sdpa_concat_ms"] = do_bench(sdpa_concat)
-    except Exception as e:
-        res["sdpa_concat_error"] = str(e).splitlines()[0][:200]
 
     bias = dense_bias(qb.detach(), kb.detach(), causal, dtype).requires_grad_(True)
 
     def sdpa_dense():
         o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=scale)
         return torch.autograd.grad(o, (q, k, v, bias), dot_)
-    try:
-        res["sdpa_dense_ms"] = do_bench(sdpa_dense)
-    except Exception as e:
-        res["sdpa_dense_error"] = str(e).splitlines()[0][:200]
+    time_contenders(res, {"flashbias": ours, "sdpa_nobias": sdpa_nobias, "sdpa_concat": sdpa_concat,
+                          "sdpa_dense": sdpa_dense}, rounds)
+    res["flashbias_tflops"] = flops / (res["flashbias_ms"] * 1e-3) / 1e12
     del bias
     torch.cuda.empty_cache()
     return res
+
+
+BWD_CASES = ["seed_n16k", "llm_d64", "llm_d128", "llm_d128_causal", "af3_tri"]  # BENCH.md's fwd+bwd rows
 
 
 def main():
@@ -199,7 +213,11 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--in-process", action="store_true", help="run all cases in this process")
     ap.add_argument("--bwd", action="store_true", help="fwd+bwd rows (cases default to BENCH.md's fwd+bwd rows)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS,
+                    help=f"alternating rounds over the contenders per case; each time is their median (default {ROUNDS})")
     a = ap.parse_args()
+    if a.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {a.rounds}")
     if a.bwd and a.cases == ",".join(CASES):
         a.cases = ",".join(BWD_CASES)
     dtype = torch.float16 if a.dtype == "f16" else torch.bfloat16
@@ -215,6 +233,7 @@ def main():
             cmd += ["--skip-flex"] if a.skip_flex else []
             cmd += ["--no-check"] if a.no_check else []
             cmd += ["--bwd"] if a.bwd else []
+            cmd += ["--rounds", str(a.rounds)]
             rc = subprocess.call(cmd)
             if rc == 0:
                 rows += json.load(open(tmp))["rows"]
@@ -231,7 +250,7 @@ def main():
           f"libflashbias {flashbias.library_version()} ({flashbias.library_path()})", flush=True)
     for name in a.cases.split(","):
         if a.bwd:
-            r = run_case_bwd(name, dtype)
+            r = run_case_bwd(name, dtype, a.rounds)
             rows.append(r)
             peers = [r.get(p) for p in ("sdpa_concat_ms", "sdpa_dense_ms") if r.get(p)]
             best = min(peers) if peers else float("nan")
@@ -240,13 +259,13 @@ def main():
                   f"best peer/ours {best / r['flashbias_ms']:5.2f}x  ours/nobias "
                   f"{r['flashbias_ms'] / r['sdpa_nobias_ms']:5.2f}x", flush=True)
             continue
-        r = run_case(name, dtype, a.skip_flex, not a.no_check)
+        r = run_case(name, dtype, a.skip_flex, not a.no_check, a.rounds)
         rows.append(r)
         peers = [r.get(p) for p in ("sdpa_concat_ms", "sdpa_dense_ms", "flex_dense_ms") if r.get(p)]
         best = min(peers) if peers else float("nan")
         print(f"{name:<16} ours {r['flashbias_ms']:8.3f} ms ({r['flashbias_tflops']:6.1f} TF/s, "
               f"flash_bias_func {r['flashbias_func_ms']:8.3f}) "
-              f"concat {r['sdpa_concat_ms']:8.3f} dense {r['sdpa_dense_ms']:8.3f} "
+              f"concat {r.get('sdpa_concat_ms', float('nan')):8.3f} dense {r.get('sdpa_dense_ms', float('nan')):8.3f} "
               f"flex {r.get('flex_dense_ms', float('nan')):8.3f} nobias {r['sdpa_nobias_ms']:8.3f} | "
               f"best peer/ours {best / r['flashbias_ms']:5.2f}x  ours/nobias {r['flashbias_ms'] / r['sdpa_nobias_ms']:5.2f}x"
               f"  relL2 {r.get('rel_l2', float('nan')):.2e}", flush=True)

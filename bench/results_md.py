@@ -15,7 +15,10 @@ def main(path):
         peers = [r.get(k) for k in ("sdpa_concat_ms", "sdpa_dense_ms", "flex_dense_ms") if r.get(k)]
         best = min(peers) if peers else float("nan")
         flex = f"{r['flex_dense_ms']:.3f}" if r.get("flex_dense_ms") else r.get("flex_dense_error", "-")[:40]
-        print(f"| {r['case']} | {r['flashbias_ms']:.3f} | {r['flashbias_tflops']:.0f} | {r['sdpa_concat_ms']:.3f} | "
+        ours = f"{r['flashbias_ms']:.3f}"
+        if len(r.get("flashbias_rounds_ms", [])) > 1:  # bench/peers.py --rounds: the spread of the rounds
+            ours += f" ({min(r['flashbias_rounds_ms']):.3f}-{max(r['flashbias_rounds_ms']):.3f})"
+        print(f"| {r['case']} | {ours} | {r['flashbias_tflops']:.0f} | {r['sdpa_concat_ms']:.3f} | "
               f"{r['sdpa_dense_ms']:.3f} | {flex} | {r['sdpa_nobias_ms']:.3f} | {best / r['flashbias_ms']:.2f}x | "
               f"{r['flashbias_ms'] / r['sdpa_nobias_ms']:.2f}x | {r.get('rel_l2', float('nan')):.1e} |")
 
