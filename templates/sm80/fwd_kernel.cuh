@@ -99,7 +99,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
 
   /// S = scale * Q K^T + Qb Kb^T for one key tile.
   static __device__ __forceinline__ void scores(float (&s)[kMTiles][kNTiles][4], u32 sQ, u32 sQb, u32 sK,
-                                                u32 sKb, float scale, int lane, int warp_row0) {
+                                                u32 sKb, float scale, bool scale_first, int lane, int warp_row0) {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -116,6 +116,13 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale;
       gemm_nt<Element, kMTiles, kNTiles, kRankPad, kRStride>(s, sQb + warp_row0 * kRStride * 2, sKb, lane);
+    } else if (scale_first) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale;
     }
   }
 
@@ -174,8 +181,10 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     const int key_end = mask.key_end(m0, kBlockM);
     const int n_blocks = key_end > 0 ? ceil_div(key_end, kBlockN) : 0;
     const int rows_q = p.seqlen_q - m0;  // valid rows of this tile (>= 1)
-    // With a bias the scale is already applied inside scores(); without, it is folded into exp2.
-    const float scale_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
+    // With a bias the scale is already applied inside scores(); without, it is folded into exp2,
+    // unless it is zero or negative (scale_first_without_bias).
+    const bool scale_first = kHasBias || scale_first_without_bias(p.scale);
+    const float scale_log2 = scale_first ? kLog2e : p.scale * kLog2e;
 
     float acc_o[kMTiles][kDTiles][4];
 #pragma unroll
@@ -210,7 +219,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     // Scores, mask (only on tiles that need it) and the softmax update for key tile nb.
     auto tile_step = [&](int nb, int buf) {
       const int n0 = nb * kBlockN;
-      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, lane, warp_row0);
+      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, scale_first, lane, warp_row0);
       if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
       softmax.update(s, acc_o, scale_log2);
       pack_a<Element, kMTiles, kNTiles>(pa, s);

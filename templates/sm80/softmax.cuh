@@ -4,7 +4,8 @@
 // values are spread over the 4 lanes of a quad, so row reductions are two butterfly shuffles.
 // Scores are kept in "raw" units x and exponentiated as exp2(x * scale_log2 - max * scale_log2),
 // one FFMA and one ex2 per element: with no bias the softmax scale is folded into scale_log2;
-// with a bias the scale was applied to Q K^T before the bias was added, and scale_log2 = log2(e).
+// with a bias (or a negative scale) the scale was applied to Q K^T before the bias was added, and
+// scale_log2 = log2(e).
 // A row whose running max is -inf (fully masked so far) subtracts 0 instead, so no inf - inf.
 #pragma once
 
@@ -12,6 +13,14 @@
 
 namespace flashbias {
 namespace sm80 {
+
+/// Whether a forward without a bias must scale its scores before the softmax rather than fold
+/// the scale into exp2. Folding keeps the row max in raw units, which is the largest exponent only
+/// for a positive scale: a negative one reverses the order (the raw max becomes the smallest
+/// exponent, so large score ranges overflow), and a masked score, -inf in raw units, would turn
+/// into +inf (into NaN for a zero scale). Such problems scale first, as the bias path always does
+/// (one multiply per score).
+__device__ __forceinline__ bool scale_first_without_bias(float scale) { return !(scale > 0.f); }
 
 // kSelectMax: the row max by compare and select (FSETP + FSEL) instead of max_ (one FMNMX); see
 // sm90::FwdKnobs::kMaxSelect.

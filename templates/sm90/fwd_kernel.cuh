@@ -340,8 +340,10 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     auto bar_empty = [&](int s) { return bar_q + 8 * (1 + kStages + s); };
 
     const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
-    // With a bias the scale is applied before the bias is added; without, it folds into exp2.
-    const float scale_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
+    // With a bias the scale is applied before the bias is added; without, it folds into exp2,
+    // unless it is zero or negative (sm80::scale_first_without_bias).
+    const bool scale_first = !kHasBias && sm80::scale_first_without_bias(p.scale);
+    const float scale_log2 = kHasBias || scale_first ? kLog2e : p.scale * kLog2e;
 
     float o[1][kDTiles][4];
 #pragma unroll
@@ -435,6 +437,14 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       }
       fence_regs(s);
       if constexpr (kPvOverlap != 2) pv_done();
+      if constexpr (!kHasBias) {
+        if (scale_first) {
+#pragma unroll
+          for (int i = 0; i < kNTiles; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[0][i][e] *= p.scale;
+        }
+      }
       if (mask.tile_needs_mask(row0, n0, kBlockN)) {
 #pragma unroll
         for (int i = 0; i < kNTiles; ++i)

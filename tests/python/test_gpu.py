@@ -135,6 +135,15 @@ def test_gradients_against_fp64(case, dtype, backward):
     check_against_reference(f"{case}/{dtype}/bwd", q, k, v, qb, kb, dout, causal, 0.3, grads=True)
 
 
+@pytest.mark.parametrize("scale", [-0.5, 0.0])
+@pytest.mark.parametrize("rank", [0, 3])
+def test_negative_and_zero_scales_forward_and_backward(scale, rank, backward):
+    """softmax_scale may be any finite number: negative reverses the score order, zero leaves the
+    bias alone (uniform rows without one). Causal, odd sizes: masked entries and padded tiles."""
+    q, k, v, qb, kb, dout = make_inputs(2, 3, 113, 77, 64, rank, torch.float16)
+    check_against_reference(f"scale{scale}/r{rank}", q, k, v, qb, kb, dout, True, scale, grads=True)
+
+
 def test_strided_inputs_are_used_in_place_and_agree(backward):
     """BHSD storage seen as BSHD (transposed views) gives the same O and gradients as contiguous
     copies, bitwise: same kernels, no copies needed."""

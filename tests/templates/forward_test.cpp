@@ -74,6 +74,23 @@ TEST_CASE("the portable family matches the fp64 reference on Hopper too", "[gpu]
   run_cases(forward_matrix(), worker_count(), 96, /*portable=*/true);
 }
 
+TEST_CASE("negative and zero softmax scales match the reference in both families", "[gpu][forward][scale]") {
+  // A negative scale reverses the order of the scores. Without a bias the kernels then scale
+  // before the softmax: folded into exp2, a masked score (-inf) would become +inf and the raw row
+  // max the smallest exponent, which overflows once |scale| times the score range passes ~88
+  // (scale -20 here). Zero, folded, would give -inf * 0 = NaN there; it gives uniform rows. Odd
+  // sizes, so the tiles past the end are masked.
+  std::vector<Case> cases;
+  for (const char* s : {"b=1,h=2,nq=113,nk=77,d=64,r=0,mask=causal,scale=-0.3",
+                        "b=2,h=2,n=300,d=64,r=0,scale=-20", "b=1,h=2,n=257,d=128,r=0,mask=causal,scale=-20,dtype=bf16",
+                        "b=1,h=3,nq=17,nk=1000,d=32,r=0,scale=-1", "b=1,h=2,nq=17,nk=113,d=32,r=2,mask=causal,scale=-0.7",
+                        "b=1,h=2,n=300,d=64,r=8,scale=-20", "b=1,h=2,n=129,d=64,r=0,scale=0",
+                        "b=1,h=2,n=129,d=64,r=4,mask=causal,scale=0"})
+    cases.push_back(Case{parse_problem(s), s});
+  run_cases(cases, worker_count(), 300);
+  if (query_device(0).arch.a) run_cases(cases, worker_count(), 300, /*portable=*/true);
+}
+
 TEST_CASE("every legal tile configuration computes the same function", "[gpu][forward][tiles]") {
   // Odd sizes and a rank that needs the k8 tail, with masking; each legal tile is loaded directly.
   for (const DeviceInfo& dev : family_devices())
