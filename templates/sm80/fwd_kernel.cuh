@@ -99,7 +99,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
 
   /// S = scale * Q K^T + Qb Kb^T for one key tile.
   static __device__ __forceinline__ void scores(float (&s)[kMTiles][kNTiles][4], u32 sQ, u32 sQb, u32 sK,
-                                                u32 sKb, float scale, bool scale_first, int lane, int warp_row0) {
+                                                u32 sKb, float scale, int lane, int warp_row0) {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -116,13 +116,6 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale;
       gemm_nt<Element, kMTiles, kNTiles, kRankPad, kRStride>(s, sQb + warp_row0 * kRStride * 2, sKb, lane);
-    } else if (scale_first) {
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale;
     }
   }
 
@@ -181,10 +174,9 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     const int key_end = mask.key_end(m0, kBlockM);
     const int n_blocks = key_end > 0 ? ceil_div(key_end, kBlockN) : 0;
     const int rows_q = p.seqlen_q - m0;  // valid rows of this tile (>= 1)
-    // With a bias the scale is already applied inside scores(); without, it is folded into exp2,
-    // unless it is zero or negative (scale_first_without_bias).
-    const bool scale_first = kHasBias || scale_first_without_bias(p.scale);
-    const float scale_log2 = scale_first ? kLog2e : p.scale * kLog2e;
+    // With a bias the scale is already applied inside scores(); without, it is folded into exp2
+    // (a scale <= 0 through the Q transform below, nobias_scale_log2).
+    const float scale_log2 = kHasBias ? kLog2e : nobias_scale_log2(p.scale);
 
     float acc_o[kMTiles][kDTiles][4];
 #pragma unroll
@@ -219,7 +211,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     // Scores, mask (only on tiles that need it) and the softmax update for key tile nb.
     auto tile_step = [&](int nb, int buf) {
       const int n0 = nb * kBlockN;
-      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, scale_first, lane, warp_row0);
+      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, lane, warp_row0);
       if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
       softmax.update(s, acc_o, scale_log2);
       pack_a<Element, kMTiles, kNTiles>(pa, s);
@@ -227,6 +219,18 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
 
     QLoader::load(sQ, aQ, gQ, p.q_row_stride, 0, rows_q, tid);
     if constexpr (kHasBias) QbLoader::load(sQb, aQb, gQb, p.qb_row_stride, 0, rows_q, tid);
+    if constexpr (!kHasBias) {
+      if (!(p.scale > 0.f)) {
+        // A scale <= 0: Q's signs flipped (or Q zeroed) once, before the pipeline starts; Q lands
+        // in a group of its own, which is complete before the tile groups are counted.
+        cp_async_commit();
+        cp_async_wait<0>();
+        block_sync();
+        u32* const words = reinterpret_cast<u32*>(sQ);
+        for (int i = tid; i < kQElems / 2; i += kThreads) words[i] = q_for_nonpositive_scale(words[i], p.scale);
+        block_sync();
+      }
+    }
 
     if constexpr (kStages == 1) {
       if (n_blocks > 0) load_k(n_blocks - 1, 0);

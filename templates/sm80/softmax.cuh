@@ -4,8 +4,7 @@
 // values are spread over the 4 lanes of a quad, so row reductions are two butterfly shuffles.
 // Scores are kept in "raw" units x and exponentiated as exp2(x * scale_log2 - max * scale_log2),
 // one FFMA and one ex2 per element: with no bias the softmax scale is folded into scale_log2;
-// with a bias (or a negative scale) the scale was applied to Q K^T before the bias was added, and
-// scale_log2 = log2(e).
+// with a bias the scale was applied to Q K^T before the bias was added, and scale_log2 = log2(e).
 // A row whose running max is -inf (fully masked so far) subtracts 0 instead, so no inf - inf.
 #pragma once
 
@@ -14,13 +13,20 @@
 namespace flashbias {
 namespace sm80 {
 
-/// Whether a forward without a bias must scale its scores before the softmax rather than fold
-/// the scale into exp2. Folding keeps the row max in raw units, which is the largest exponent only
-/// for a positive scale: a negative one reverses the order (the raw max becomes the smallest
-/// exponent, so large score ranges overflow), and a masked score, -inf in raw units, would turn
-/// into +inf (into NaN for a zero scale). Such problems scale first, as the bias path always does
-/// (one multiply per score).
-__device__ __forceinline__ bool scale_first_without_bias(float scale) { return !(scale > 0.f); }
+/// A forward without a bias folds the softmax scale into exp2, keeping scores in raw units. That
+/// needs a positive scale: for a negative one the raw row max is the smallest exponent (large
+/// score ranges overflow) and a masked score, -inf in raw units, would turn into +inf (into NaN
+/// for a zero scale). So for scale <= 0 the kernels transform the Q tile in shared memory once per
+/// CTA (flip every element's sign for scale < 0, zero it for scale == 0: both exact) and run the
+/// unchanged tile loop with this exponent scale, |scale| log2(e) (log2(e) for 0).
+__device__ __forceinline__ float nobias_scale_log2(float scale) {
+  return scale > 0.f ? scale * kLog2e : (scale < 0.f ? -scale * kLog2e : kLog2e);
+}
+
+/// Two 16-bit elements of Q transformed for a scale <= 0 (see nobias_scale_log2).
+__device__ __forceinline__ u32 q_for_nonpositive_scale(u32 w, float scale) {
+  return scale < 0.f ? (w ^ 0x80008000u) : 0u;
+}
 
 // kSelectMax: the row max by compare and select (FSETP + FSEL) instead of max_ (one FMNMX); see
 // sm90::FwdKnobs::kMaxSelect.

@@ -340,10 +340,9 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     auto bar_empty = [&](int s) { return bar_q + 8 * (1 + kStages + s); };
 
     const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
-    // With a bias the scale is applied before the bias is added; without, it folds into exp2,
-    // unless it is zero or negative (sm80::scale_first_without_bias).
-    const bool scale_first = !kHasBias && sm80::scale_first_without_bias(p.scale);
-    const float scale_log2 = kHasBias || scale_first ? kLog2e : p.scale * kLog2e;
+    // With a bias the scale is applied before the bias is added; without, it folds into exp2
+    // (a scale <= 0 through the Q transform below, sm80::nobias_scale_log2).
+    const float scale_log2 = kHasBias ? kLog2e : sm80::nobias_scale_log2(p.scale);
 
     float o[1][kDTiles][4];
 #pragma unroll
@@ -397,6 +396,21 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     if constexpr (kTakeTurns)
       if (wg == kConsumers - 1 && n_blocks > 0) named_arrive(kTurnBarrier, 256);
     mbar_wait(bar_q, 0);
+    if constexpr (!kHasBias) {
+      if (!(p.scale > 0.f)) {
+        // A scale <= 0: this warpgroup's Q rows get their signs flipped (or are zeroed) once. The
+        // swizzle permutes 16-byte units within a row, so per D chunk the 64 rows are contiguous.
+        constexpr int kWords = 64 * kDRowBytes / 4;
+#pragma unroll 1
+        for (int c = 0; c < kDChunks; ++c) {
+          u32* const words = reinterpret_cast<u32*>(reinterpret_cast<char*>(smem_ptr) + c * kQChunkBytes +
+                                                    wg * 64 * kDRowBytes);
+          for (int i = tid_wg; i < kWords; i += 128) words[i] = sm80::q_for_nonpositive_scale(words[i], p.scale);
+        }
+        fence_proxy_async();  // generic-proxy writes, before wgmma (async proxy) reads them
+        named_sync(1 + wg, 128);
+      }
+    }
     for (int it = 0; it < n_blocks; ++it) {
       const int nb = n_blocks - 1 - it;
       const int n0 = nb * kBlockN;
@@ -437,14 +451,6 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       }
       fence_regs(s);
       if constexpr (kPvOverlap != 2) pv_done();
-      if constexpr (!kHasBias) {
-        if (scale_first) {
-#pragma unroll
-          for (int i = 0; i < kNTiles; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[0][i][e] *= p.scale;
-        }
-      }
       if (mask.tile_needs_mask(row0, n0, kBlockN)) {
 #pragma unroll
         for (int i = 0; i < kNTiles; ++i)
