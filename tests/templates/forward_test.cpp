@@ -75,11 +75,12 @@ TEST_CASE("the portable family matches the fp64 reference on Hopper too", "[gpu]
 }
 
 TEST_CASE("negative and zero softmax scales match the reference in both families", "[gpu][forward][scale]") {
-  // A negative scale reverses the order of the scores. Without a bias the kernels then scale
-  // before the softmax: folded into exp2, a masked score (-inf) would become +inf and the raw row
-  // max the smallest exponent, which overflows once |scale| times the score range passes ~88
-  // (scale -20 here). Zero, folded, would give -inf * 0 = NaN there; it gives uniform rows. Odd
-  // sizes, so the tiles past the end are masked.
+  // A negative scale reverses the order of the scores. Folded into exp2 as is, a masked score
+  // (-inf) would become +inf and the raw row max the smallest exponent, which overflows once
+  // |scale| times the score range passes ~88 (scale -20 here); zero would give -inf * 0 = NaN
+  // there, and must give uniform rows. Without a bias the kernels flip (or zero) Q in shared
+  // memory and fold |scale|; with one they scale before the bias. Odd sizes, so the tiles past
+  // the end are masked.
   std::vector<Case> cases;
   for (const char* s : {"b=1,h=2,nq=113,nk=77,d=64,r=0,mask=causal,scale=-0.3",
                         "b=2,h=2,n=300,d=64,r=0,scale=-20", "b=1,h=2,n=257,d=128,r=0,mask=causal,scale=-20,dtype=bf16",
