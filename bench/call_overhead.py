@@ -64,15 +64,15 @@ def main():
                 lambda: attention._check_inputs(q, k, v, qb, kb, None, False, None), args.calls),
             "  of which: forward launch (_forward_impl)": per_call_us(
                 lambda: attention._forward_impl(q, k, v, qb, kb, False, None), args.calls)}
+
+    def fwd_bwd():
+        o = flashbias.flash_bias_func(*leaves)
+        return torch.autograd.grad(o, leaves, do)
     for fast in (True, False):
         attention.eager_fast_path = fast
         path = "eager path" if fast else "custom ops"
         rows[f"flash_bias_func, no grad ({path})"] = per_call_us(
             lambda: flashbias.flash_bias_func(q, k, v, qb, kb), args.calls)
-
-        def fwd_bwd():
-            o = flashbias.flash_bias_func(*leaves)
-            return torch.autograd.grad(o, leaves, do)
         rows[f"flash_bias_func + autograd.grad ({path})"] = per_call_us(fwd_bwd, args.calls)
     attention.eager_fast_path = True
     with torch.no_grad():
@@ -82,14 +82,10 @@ def main():
     if args.profile:
         import cProfile
         import pstats
-
-        def fwd_bwd_eager():
-            o = flashbias.flash_bias_func(*leaves)
-            return torch.autograd.grad(o, leaves, do)
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(args.calls):
-            fwd_bwd_eager()
+            fwd_bwd()  # the eager path (eager_fast_path is True again here)
         torch.cuda.synchronize()
         prof.disable()
         print(f"# cProfile of {args.calls} eager forward + backward calls (sorted by own time)")

@@ -395,12 +395,18 @@ def _setup_context(ctx, inputs, output):
     ctx.softmax_scale = softmax_scale
 
 
-def _backward(ctx, dout, dlse):
+def _gradients(ctx, dout, launch):
+    """The forward's seven inputs' gradients from the saved tensors, through `launch` (the
+    backward op or its body): None for absent factors and the two non-tensor arguments."""
     q, k, v, q_bias, k_bias, out, lse = ctx.saved_tensors
-    dq, dk, dv, dqb, dkb = _backward_op(dout, q, k, v, q_bias, k_bias, out, lse, ctx.causal, ctx.softmax_scale)
+    dq, dk, dv, dqb, dkb = launch(dout, q, k, v, q_bias, k_bias, out, lse, ctx.causal, ctx.softmax_scale)
     if q_bias is None:
         dqb = dkb = None
     return dq, dk, dv, dqb, dkb, None, None
+
+
+def _backward(ctx, dout, dlse):
+    return _gradients(ctx, dout, _backward_op)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -420,22 +426,15 @@ class _EagerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, q_bias, k_bias, causal, softmax_scale):
-        out, lse = _forward_impl(q, k, v, q_bias, k_bias, causal, softmax_scale)
-        ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(q, k, v, q_bias, k_bias, out, lse)
-        ctx.causal = causal
-        ctx.softmax_scale = softmax_scale
-        return out, lse
+        inputs = (q, k, v, q_bias, k_bias, causal, softmax_scale)
+        output = _forward_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, dlse):
-        q, k, v, q_bias, k_bias, out, lse = ctx.saved_tensors
-        dq, dk, dv, dqb, dkb = _backward_impl(dout, q, k, v, q_bias, k_bias, out, lse, ctx.causal,
-                                              ctx.softmax_scale)
-        if q_bias is None:
-            dqb = dkb = None
-        return dq, dk, dv, dqb, dkb, None, None
+        return _gradients(ctx, dout, _backward_impl)
 
 
 # Set to False to send eager calls through the custom ops as well (for comparison and debugging).
