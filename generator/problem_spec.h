@@ -88,7 +88,9 @@ struct ProblemSpec {
 /// The ProblemKey of `spec` on `arch` when its tensors are laid out densely (BSHD, factors as the
 /// spec's layouts say) in allocations aligned to 16 bytes, as every CUDA allocator gives: the
 /// alignment classes follow from the row lengths alone (head_dim * 2 and rank * 2 bytes). What
-/// `flashbias gen`, bundle export and the default variant set use when no tensor exists yet.
+/// `flashbias gen`, bundle export and the default variant set use when no tensor exists yet. An
+/// fp16 bias with a scale the Hopper kernels cannot fold into Q gets the portable family's sm_90
+/// key, as validate_forward gives it.
 ProblemKey dense_problem_key(const ProblemSpec& spec, const Arch& arch);
 
 /// Throw Error(invalid_argument) if a field is outside the limits listed at the top of this

@@ -11,6 +11,7 @@
 #include "generator/kernel_source.h"
 #include "generator/knobs.h"
 #include "runtime/driver_api.h"
+#include "runtime/validate.h"
 
 namespace flashbias {
 namespace {
@@ -56,7 +57,7 @@ FwdParams make_fwd_params(const ForwardArgs& a, int block_m) {
   p.seqlen_q = static_cast<int>(a.seqlen_q);
   p.seqlen_k = static_cast<int>(a.seqlen_k);
   p.num_m_blocks = static_cast<int>((a.seqlen_q + block_m - 1) / block_m);
-  p.scale = a.softmax_scale.value_or(1.0f / std::sqrt(static_cast<float>(a.head_dim)));
+  p.scale = effective_scale(a);
   return p;
 }
 
@@ -202,6 +203,8 @@ BwdWorkspaceLayout bwd_workspace_layout(const BackwardArgs& a) {
   w.delta = 0;
   w.delta_dq = floats({a.batch, a.heads, a.seqlen_q});
   w.bytes = 2 * w.delta_dq;
+  w.lse_dq = w.bytes;
+  w.bytes += w.delta_dq;
   if (a.rank > 0) {
     w.has_dqb_accum = a.qb_stride.batch == 0 || a.qb_stride.head == 0;
     w.has_dkb_accum = a.kb_stride.batch == 0 || a.kb_stride.head == 0;
@@ -237,6 +240,7 @@ BwdParams make_bwd_params(const BackwardArgs& a, const TileConfig& tile, int sli
   char* ws = static_cast<char*>(workspace);
   p.delta = reinterpret_cast<float*>(ws + w.delta);
   p.delta_dq = reinterpret_cast<float*>(ws + w.delta_dq);
+  p.lse_dq = reinterpret_cast<float*>(ws + w.lse_dq);
   p.dqb_accum = w.has_dqb_accum ? reinterpret_cast<float*>(ws + w.dqb_accum) : nullptr;
   p.dkb_accum = w.has_dkb_accum ? reinterpret_cast<float*>(ws + w.dkb_accum) : nullptr;
   auto set = [](long long& b, long long& r, long long& h, const Strides& s) {
@@ -274,7 +278,7 @@ BwdParams make_bwd_params(const BackwardArgs& a, const TileConfig& tile, int sli
   p.num_m_blocks = static_cast<int>((a.seqlen_q + tile.block_m - 1) / tile.block_m);
   p.num_n_blocks = static_cast<int>((a.seqlen_k + tile.block_n - 1) / tile.block_n);
   p.num_slices = slices;
-  p.scale = a.softmax_scale.value_or(1.0f / std::sqrt(static_cast<float>(a.head_dim)));
+  p.scale = effective_scale(a);
   return p;
 }
 
@@ -362,6 +366,14 @@ void LaunchPlan::launch_forward(const ForwardArgs& args, CUstream stream) const 
   if (spec_.key.direction != Direction::fwd)
     throw Error(ErrorCode::internal, fmt::format("launch_forward on the backward plan {}", spec_.str()));
   const std::uint32_t grid = fwd_grid_size(args, spec_.tile.block_m);
+  if (sm90_ && args.rank > 0 && args.dtype == DType::f16 &&
+      !folds_scale_into_q(true, static_cast<int>(args.rank), effective_scale(args))) {
+    throw Error(ErrorCode::unsupported,
+                fmt::format("kernel {}: the sm90 fp16 forward with a bias scales Q by softmax_scale in fp16, which "
+                            "needs |softmax_scale| in [2^-6, 1] (got {}); other scales run the portable family "
+                            "(validate_forward gives them an sm_90 key)",
+                            spec_.str(), effective_scale(args)));
+  }
   if (sm90_) {
     Sm90FwdParams params;
     params.p = make_fwd_params(args, spec_.tile.block_m);

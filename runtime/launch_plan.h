@@ -37,6 +37,7 @@ struct BwdWorkspaceLayout {
   std::size_t delta_dq = 0;   ///< fp32 [batch, heads, seqlen_q]: Delta as the dq pass measured it
   std::size_t dqb_accum = 0;  ///< fp32 [batch, heads, seqlen_q, rank] when qb broadcasts
   std::size_t dkb_accum = 0;  ///< fp32 [batch, heads, seqlen_k, rank] when kb broadcasts
+  std::size_t lse_dq = 0;     ///< fp32 [batch, heads, seqlen_q]: the LSE of the backward's own scores
   bool has_dqb_accum = false;
   bool has_dkb_accum = false;
   std::size_t bytes = 0;      ///< total

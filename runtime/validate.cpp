@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "common/params.h"
 #include "runtime/driver_api.h"
 
 namespace flashbias {
@@ -196,6 +197,12 @@ ProblemKey validate_forward(const ForwardArgs& a, const DeviceInfo& device) {
                                       bytes(a.kb_stride.seq), bytes(a.kb_stride.head)});
   }
   // Every value above is a multiple of the 2-byte element size, so both classes are >= 2.
+  // The Hopper kernels for fp16 with a bias define the scores from the scaled Q
+  // (folds_scale_into_q, templates/common/params.h). A scale they cannot fold (|scale| outside
+  // [2^-6, 1]) runs the portable family on the same GPU (an sm_90 key, as ContextOptions::portable
+  // gives), which applies the scale to the scores.
+  if (a.rank > 0 && a.dtype == DType::f16 && key.arch.a && !folds_scale_into_q(true, key.rank, effective_scale(a)))
+    key.arch.a = false;
   return key;
 }
 
@@ -271,6 +278,10 @@ ProblemKey validate_backward(const BackwardArgs& a, const DeviceInfo& device) {
   f.mask = a.mask;
   ProblemKey key = validate_forward(f, device);
   key.direction = Direction::bwd;
+  // The backward scores with the exact scale in both families (common/params.h,
+  // folds_scale_into_q): the forward's switch to the portable family for scales that do not fold
+  // into Q does not apply.
+  key.arch = device.arch;
 
   if (a.lse == nullptr) {
     fail(ErrorCode::invalid_argument,

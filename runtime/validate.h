@@ -3,6 +3,7 @@
 // (tests run it on CPU-only machines); the pointer check queries the driver.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 
@@ -22,6 +23,12 @@ inline constexpr std::int64_t kMinBlockM = 64;
 inline constexpr std::int64_t kInt32Max = 2147483647;
 inline constexpr int kElementBytes = 2;           ///< f16 and bf16
 inline constexpr int kMinArchSm = 80;             ///< mma.sync m16n8k16 + cp.async
+
+/// The softmax scale a call runs with (ForwardArgs or BackwardArgs): the caller's, or 1/sqrt(D).
+template <class Args>
+float effective_scale(const Args& a) {
+  return a.softmax_scale.value_or(1.0f / std::sqrt(static_cast<float>(a.head_dim)));
+}
 
 /// Check every argument (sizes, int32 limits, pointers for null and alignment, strides, enums,
 /// scale) and derive the ProblemKey for `device`. Pure: no driver call.

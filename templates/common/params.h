@@ -2,7 +2,29 @@
 // (which reads them). Plain C++ with fixed-width fields only: no host or CUDA headers.
 #pragma once
 
+#if defined(__CUDACC__)
+#define FLASHBIAS_HOST_DEVICE __host__ __device__
+#else
+#define FLASHBIAS_HOST_DEVICE
+#endif
+
 namespace flashbias {
+
+/// Whether a forward folds the softmax scale into Q: fp16 inputs with a bias (rank > 0) and
+/// 2^-6 <= |scale| <= 1, which every default scale 1/sqrt(D) meets. Both forward families then
+/// scale their Q tile in shared memory once (scale * Q in fp32, rounded once to fp16) and score
+/// S = (scale Q) K^T + Qb Kb^T, so the sm90 forward runs each tile's scores as one chain of
+/// products, with no wait and no multiply per score between Q K^T and the bias. |scale| <= 1
+/// cannot overflow fp16, and >= 2^-6 keeps products of ordinary magnitude clear of subnormals.
+/// Not bf16: its rounding of scale * Q (2^-9 relative) costs as much as the plain bf16
+/// implementation's whole error (the LSE of one-key rows). Every other problem keeps
+/// S = scale (Q K^T) + Qb Kb^T (without a bias the scale folds into exp2, exactly); on Hopper the
+/// fp16 ones with a bias run the portable forward (validate_forward).
+/// The backward always scores with the exact scale, and corrects the forward's LSE to its own
+/// scores (BwdParams::lse_dq), so its gradients do not depend on the rounding of scale * Q.
+FLASHBIAS_HOST_DEVICE constexpr bool folds_scale_into_q(bool f16, int rank, float scale) {
+  return f16 && rank > 0 && ((scale >= 0.015625f && scale <= 1.f) || (scale <= -0.015625f && scale >= -1.f));
+}
 
 /// Forward parameters. Strides are in elements; the last dimension of every tensor is contiguous.
 struct FwdParams {
@@ -69,6 +91,9 @@ struct BwdParams {
                      // pass measured it (written by dq; the dkdv pass's Delta)
   float* dqb_accum;  // workspace [batch, heads, seqlen_q, rank] fp32 when qb broadcasts, else null
   float* dkb_accum;  // workspace [batch, heads, seqlen_k, rank] fp32 when kb broadcasts, else null
+  float* lse_dq;     // workspace [batch, heads, seqlen_q]: the row's LSE (natural log) for the
+                     // backward's own scores, lse + ln(sum_j exp(S_ij - lse)) as the dq pass
+                     // measured it (written by dq; the dkdv pass's LSE)
 
   long long q_batch_stride, q_row_stride, q_head_stride;
   long long k_batch_stride, k_row_stride, k_head_stride;

@@ -20,6 +20,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 template <class Element> struct ElementTraits;
 
 template <> struct ElementTraits<half_t> {
+  static constexpr bool kIsF16 = true;
   /// Two fp32 values -> one register holding {lo, hi} as f16 (round to nearest even).
   static __device__ __forceinline__ u32 pack(float lo, float hi) {
     u32 r;
@@ -34,6 +35,7 @@ template <> struct ElementTraits<half_t> {
 };
 
 template <> struct ElementTraits<bf16_t> {
+  static constexpr bool kIsF16 = false;
   static __device__ __forceinline__ u32 pack(float lo, float hi) {
     u32 r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
@@ -45,6 +47,14 @@ template <> struct ElementTraits<bf16_t> {
     return r;
   }
 };
+
+/// Two 16-bit elements (one 32-bit word) times `scale`, in fp32 with one rounding back: the one
+/// definition of the scaled Q (folds_scale_into_q, common/params.h) in every kernel.
+template <class Element>
+__device__ __forceinline__ u32 scale_pair(u32 w, float scale) {
+  using T = ElementTraits<Element>;
+  return T::pack(T::to_float(u16(w & 0xffffu)) * scale, T::to_float(u16(w >> 16)) * scale);
+}
 
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;

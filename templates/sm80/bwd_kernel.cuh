@@ -8,9 +8,9 @@
 // order, with no atomics. Four entry points share one module (generated together, one cubin):
 //   prep:   Delta per query row.
 //   dq:     one CTA per (query block, batch, head, slice); warps own query rows; walks the key
-//           blocks and accumulates dQ (and dQb). It recomputes S and dP instead of sharing dS
-//           with dkdv through atomics or a global buffer (the cost of determinism: two extra
-//           products of the seven).
+//           blocks and accumulates dQ (and dQb), and the LSE of its own scores ("LSE" below). It
+//           recomputes S and dP instead of sharing dS with dkdv through atomics or a global
+//           buffer (the cost of determinism: two extra products of the seven).
 //   dkdv:   one CTA per (key block, batch, head, slice); warps own key rows; walks the query
 //           blocks that see the key block and accumulates dK, dV (and dKb) in registers.
 //   reduce: sums the fp32 factor gradients over broadcast batch/head dimensions (fixed order)
@@ -34,6 +34,15 @@
 // in that tile before forming dS, which makes all five gradients exact there at no cost.
 // Without a bias there is no factor gradient, and dK is no cancelling sum over keys, so Sigma
 // is not formed (delta_dq = Delta); the row sums cost the dq kernel an add per score.
+//
+// LSE. The forward's LSE is the log-sum-exp of the forward's own scores, which may differ from
+// the backward's S = scale Q K^T + Qb Kb^T by the rounding of scale * Q (an fp16 forward with a
+// bias folds the scale into Q: common/params.h, folds_scale_into_q) and by the approximate exp2
+// and log2. P' = exp(S - LSE) then sums to 1 + O(1e-4) per row, which single-key rows and the
+// cancelling factor gradients turn into errors of a few 1e-3. So dq also adds up
+// c_i = rowsum(P') (one add per score) and takes its sums from P' to P = P' / c_i at the end:
+// dQ, dQb, Sigma and P Kb scale by 1 / c_i (a single-tile row's measured Delta too), and it writes
+// lse_dq = LSE + ln c_i, with which dkdv's P is exact.
 // Cost with a bias (H100, A/B in one session, fwd+bwd): +7.6% on seed_n16k (this family), +6.5%
 // on llm_d64 (sm90), about +3% there once the sm90 dq was back at three CTAs per SM.
 //
@@ -181,11 +190,12 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     return Slice{false, true, 0};
   }
 
-  /// The forward's natural-log LSE in base-2 units; a row that saw no key (LSE = -inf) or lies
-  /// past the end gets +inf, so that every probability of it is exp2(-inf) = 0.
-  static __device__ __forceinline__ float lse_log2(const BwdParams& p, long long bh, int row) {
+  /// A natural-log LSE (`lse`: the forward's, p.lse, in dq; the dq pass's, p.lse_dq, in dkdv) in
+  /// base-2 units; a row that saw no key (LSE = -inf) or lies past the end gets +inf, so that
+  /// every probability of it is exp2(-inf) = 0.
+  static __device__ __forceinline__ float lse_log2(const BwdParams& p, const float* lse, long long bh, int row) {
     if (row >= p.seqlen_q) return pos_inf();
-    const float l = p.lse[bh * p.seqlen_q + row];
+    const float l = lse[bh * p.seqlen_q + row];
     return l == neg_inf() ? pos_inf() : l * kLog2e;
   }
 
@@ -327,7 +337,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
   }
 
   /// Delta = rowsum(P * dP) over one key tile, for rows that see no other tile: summed over the
-  /// quad that shares each row, replacing the caller's `delta`.
+  /// quad that shares each row, replacing the caller's `delta`. `pr` is P' (see "LSE" above), so
+  /// the sum is divided by rowsum(P').
   template <int MT, int NT>
   static __device__ __forceinline__ void measure_delta(float (&delta)[MT][2], const float (&pr)[MT][NT][4],
                                                        const float (&dp)[MT][NT][4]) {
@@ -335,21 +346,55 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        float sum = 0.f;
+        float sum = 0.f, psum = 0.f;
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) sum += pr[mt][nt][2 * hh] * dp[mt][nt][2 * hh] + pr[mt][nt][2 * hh + 1] * dp[mt][nt][2 * hh + 1];
+        for (int nt = 0; nt < NT; ++nt) {
+          sum += pr[mt][nt][2 * hh] * dp[mt][nt][2 * hh] + pr[mt][nt][2 * hh + 1] * dp[mt][nt][2 * hh + 1];
+          psum += pr[mt][nt][2 * hh] + pr[mt][nt][2 * hh + 1];
+        }
         sum += shfl_xor(sum, 1);
         sum += shfl_xor(sum, 2);
-        delta[mt][hh] = sum;
+        psum += shfl_xor(psum, 1);
+        psum += shfl_xor(psum, 2);
+        delta[mt][hh] = psum > 0.f ? sum / psum : 0.f;
       }
   }
 
-  /// The end of the dq pass's Delta measurement: Sigma summed over the quad that shares each row;
-  /// when `correct`, dQb -= Sigma * (P Kb) (kbar(mt, nt, e): P Kb in the layout of `dqb`); when
-  /// `write`, delta_dq = Delta + Sigma for rows [row0, row0 + MT * 16) of this warp.
+  /// The end of the dq pass's row sums of P' (see "LSE" above): summed over the quad that shares
+  /// each row, then turned into the factor 1 / rowsum(P') that takes P' to P (0 for a row that
+  /// saw no key, whose sums are all 0). `c` keeps the row sums.
+  template <int MT>
+  static __device__ __forceinline__ void finish_row_sums(float (&c)[MT][2], float (&inv)[MT][2]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        c[mt][hh] += shfl_xor(c[mt][hh], 1);
+        c[mt][hh] += shfl_xor(c[mt][hh], 2);
+        inv[mt][hh] = c[mt][hh] > 0.f ? 1.f / c[mt][hh] : 0.f;
+      }
+  }
+
+  /// acc *= inv of each element's row (C layout: rows mt, e / 2).
+  template <int MT, int NT>
+  static __device__ __forceinline__ void scale_rows(float (&acc)[MT][NT][4], const float (&inv)[MT][2]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mt][nt][e] *= inv[mt][e >> 1];
+  }
+
+  /// The end of the dq pass's Delta measurement: Sigma summed over the quad that shares each row
+  /// and taken from P' to P (`c`, `inv`: finish_row_sums); when `correct`, dQb -= Sigma * (P Kb)
+  /// (kbar(mt, nt, e): P' Kb in the layout of `dqb`, which already holds P's units); when `write`,
+  /// delta_dq = Delta + Sigma and lse_dq = LSE + ln rowsum(P') for rows [row0, row0 + MT * 16) of
+  /// this warp.
   template <int MT, int NT, class Kbar>
   static __device__ __forceinline__ void finish_delta(const BwdParams& p, float (&sum)[MT][2],
-                                                      const float (&delta)[MT][2], float (&dqb)[MT][NT][4],
+                                                      const float (&delta)[MT][2], const float (&c)[MT][2],
+                                                      const float (&inv)[MT][2], float (&dqb)[MT][NT][4],
                                                       Kbar&& kbar, bool correct, bool write, long long bh,
                                                       int row0, int lane) {
 #pragma unroll
@@ -358,6 +403,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
       for (int hh = 0; hh < 2; ++hh) {
         sum[mt][hh] += shfl_xor(sum[mt][hh], 1);
         sum[mt][hh] += shfl_xor(sum[mt][hh], 2);
+        sum[mt][hh] *= inv[mt][hh];
       }
     if (correct) {
 #pragma unroll
@@ -365,7 +411,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) dqb[mt][nt][e] -= sum[mt][e >> 1] * kbar(mt, nt, e);
+          for (int e = 0; e < 4; ++e) dqb[mt][nt][e] -= sum[mt][e >> 1] * (kbar(mt, nt, e) * inv[mt][e >> 1]);
     }
     if (write && (lane & 3) == 0) {
 #pragma unroll
@@ -373,7 +419,12 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
           const int row = row0 + mt * 16 + (lane >> 2) + 8 * hh;
-          if (row < p.seqlen_q) p.delta_dq[bh * p.seqlen_q + row] = delta[mt][hh] + sum[mt][hh];
+          if (row < p.seqlen_q) {
+            const long long i = bh * p.seqlen_q + row;
+            p.delta_dq[i] = delta[mt][hh] + sum[mt][hh];
+            const float l = p.lse[i];
+            p.lse_dq[i] = c[mt][hh] > 0.f && l != neg_inf() ? l + fast_log2(c[mt][hh]) * kLn2 : l;
+          }
         }
     }
   }
@@ -465,7 +516,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
       float* lse = sLse(buf);
       for (int i = tid; i < kBlockM; i += kThreads) {
         const int row = m0 + i;
-        lse[i] = lse_log2(p, bh, row);
+        lse[i] = lse_log2(p, p.lse_dq, bh, row);
         lse[kBlockM + i] = row < p.seqlen_q ? p.delta_dq[bh * p.seqlen_q + row] : 0.f;
       }
     };
@@ -600,7 +651,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
         const int row = m0 + warp_row0 + mt * 16 + gq + 8 * hh;
-        lse2[mt][hh] = lse_log2(p, bh, row);
+        lse2[mt][hh] = lse_log2(p, p.lse, bh, row);
         delta[mt][hh] = row < p.seqlen_q ? p.delta[bh * p.seqlen_q + row] : 0.f;
       }
 
@@ -608,11 +659,12 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     float acc_dqb[kQMt][kRankPad / 8 > 0 ? kRankPad / 8 : 1][4];
     float acc_dqb_lo[kQMt][kRankPad / 8 > 0 ? kRankPad / 8 : 1][4];
     float dsum[kQMt][2];  // Sigma
+    float psum[kQMt][2];  // rowsum(P') (see "LSE" above)
     zero(acc_dq);
     zero(acc_dqb);
     zero(acc_dqb_lo);
 #pragma unroll
-    for (int mt = 0; mt < kQMt; ++mt) dsum[mt][0] = dsum[mt][1] = 0.f;
+    for (int mt = 0; mt < kQMt; ++mt) dsum[mt][0] = dsum[mt][1] = psum[mt][0] = psum[mt][1] = 0.f;
     // P Kb lives in shared memory between key tiles (kDqKbarOffset), element (mt, nt, e) of this
     // thread at [(mt, nt, e)][tid]: only this thread touches it, so no barrier.
     constexpr int kRTiles = kRankPad / 8 > 0 ? kRankPad / 8 : 1;
@@ -663,6 +715,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
             if (need_mask && mask.masked(row, key)) x = neg_inf();
             s[mt][nt][e] = fast_exp2(x);
           }
+      add_row_sums(psum, s);
       if constexpr (kHasBias) {
         if (sl.bias) {  // P Kb now, while dP's accumulators are not live yet
           u32 pa[kQMt][kKCols / 2][4];
@@ -704,8 +757,17 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     });
 
     const int row0 = m0 + warp_row0;
-    // Every slice measures Sigma; the first one writes delta_dq, the factor's slice corrects dQb.
-    finish_delta(p, dsum, delta, acc_dqb, kbar_at, kHasBias && sl.bias, sl.d && sl.col0 == 0, bh, row0, lane);
+    // P' to P: every slice measures rowsum(P') and Sigma; the first one writes delta_dq and
+    // lse_dq, the factor's slice corrects dQb.
+    float inv_c[kQMt][2];
+    finish_row_sums(psum, inv_c);
+    scale_rows(acc_dq, inv_c);
+    if constexpr (kHasBias) {
+      scale_rows(acc_dqb, inv_c);
+      scale_rows(acc_dqb_lo, inv_c);
+    }
+    finish_delta(p, dsum, delta, psum, inv_c, acc_dqb, kbar_at, kHasBias && sl.bias, sl.d && sl.col0 == 0, bh, row0,
+                 lane);
     if (sl.d) {
       Element* gdq = static_cast<Element*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
       write_acc<kQMt, kDOut / 8, kQkvAlign>(acc_dq, p.scale, gdq, p.dq_row_stride, nullptr, 0, row0, p.seqlen_q,

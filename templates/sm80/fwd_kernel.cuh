@@ -8,6 +8,9 @@
 //   S  = Q K^T            tensor cores, fp32 accumulators
 //   S  = scale * S + Qb Kb^T   the low-rank bias is R extra contraction columns accumulated into
 //                         the same registers after scaling, so it is exact and never materialised
+//                         (fp16 with |scale| in [2^-6, 1]: Q is scaled once in shared memory
+//                         instead, S = (scale Q) K^T + Qb Kb^T, as in every kernel:
+//                         common/params.h, folds_scale_into_q)
 //   P  = online softmax (fp32, exp2)     O = O * corr + P V
 // Head dims and ranks that are multiples of 8 but not 16 finish with an m16n8k8 step; the rank is
 // zero-padded to a multiple of 8 in shared memory only, never in the caller's tensors.
@@ -174,9 +177,11 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     const int key_end = mask.key_end(m0, kBlockM);
     const int n_blocks = key_end > 0 ? ceil_div(key_end, kBlockN) : 0;
     const int rows_q = p.seqlen_q - m0;  // valid rows of this tile (>= 1)
-    // With a bias the scale is already applied inside scores(); without, it is folded into exp2
-    // (a scale <= 0 through the Q transform below, nobias_scale_log2).
+    // With a bias the scale is already applied inside scores(), or folded into Q (below); without,
+    // it is folded into exp2 (a scale <= 0 through the Q transform below, nobias_scale_log2).
     const float scale_log2 = kHasBias ? kLog2e : nobias_scale_log2(p.scale);
+    const bool fold = folds_scale_into_q(ElementTraits<Element>::kIsF16, kRank, p.scale);
+    const float qk_scale = fold ? 1.f : p.scale;  // what scores() multiplies Q K^T by
 
     float acc_o[kMTiles][kDTiles][4];
 #pragma unroll
@@ -211,7 +216,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     // Scores, mask (only on tiles that need it) and the softmax update for key tile nb.
     auto tile_step = [&](int nb, int buf) {
       const int n0 = nb * kBlockN;
-      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, lane, warp_row0);
+      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), qk_scale, lane, warp_row0);
       if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
       softmax.update(s, acc_o, scale_log2);
       pack_a<Element, kMTiles, kNTiles>(pa, s);
@@ -219,17 +224,22 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
 
     QLoader::load(sQ, aQ, gQ, p.q_row_stride, 0, rows_q, tid);
     if constexpr (kHasBias) QbLoader::load(sQb, aQb, gQb, p.qb_row_stride, 0, rows_q, tid);
-    if constexpr (!kHasBias) {
-      if (!(p.scale > 0.f)) {
-        // A scale <= 0: Q's signs flipped (or Q zeroed) once, before the pipeline starts; Q lands
-        // in a group of its own, which is complete before the tile groups are counted.
-        cp_async_commit();
-        cp_async_wait<0>();
-        block_sync();
-        u32* const words = reinterpret_cast<u32*>(sQ);
-        for (int i = tid; i < kQElems / 2; i += kThreads) words[i] = q_for_nonpositive_scale(words[i], p.scale);
-        block_sync();
-      }
+    // Q rewritten once, before the pipeline starts (Q lands in a group of its own, complete
+    // before the tile groups are counted): without a bias and a scale <= 0, its signs flipped (or
+    // Q zeroed); when the scale folds (folds_scale_into_q), Q scaled, so that the scores are
+    // S = (scale Q) K^T + Qb Kb^T as in every kernel of both families.
+    auto transform_q = [&](auto&& f) {
+      cp_async_commit();
+      cp_async_wait<0>();
+      block_sync();
+      u32* const words = reinterpret_cast<u32*>(sQ);
+      for (int i = tid; i < kQElems / 2; i += kThreads) words[i] = f(words[i]);
+      block_sync();
+    };
+    if constexpr (kHasBias) {
+      if (fold) transform_q([&](u32 w) { return scale_pair<Element>(w, p.scale); });
+    } else {
+      if (!(p.scale > 0.f)) transform_q([&](u32 w) { return q_for_nonpositive_scale(w, p.scale); });
     }
 
     if constexpr (kStages == 1) {

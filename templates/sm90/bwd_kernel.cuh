@@ -14,10 +14,12 @@
 //           S^T  = scale S^T + Kb Qb^T          the bias after the scale, as in the forward
 //           P^T  = exp2(S^T - LSE[query]),  dS^T = P^T (dP^T - Delta[query])
 //           dV  += P^T dO,  dK += dS^T Q,  dKb += dS^T Qb     wgmma, A = P^T / dS^T from registers
-//         Delta is delta_dq, the one the dq pass measured (sm80/bwd_kernel.cuh, "Delta").
+//         Delta is delta_dq, the one the dq pass measured (sm80/bwd_kernel.cuh, "Delta"), and LSE
+//         lse_dq, the LSE of the backward's own scores that dq measured ("LSE" there).
 //   dq:   one CTA per (query block of kBlockM rows, batch, head); warpgroups own 64 query rows
 //         and walk the key tiles of kStep rows: S, dP, dS as above (row-wise LSE and Delta), then
-//         dQ += dS K, dQb += dS Kb, and P Kb with the row sums of dS for the Delta correction.
+//         dQ += dS K, dQb += dS Kb, and P Kb with the row sums of dS for the Delta correction,
+//         and the row sums of P for the LSE.
 //         It recomputes S and dP rather than sharing dS with dkdv through atomics: every output
 //         element is summed by one thread in a fixed order, so the results are bitwise identical
 //         run to run.
@@ -260,7 +262,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         load_tile<kStep, kRank, kChunkR, kBiasAlign>(sQb(buf), in.qb + m0 * p.qb_row_stride, p.qb_row_stride, rows, tid);
       if (tid < kStep) {
         const int row = m0 + tid;
-        const float l = Portable::lse_log2(p, bh, row);
+        const float l = Portable::lse_log2(p, p.lse_dq, bh, row);
         const float d = row < p.seqlen_q ? p.delta_dq[bh * p.seqlen_q + row] : 0.f;
         asm volatile("st.shared.f32 [%0], %1;" ::"r"(sLse(buf) + 4 * tid), "f"(l) : "memory");
         asm volatile("st.shared.f32 [%0], %1;" ::"r"(sLse(buf) + 4 * (kStep + tid)), "f"(d) : "memory");
@@ -393,7 +395,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       const int row = wm0 + warp * 16 + g + 8 * hh;
-      lse2[hh] = Portable::lse_log2(p, bh, row);
+      lse2[hh] = Portable::lse_log2(p, p.lse, bh, row);
       delta[0][hh] = row < p.seqlen_q ? p.delta[bh * p.seqlen_q + row] : 0.f;
     }
 
@@ -401,6 +403,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     float dqb[1][kRTiles][4], dqb_lo[1][kRTiles][4];
     float kbar[1][kRTiles][4];        // P Kb (the dQb correction, sm80/bwd_kernel.cuh "Delta")
     float dsum[1][2] = {{0.f, 0.f}};  // Sigma
+    float psum[1][2] = {{0.f, 0.f}};  // rowsum(P') (sm80/bwd_kernel.cuh "LSE")
     sm80::zero(dq);
     sm80::zero(dqb);
     sm80::zero(dqb_lo);
@@ -447,6 +450,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
           }
           s[0][i][e] = fast_exp2(x);
         }
+      Portable::add_row_sums(psum, s);
       if constexpr (kHasBias) {
         // P Kb (the dQb correction) joins dP in flight, so that P's packed copy is free again
         // before dS is packed (the register peak).
@@ -494,8 +498,16 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     });
 
     const int row0 = wm0 + warp * 16;
-    Portable::finish_delta(p, dsum, delta, dqb, [&](int mt, int nt, int e) { return kbar[mt][nt][e]; }, kHasBias,
-                           true, bh, row0, lane);
+    // P' to P (sm80/bwd_kernel.cuh "LSE"); delta_dq and lse_dq out.
+    float inv_c[1][2];
+    Portable::finish_row_sums(psum, inv_c);
+    Portable::scale_rows(dq, inv_c);
+    if constexpr (kHasBias) {
+      Portable::scale_rows(dqb, inv_c);
+      Portable::scale_rows(dqb_lo, inv_c);
+    }
+    Portable::finish_delta(p, dsum, delta, psum, inv_c, dqb, [&](int mt, int nt, int e) { return kbar[mt][nt][e]; },
+                           kHasBias, true, bh, row0, lane);
     Element* gdq = static_cast<Element*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
     Portable::template write_acc<1, kDTiles, kQkvAlign>(dq, p.scale, gdq, p.dq_row_stride, nullptr, 0, row0,
                                                         p.seqlen_q, 0, kHeadDim, lane);

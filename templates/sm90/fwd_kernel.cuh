@@ -18,7 +18,12 @@
 //     from last to first (the tiles that need masking first), per tile:
 //       S  = Q K^T                  wgmma, A = Q and B = K from shared memory (K-major)
 //       S  = scale * S + Qb Kb^T    the bias is R extra contraction columns accumulated into the
-//                                   same registers after scaling: exact, never materialised
+//                                   same registers after scaling: exact, never materialised.
+//                                   fp16 (kFoldScale; common/params.h, folds_scale_into_q: every
+//                                   default scale; the runtime sends fp16 scales outside
+//                                   [2^-6, 1] to the portable family) instead scales its Q rows in
+//                                   shared memory once, and S = (scale Q) K^T + Qb Kb^T is one
+//                                   chain of products with no wait or multiply in between
 //       P  = online softmax (fp32, exp2; the sm80 family's OnlineSoftmax, same register layout)
 //       O += P V                    wgmma, A = P from registers, B = V from shared memory (MN-major)
 //     then O is normalised, staged through the consumer's own rows of the Q tile, and written
@@ -85,6 +90,9 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   static constexpr int kConsumers = kBlockM / 64;
   static constexpr int kMinBlocksPerSm = kMinBlocks;
   static constexpr bool kHasBias = kRank > 0;
+  // fp16 with a bias: the scale is folded into Q (common/params.h, folds_scale_into_q), and the
+  // scores are one chain of products per tile.
+  static constexpr bool kFoldScale = kHasBias && ElementTraits<Element>::kIsF16;
   // Factors whose rows, strides and base are 16-byte aligned come by TMA like Q, K, V (the copy
   // engine zero-fills the rank padding); narrower ones are copied by the producer's lanes.
   static constexpr bool kFactorTma = kHasBias && kBiasAlign == 16;
@@ -326,6 +334,33 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
 
   // ---- consumer ------------------------------------------------------------------------------
 
+  /// Rewrites this warpgroup's 64 rows of the Q tile in shared memory, word by word (two
+  /// elements each), through f, then hands them to wgmma: the swizzle permutes 16-byte units
+  /// within a row, so per D chunk the 64 rows' bytes are contiguous and rewritten in place.
+  template <class F>
+  static __device__ __forceinline__ void transform_q_rows(Element* smem_ptr, int wg, int tid_wg, F&& f) {
+    constexpr int kUnits = 64 * kDRowBytes / 16;  // per D chunk
+#pragma unroll 1
+    for (int c = 0; c < kDChunks; ++c) {
+      Vec4u* const rows =
+          reinterpret_cast<Vec4u*>(reinterpret_cast<char*>(smem_ptr) + c * kQChunkBytes + wg * 64 * kDRowBytes);
+#pragma unroll 2
+      for (int u = tid_wg; u < kUnits; u += 128) {
+        Vec4u v = rows[u];
+        v.x = f(v.x);
+        v.y = f(v.y);
+        v.z = f(v.z);
+        v.w = f(v.w);
+        rows[u] = v;
+      }
+    }
+    fence_proxy_async();  // generic-proxy writes, before wgmma (the async proxy) reads them
+    named_sync(1 + wg, 128);
+  }
+
+  /// A consumer warpgroup. With kFoldScale it scales its Q rows first (folds_scale_into_q): the
+  /// runtime sends the fp16 scales that cannot fold to the portable family and refuses to launch
+  /// this kernel with them (LaunchPlan::launch_forward).
   static __device__ __forceinline__ void consumer(const FwdParams& p, u32 smem, Element* smem_ptr, int wg, int b,
                                                   int h, int m0, int n_blocks, int tid_wg) {
     const int lane = tid_wg & 31;
@@ -340,8 +375,9 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     auto bar_empty = [&](int s) { return bar_q + 8 * (1 + kStages + s); };
 
     const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
-    // With a bias the scale is applied before the bias is added; without, it folds into exp2
-    // (a scale <= 0 through the Q transform below, sm80::nobias_scale_log2).
+    // With a bias the scale is in Q (kFoldScale, below) or applied before the bias is added;
+    // without, it folds into exp2 (a scale <= 0 through the Q transform below,
+    // sm80::nobias_scale_log2).
     const float scale_log2 = kHasBias ? kLog2e : sm80::nobias_scale_log2(p.scale);
 
     float o[1][kDTiles][4];
@@ -396,20 +432,14 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     if constexpr (kTakeTurns)
       if (wg == kConsumers - 1 && n_blocks > 0) named_arrive(kTurnBarrier, 256);
     mbar_wait(bar_q, 0);
-    if constexpr (!kHasBias) {
-      if (!(p.scale > 0.f)) {
-        // A scale <= 0: this warpgroup's Q rows get their signs flipped (or are zeroed) once. The
-        // swizzle permutes 16-byte units within a row, so per D chunk the 64 rows are contiguous.
-        constexpr int kWords = 64 * kDRowBytes / 4;
-#pragma unroll 1
-        for (int c = 0; c < kDChunks; ++c) {
-          u32* const words = reinterpret_cast<u32*>(reinterpret_cast<char*>(smem_ptr) + c * kQChunkBytes +
-                                                    wg * 64 * kDRowBytes);
-          for (int i = tid_wg; i < kWords; i += 128) words[i] = sm80::q_for_nonpositive_scale(words[i], p.scale);
-        }
-        fence_proxy_async();  // generic-proxy writes, before wgmma (async proxy) reads them
-        named_sync(1 + wg, 128);
-      }
+    // kFoldScale: Q scaled once, so that S = (scale Q) K^T + Qb Kb^T is one chain of products per
+    // tile, with no multiply per score and no wait between the products. Without a bias and a
+    // scale <= 0: Q's signs flipped (or Q zeroed) once (sm80::nobias_scale_log2).
+    if constexpr (kFoldScale) {
+      transform_q_rows(smem_ptr, wg, tid_wg, [&](u32 w) { return scale_pair<Element>(w, p.scale); });
+    } else if constexpr (!kHasBias) {
+      if (!(p.scale > 0.f))
+        transform_q_rows(smem_ptr, wg, tid_wg, [&](u32 w) { return sm80::q_for_nonpositive_scale(w, p.scale); });
     }
     for (int it = 0; it < n_blocks; ++it) {
       const int nb = n_blocks - 1 - it;
@@ -428,8 +458,9 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       turn_begin();
       wgmma_fence();
       gemm_ss<Element, kBlockN, kDK, kChunkD, kQChunkBytes, kKChunkBytes>(&s[0][0][0], sQ, sK, false);
+      if constexpr (kFoldScale) gemm_ss<Element, kBlockN, kRK, kChunkR, kQbChunkBytes, kKbChunkBytes>(&s[0][0][0], sQb, sKb, true);
       wgmma_commit();
-      if constexpr (kHasBias) {
+      if constexpr (kHasBias && !kFoldScale) {  // the scale applies to Q K^T only: scale, then add the bias
         wgmma_wait<0>();
         fence_regs(s);
         if constexpr (kPvOverlap != 2) pv_done();

@@ -31,4 +31,15 @@ TEST_CASE("dense keys carry the alignment the row lengths allow, and every rank 
   CHECK(dense_problem_key(odd, arch).qkv_align == 16);
 }
 
+TEST_CASE("dense keys send an fp16 bias with a scale that does not fold into Q to the portable family",
+          "[cpu][generator]") {
+  const Arch hopper = Arch::parse("sm_90a");
+  CHECK(dense_problem_key(parse_problem("n=64,d=64,r=8"), hopper).arch.name() == "sm_90a");
+  CHECK(dense_problem_key(parse_problem("n=64,d=64,r=8,scale=-0.5"), hopper).arch.name() == "sm_90a");
+  CHECK(dense_problem_key(parse_problem("n=64,d=64,r=8,scale=2"), hopper).arch.name() == "sm_90");
+  CHECK(dense_problem_key(parse_problem("n=64,d=64,r=8,scale=0.001"), hopper).arch.name() == "sm_90");
+  CHECK(dense_problem_key(parse_problem("n=64,d=64,scale=2"), hopper).arch.name() == "sm_90a");  // no bias
+  CHECK(dense_problem_key(parse_problem("n=64,d=64,r=8,scale=2,dtype=bf16"), hopper).arch.name() == "sm_90a");
+}
+
 }  // namespace flashbias

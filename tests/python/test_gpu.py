@@ -144,6 +144,16 @@ def test_negative_and_zero_scales_forward_and_backward(scale, rank, backward):
     check_against_reference(f"scale{scale}/r{rank}", q, k, v, qb, kb, dout, True, scale, grads=True)
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.015625, 0.2, 2.5, 0.005])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_scales_in_and_out_of_the_fold_range(scale, dtype, backward):
+    """With a bias and |scale| in [2^-6, 1] every kernel scores with round16(scale * Q); other
+    scales run the portable family on Hopper. Odd sizes, causal, head dim 72 (the sm90 backward
+    and its non-power-of-two default scales)."""
+    q, k, v, qb, kb, dout = make_inputs(1, 2, 113, 150, 72, 3, dtype)
+    check_against_reference(f"scale{scale}/{dtype}", q, k, v, qb, kb, dout, True, scale, grads=True)
+
+
 def test_strided_inputs_are_used_in_place_and_agree(backward):
     """BHSD storage seen as BSHD (transposed views) gives the same O and gradients as contiguous
     copies, bitwise: same kernels, no copies needed."""

@@ -73,6 +73,12 @@ TEST_CASE("validate_backward accepts a valid problem and derives a bwd key", "[c
   CHECK(k.broadcast == (kQbBatch | kQbHead));
   CHECK(k.qkv_align == 16);
   CHECK(k.bias_align == 4);  // rows of 6 elements: 12 bytes
+  CHECK(k.arch.name() == "sm_90a");
+  // The forward of an fp16 bias with a scale that does not fold into Q runs the portable family;
+  // the backward scores with the exact scale in both families and keeps the device's.
+  BackwardArgs a = valid_args();
+  a.softmax_scale = 3.f;
+  CHECK(validate_backward(a, hopper()).arch.name() == "sm_90a");
 }
 
 TEST_CASE("validate_backward names every bad argument", "[cpu][runtime][validate][backward]") {
@@ -113,15 +119,17 @@ TEST_CASE("validate_backward names every bad argument", "[cpu][runtime][validate
   CHECK_NOTHROW(validate_backward(a, hopper()));
 }
 
-TEST_CASE("the backward workspace holds both Deltas and the fp32 sums of broadcast factors", "[cpu][runtime][backward]") {
+TEST_CASE("the backward workspace holds both Deltas, the corrected LSE and the fp32 sums of broadcast factors",
+          "[cpu][runtime][backward]") {
   BackwardArgs a = valid_args();
   BwdWorkspaceLayout w = bwd_workspace_layout(a);
   CHECK(w.delta == 0);
   CHECK(w.delta_dq == 512);  // 2*3*17 floats = 408 bytes, rounded to 256
+  CHECK(w.lse_dq == 1024);
   CHECK(w.has_dqb_accum);
   CHECK_FALSE(w.has_dkb_accum);
-  CHECK(w.dqb_accum == 1024);
-  CHECK(w.bytes == 1024 + 2 * 3 * 17 * 6 * 4 + (256 - (2 * 3 * 17 * 6 * 4) % 256));
+  CHECK(w.dqb_accum == 1536);
+  CHECK(w.bytes == 1536 + 2 * 3 * 17 * 6 * 4 + (256 - (2 * 3 * 17 * 6 * 4) % 256));
   a.kb_stride.head = 0;
   w = bwd_workspace_layout(a);
   CHECK(w.has_dkb_accum);
@@ -130,7 +138,7 @@ TEST_CASE("the backward workspace holds both Deltas and the fp32 sums of broadca
   a.rank = 0;
   w = bwd_workspace_layout(a);
   CHECK_FALSE(w.has_dqb_accum);
-  CHECK(w.bytes == 1024);
+  CHECK(w.bytes == 1536);
 }
 
 TEST_CASE("make_bwd_params fills BwdParams and zeroes broadcast gradient strides", "[cpu][runtime][backward]") {
@@ -144,7 +152,8 @@ TEST_CASE("make_bwd_params fills BwdParams and zeroes broadcast gradient strides
   const BwdParams p = make_bwd_params(a, t, bwd_slices(k, t), ws, bwd_workspace_layout(a));
   CHECK(p.delta == reinterpret_cast<float*>(ws));
   CHECK(p.delta_dq == reinterpret_cast<float*>(ws + 512));
-  CHECK(p.dqb_accum == reinterpret_cast<float*>(ws + 1024));
+  CHECK(p.lse_dq == reinterpret_cast<float*>(ws + 1024));
+  CHECK(p.dqb_accum == reinterpret_cast<float*>(ws + 1536));
   CHECK(p.dkb_accum == nullptr);
   CHECK(p.qb_batch_bcast == 1);
   CHECK(p.qb_head_bcast == 1);

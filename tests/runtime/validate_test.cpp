@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 
+#include "generator/knobs.h"
 #include "runtime/launch_plan.h"
 #include "runtime/validate.h"
 
@@ -140,6 +141,33 @@ TEST_CASE("validate_forward checks softmax_scale", "[cpu][runtime][validate]") {
   ForwardArgs a = valid_args();
   a.softmax_scale = -0.5f;
   CHECK_NOTHROW(validate_forward(a, hopper()));
+}
+
+TEST_CASE("an fp16 bias with a scale the Hopper kernels cannot fold into Q runs the portable family",
+          "[cpu][runtime][validate]") {
+  ForwardArgs a = valid_args();  // rank 8, head dim 64: default scale 1/8
+  CHECK(validate_forward(a, hopper()).arch.name() == "sm_90a");
+  for (float scale : {1.f, -1.f, 0.015625f, -0.3f}) {
+    a.softmax_scale = scale;
+    INFO("scale " << scale);
+    CHECK(validate_forward(a, hopper()).arch.name() == "sm_90a");
+  }
+  for (float scale : {1.5f, -2.f, 0.01f, 0.f, -1e-3f}) {
+    a.softmax_scale = scale;
+    INFO("scale " << scale);
+    const ProblemKey key = validate_forward(a, hopper());
+    CHECK(key.arch.name() == "sm_90");
+    CHECK(kernel_family(key) == "sm80");
+  }
+  // bf16 never folds (its rounding of scale * Q would cost as much as its whole error budget):
+  // the Hopper kernels scale its scores, whatever the scale.
+  a.dtype = DType::bf16;
+  CHECK(validate_forward(a, hopper()).arch.name() == "sm_90a");
+  // Without a bias the scale folds into exp2 exactly: every scale keeps the Hopper family.
+  a.dtype = DType::f16;
+  a.rank = 0;
+  a.softmax_scale = 4.f;
+  CHECK(validate_forward(a, hopper()).arch.name() == "sm_90a");
 }
 
 TEST_CASE("validate_forward checks pointers for null and alignment", "[cpu][runtime][validate]") {

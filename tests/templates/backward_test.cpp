@@ -216,6 +216,45 @@ TEST_CASE("factor gradients that are cancelling sums over a few values stay with
       }
 }
 
+TEST_CASE("scales in and out of the fold range, and a forward of one family under the other's backward",
+          "[gpu][backward][scale]") {
+  // With a bias every kernel defines the scores from the scaled Q, round16(scale Q), when
+  // |scale| is in [2^-6, 1] (folds_scale_into_q): the backward's P = exp(S - LSE) only sums to
+  // one if its S is the forward's, in either family. Other scales take the portable family on
+  // Hopper and keep S = scale (Q K^T) + Qb Kb^T. Scales 1/sqrt(72) and 1/sqrt(128) are not powers
+  // of two, so the rounding of the scaled Q is real there.
+  activate_primary_context(0);
+  const bool hopper = query_device(0).arch.a;
+  Context fast(ContextOptions{0, Policy::heuristic, true, false});
+  Context portable(ContextOptions{0, Policy::heuristic, true, true});
+  struct Pair {
+    Context* fwd;
+    Context* bwd;
+    const char* name;
+  };
+  std::vector<Pair> pairs = {{&fast, &fast, "default"}};
+  if (hopper) {
+    pairs.push_back({&fast, &portable, "sm90 forward, portable backward"});
+    pairs.push_back({&portable, &fast, "portable forward, sm90 backward"});
+  }
+  for (const char* text :
+       {"b=1,h=2,nq=150,nk=97,d=72,r=3", "b=1,h=2,n=257,d=128,r=16,mask=causal", "b=2,h=1,nq=1,nk=200,d=72,r=2",
+        "b=1,h=2,nq=97,nk=150,d=64,r=8,scale=1", "b=1,h=2,n=113,d=64,r=8,scale=-0.5,mask=causal",
+        "b=1,h=2,n=113,d=72,r=4,scale=0.015625", "b=1,h=2,nq=150,nk=97,d=64,r=8,scale=2.5",
+        "b=1,h=2,n=113,d=128,r=4,scale=0.005,mask=causal", "b=1,h=2,n=113,d=64,r=2,scale=-3"})
+    for (const char* dtype : {"f16", "bf16"})
+      for (const Pair& pr : pairs) {
+        const std::string problem_text = fmt::format("{},dtype={}", text, dtype);
+        const std::uint64_t seed = fresh_seed();
+        DeviceProblem problem(parse_problem(problem_text), seed);
+        const BackwardCheck r = check_backward(
+            problem, [&](const ForwardArgs& a) { pr.fwd->forward(a, nullptr); },
+            [&](const BackwardArgs& a) { pr.bwd->backward(a, nullptr); }, dout_seed(seed));
+        INFO(problem_text << " (" << pr.name << ") seed " << seed << ":\n" << r.str());
+        CHECK(r.pass);
+      }
+}
+
 TEST_CASE("small backward problems for the memory and race checkers", "[gpu][sanitize][backward]") {
   // Every code path in few launches: k8 tails (D 72, R 3), 2-byte factor rows, both pipelines
   // (heuristic tiles differ by head dim), split slices (D 128, 256), causal with fully masked rows

@@ -92,6 +92,24 @@ TEST_CASE("negative and zero softmax scales match the reference in both families
   if (query_device(0).arch.a) run_cases(cases, worker_count(), 300, /*portable=*/true);
 }
 
+TEST_CASE("scales in and out of the fold range match the reference in both families", "[gpu][forward][scale]") {
+  // With a bias and |scale| in [2^-6, 1] (folds_scale_into_q) the kernels scale Q once in 16 bits
+  // and run S = (scale Q) K^T + Qb Kb^T; other scales run the portable family on Hopper, which
+  // scales the scores. The bounds themselves, non-power-of-two scales (the rounding of the
+  // scaled Q is real), both dtypes.
+  std::vector<Case> cases;
+  for (const char* s : {"b=1,h=2,nq=113,nk=300,d=72,r=3,scale=1", "b=1,h=2,n=257,d=128,r=16,mask=causal,scale=0.015625",
+                        "b=1,h=2,n=257,d=128,r=16,mask=causal,scale=0.0883883", "b=1,h=2,nq=300,nk=17,d=64,r=8,scale=-0.3",
+                        "b=1,h=2,n=300,d=64,r=8,scale=1.5", "b=1,h=2,nq=17,nk=1000,d=72,r=2,scale=0.01,mask=causal",
+                        "b=1,h=2,n=129,d=128,r=1,scale=-1.0001"})
+    for (const char* dtype : {"f16", "bf16"}) {
+      const std::string text = fmt::format("{},dtype={}", s, dtype);
+      cases.push_back(Case{parse_problem(text), text});
+    }
+  run_cases(cases, worker_count(), 300);
+  if (query_device(0).arch.a) run_cases(cases, worker_count(), 300, /*portable=*/true);
+}
+
 TEST_CASE("every legal tile configuration computes the same function", "[gpu][forward][tiles]") {
   // Odd sizes and a rank that needs the k8 tail, with masking; each legal tile is loaded directly.
   for (const DeviceInfo& dev : family_devices())
