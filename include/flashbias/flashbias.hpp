@@ -78,7 +78,10 @@ struct ForwardArgs {
   void* o = nullptr;        Strides o_stride;   ///< [B, Nq, H, D], same dtype as q
   float* lse = nullptr;  ///< optional [B, H, Nq] fp32 natural-log sum-exp of each row's scores
 
-  std::optional<float> softmax_scale;  ///< default 1/sqrt(head_dim)
+  /// Default 1/sqrt(head_dim); any finite value. fp16 with a bias folds it into Q when
+  /// |softmax_scale| is in [2^-6, 1] (every default); outside that range such a problem runs the
+  /// portable kernels on Hopper, which are slower.
+  std::optional<float> softmax_scale;
   MaskKind mask = MaskKind::none;
 };
 

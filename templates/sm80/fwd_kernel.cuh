@@ -9,7 +9,7 @@
 //   S  = scale * S + Qb Kb^T   the low-rank bias is R extra contraction columns accumulated into
 //                         the same registers after scaling, so it is exact and never materialised
 //                         (fp16 with |scale| in [2^-6, 1]: Q is scaled once in shared memory
-//                         instead, S = (scale Q) K^T + Qb Kb^T, as in every kernel:
+//                         instead, S = (scale Q) K^T + Qb Kb^T, as the sm90 forward does:
 //                         common/params.h, folds_scale_into_q)
 //   P  = online softmax (fp32, exp2)     O = O * corr + P V
 // Head dims and ranks that are multiples of 8 but not 16 finish with an m16n8k8 step; the rank is
@@ -227,7 +227,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     // Q rewritten once, before the pipeline starts (Q lands in a group of its own, complete
     // before the tile groups are counted): without a bias and a scale <= 0, its signs flipped (or
     // Q zeroed); when the scale folds (folds_scale_into_q), Q scaled, so that the scores are
-    // S = (scale Q) K^T + Qb Kb^T as in every kernel of both families.
+    // S = (scale Q) K^T + Qb Kb^T, as in the sm90 forward.
     auto transform_q = [&](auto&& f) {
       cp_async_commit();
       cp_async_wait<0>();
