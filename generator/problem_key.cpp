@@ -6,6 +6,7 @@
 #include <charconv>
 #include <vector>
 
+#include "common/params.h"
 #include "generator/knobs.h"
 
 namespace flashbias {
@@ -183,6 +184,13 @@ TileConfig TileConfig::parse(const std::string& s) {
     if (pos > norm.size()) break;
   }
   return t;
+}
+
+bool forward_scale_needs_portable(const ProblemKey& key, std::optional<float> scale) {
+  // Every default scale 1/sqrt(D), D in [8, 256], lies in [1/16, 0.36] and folds: no work on the
+  // common call.
+  return scale && key.rank > 0 && key.dtype == DType::f16 && key.arch.a &&
+         !folds_scale_into_q(true, key.rank, *scale);
 }
 
 std::size_t hash_value(const ProblemKey& k) noexcept {

@@ -90,6 +90,12 @@ struct KernelSpec {
   std::string str() const { return key.str() + "/" + tile.str(); }
 };
 
+/// Whether a forward key's Hopper kernel cannot take `scale` (nullopt: the default 1/sqrt(D),
+/// which always can): fp16 with a bias on sm_90a folds the scale into Q, and only |scale| in
+/// [2^-6, 1] folds (folds_scale_into_q, templates/common/params.h). validate_forward and
+/// dense_problem_key then give the problem the portable family's key (the arch without 'a').
+bool forward_scale_needs_portable(const ProblemKey& key, std::optional<float> scale);
+
 std::size_t hash_value(const ProblemKey& k) noexcept;
 std::size_t hash_value(const TileConfig& t) noexcept;
 std::size_t hash_value(const KernelSpec& s) noexcept;

@@ -10,7 +10,6 @@
 
 #include <fmt/format.h>
 
-#include "common/params.h"
 #include "generator/problem_key.h"
 
 namespace flashbias {
@@ -317,9 +316,7 @@ ProblemKey dense_problem_key(const ProblemSpec& spec, const Arch& arch) {
   // Every stride of a dense tensor is a multiple of its row, so the row length decides.
   k.qkv_align = row_alignment(spec.head_dim * 2);
   k.bias_align = spec.rank > 0 ? row_alignment(spec.rank * 2) : 16;  // rank 0: canonical, as validate_forward
-  // As validate_forward: a bias whose scale does not fold into Q runs the portable family.
-  if (spec.rank > 0 && spec.dtype == DType::f16 && k.arch.a && !folds_scale_into_q(true, k.rank, spec.scale()))
-    k.arch.a = false;
+  if (forward_scale_needs_portable(k, spec.softmax_scale)) k.arch.a = false;  // as validate_forward
   return k;
 }
 

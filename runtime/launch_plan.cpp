@@ -366,13 +366,13 @@ void LaunchPlan::launch_forward(const ForwardArgs& args, CUstream stream) const 
   if (spec_.key.direction != Direction::fwd)
     throw Error(ErrorCode::internal, fmt::format("launch_forward on the backward plan {}", spec_.str()));
   const std::uint32_t grid = fwd_grid_size(args, spec_.tile.block_m);
-  if (sm90_ && args.rank > 0 && args.dtype == DType::f16 &&
-      !folds_scale_into_q(true, static_cast<int>(args.rank), effective_scale(args))) {
+  // A plan built for a key (a test, the tuner) rather than by validate_forward's routing.
+  if (sm90_ && forward_scale_needs_portable(spec_.key, args.softmax_scale)) {
     throw Error(ErrorCode::unsupported,
                 fmt::format("kernel {}: the sm90 fp16 forward with a bias scales Q by softmax_scale in fp16, which "
                             "needs |softmax_scale| in [2^-6, 1] (got {}); other scales run the portable family "
                             "(validate_forward gives them an sm_90 key)",
-                            spec_.str(), effective_scale(args)));
+                            spec_.str(), *args.softmax_scale));
   }
   if (sm90_) {
     Sm90FwdParams params;

@@ -7,7 +7,6 @@
 
 #include <fmt/format.h>
 
-#include "common/params.h"
 #include "runtime/driver_api.h"
 
 namespace flashbias {
@@ -102,7 +101,11 @@ int alignment_class(std::initializer_list<std::uint64_t> byte_values) noexcept {
   return align;
 }
 
-ProblemKey validate_forward(const ForwardArgs& a, const DeviceInfo& device) {
+namespace {
+
+/// validate_forward's rules and key, shared with validate_backward; the forward's choice of the
+/// portable family for a scale its Hopper kernel cannot fold is validate_forward's own.
+ProblemKey forward_key(const ForwardArgs& a, const DeviceInfo& device) {
   if (a.dtype != DType::f16 && a.dtype != DType::bf16) {
     fail(ErrorCode::invalid_argument,
          fmt::format("dtype has the invalid value {} (f16 = 0, bf16 = 1)", static_cast<int>(a.dtype)));
@@ -197,12 +200,18 @@ ProblemKey validate_forward(const ForwardArgs& a, const DeviceInfo& device) {
                                       bytes(a.kb_stride.seq), bytes(a.kb_stride.head)});
   }
   // Every value above is a multiple of the 2-byte element size, so both classes are >= 2.
-  // The Hopper kernels for fp16 with a bias define the scores from the scaled Q
-  // (folds_scale_into_q, templates/common/params.h). A scale they cannot fold (|scale| outside
-  // [2^-6, 1]) runs the portable family on the same GPU (an sm_90 key, as ContextOptions::portable
-  // gives), which applies the scale to the scores.
-  if (a.rank > 0 && a.dtype == DType::f16 && key.arch.a && !folds_scale_into_q(true, key.rank, effective_scale(a)))
-    key.arch.a = false;
+  return key;
+}
+
+}  // namespace
+
+ProblemKey validate_forward(const ForwardArgs& a, const DeviceInfo& device) {
+  ProblemKey key = forward_key(a, device);
+  // The Hopper forward for fp16 with a bias scores with the scaled Q (folds_scale_into_q,
+  // templates/common/params.h). A scale it cannot fold (|scale| outside [2^-6, 1]) runs the
+  // portable family on the same GPU (an sm_90 key, as ContextOptions::portable gives), which
+  // applies the scale to the scores.
+  if (forward_scale_needs_portable(key, a.softmax_scale)) key.arch.a = false;
   return key;
 }
 
@@ -276,12 +285,9 @@ ProblemKey validate_backward(const BackwardArgs& a, const DeviceInfo& device) {
   f.lse = const_cast<float*>(a.lse);
   f.softmax_scale = a.softmax_scale;
   f.mask = a.mask;
-  ProblemKey key = validate_forward(f, device);
+  // The backward scores with the exact scale in both families, whatever the scale.
+  ProblemKey key = forward_key(f, device);
   key.direction = Direction::bwd;
-  // The backward scores with the exact scale in both families (common/params.h,
-  // folds_scale_into_q): the forward's switch to the portable family for scales that do not fold
-  // into Q does not apply.
-  key.arch = device.arch;
 
   if (a.lse == nullptr) {
     fail(ErrorCode::invalid_argument,
