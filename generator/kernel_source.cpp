@@ -18,7 +18,7 @@ namespace {
 
 // Bumped whenever this file changes what it emits for an unchanged template, so caches keyed on
 // templates_hash() never serve code from an older generator.
-constexpr int kGeneratorVersion = 5;
+constexpr int kGeneratorVersion = 6;
 
 // Mirrors of the template's layout constants (templates/sm80/fwd_kernel.cuh). The generated
 // source static_asserts that both sides agree, so a drift fails the compile, not the launch.
@@ -89,7 +89,10 @@ BwdSmem bwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
     const std::size_t block_tiles = 2 * d_chunks * bm * chunk_d * 2 + r_chunks * bm * chunk_r * 2;
     const std::size_t step_tiles = 2 * d_chunks * step * chunk_d * 2 + r_chunks * step * chunk_r * 2;
     auto r1k = [](std::size_t v) { return (v + 1023) / 1024 * 1024; };
-    return BwdSmem{block_tiles + st * r1k(step_tiles + 8 * step) + 1024, block_tiles + st * r1k(step_tiles) + 1024};
+    // kTma: one mbarrier per stage and the block tile's.
+    const std::size_t barriers = t.get("kTma").value_or(0) != 0 ? 8 * (st + 1) : 0;
+    return BwdSmem{block_tiles + st * r1k(step_tiles + 8 * step) + barriers + 1024,
+                   block_tiles + st * r1k(step_tiles) + barriers + 1024};
   }
   // Mirrors BwdKernel's kDkdvSmemBytes / kDqSmemBytes (templates/sm80/bwd_kernel.cuh); the
   // generated source static_asserts the agreement.
@@ -241,10 +244,10 @@ static_assert(Kernel::kDqSmemBytes == {dq_smem}, "generator and template disagre
 static_assert(Kernel::kThreads == {threads}, "generator and template disagree on the block size");
 static_assert(Kernel::kSlices == {slices}, "generator and template disagree on the output slices");
 
-extern "C" __global__ void __launch_bounds__({threads}, Kernel::kMinBlocksPerSm) {dkdv}(const flashbias::BwdParams params) {{
+extern "C" __global__ void __launch_bounds__({threads}, Kernel::kMinBlocksPerSm) {dkdv}({tiled_params} params) {{
   Kernel::dkdv(params);
 }}
-extern "C" __global__ void __launch_bounds__({threads}, Kernel::kDqMinBlocksPerSm) {dq}(const flashbias::BwdParams params) {{
+extern "C" __global__ void __launch_bounds__({threads}, Kernel::kDqMinBlocksPerSm) {dq}({tiled_params} params) {{
   Kernel::dq(params);
 }}
 extern "C" __global__ void __launch_bounds__({threads}) {prep}(const flashbias::BwdParams params) {{
@@ -258,7 +261,10 @@ extern "C" __global__ void __launch_bounds__({threads}) {reduce}(const flashbias
         fmt::arg("name", entry.name), fmt::arg("args", arg_list), fmt::arg("dkdv_smem", smem.dkdv),
         fmt::arg("dq_smem", smem.dq), fmt::arg("threads", out.threads), fmt::arg("slices", bwd_slices(k, t)),
         fmt::arg("dkdv", kBwdEntryDkdv), fmt::arg("dq", kBwdEntryDq), fmt::arg("prep", kBwdEntryPrep),
-        fmt::arg("reduce", kBwdEntryReduce));
+        fmt::arg("reduce", kBwdEntryReduce),
+        // The sm90 family's dq and dkdv take the TMA descriptors too (Sm90BwdParams, zero without kTma).
+        fmt::arg("tiled_params", kernel_family(k) == "sm90" ? "const __grid_constant__ flashbias::Sm90BwdParams"
+                                                            : "const flashbias::BwdParams"));
   }
   out.options = {
       fmt::format("--gpu-architecture={}", k.arch.name()),

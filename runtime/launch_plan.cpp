@@ -120,23 +120,50 @@ void encode_sm90_tma(const ForwardArgs& a, const KernelSpec& spec, Sm90FwdParams
   }
 }
 
+void encode_sm90_bwd_tma(const BackwardArgs& a, const KernelSpec& spec, Sm90BwdParams& p) {
+  const TileConfig& tile = spec.tile;
+  // Mirrors templates/sm90/bwd_kernel.cuh (kTma): block tiles of block_m rows, step tiles of
+  // `step` rows, of each of the six inputs the dq and dkdv kernels read.
+  const int step = tile.get("kStep").value_or(64);
+  for (const auto& [rows, out] : {std::pair{tile.block_m, p.block}, std::pair{step, p.step}}) {
+    out[Sm90BwdParams::kQ] = encode_tma("q", a.q, a.dtype, a.head_dim, a.seqlen_q, a.heads, a.batch, a.q_stride, rows);
+    out[Sm90BwdParams::kDo] =
+        encode_tma("dout", a.dout, a.dtype, a.head_dim, a.seqlen_q, a.heads, a.batch, a.dout_stride, rows);
+    out[Sm90BwdParams::kK] = encode_tma("k", a.k, a.dtype, a.head_dim, a.seqlen_k, a.heads, a.batch, a.k_stride, rows);
+    out[Sm90BwdParams::kV] = encode_tma("v", a.v, a.dtype, a.head_dim, a.seqlen_k, a.heads, a.batch, a.v_stride, rows);
+    if (a.rank > 0) {
+      out[Sm90BwdParams::kQb] =
+          encode_tma("qb", a.qb, a.dtype, a.rank, a.seqlen_q, a.heads, a.batch, a.qb_stride, rows);
+      out[Sm90BwdParams::kKb] =
+          encode_tma("kb", a.kb, a.dtype, a.rank, a.seqlen_k, a.heads, a.batch, a.kb_stride, rows);
+    }
+  }
+}
+
 namespace {
 
 /// Everything the TMA descriptors encode, compared bytewise: 8-byte fields only, so no padding.
+/// dout is the backward's (null in the forward).
 struct TmaInputs {
   const void* q;
   const void* k;
   const void* v;
   const void* qb;
   const void* kb;
+  const void* dout;
   std::int64_t batch, heads, seqlen_q, seqlen_k, head_dim, rank;
-  Strides q_stride, k_stride, v_stride, qb_stride, kb_stride;
+  Strides q_stride, k_stride, v_stride, qb_stride, kb_stride, dout_stride;
   std::int64_t dtype;
 };
-static_assert(sizeof(TmaInputs) == 5 * 8 + 6 * 8 + 5 * sizeof(Strides) + 8, "TmaInputs must have no padding");
+static_assert(sizeof(TmaInputs) == 6 * 8 + 6 * 8 + 6 * sizeof(Strides) + 8, "TmaInputs must have no padding");
 
-TmaInputs tma_inputs(const ForwardArgs& a) {
+template <class Args>
+TmaInputs tma_inputs(const Args& a) {
   TmaInputs t{};
+  if constexpr (std::is_same_v<Args, BackwardArgs>) {
+    t.dout = a.dout;
+    t.dout_stride = a.dout_stride;
+  }
   const bool bias = a.rank > 0;
   t.q = a.q;
   t.k = a.k;
@@ -168,8 +195,26 @@ struct LaunchPlan::TmaMemo {
   std::mutex mu;
   bool valid = false;
   TmaInputs inputs;
-  Sm90FwdParams params;
+  Sm90FwdParams params;  // the forward's descriptors (its `p` unused)
+  Sm90BwdParams bwd;     // the backward's (its `p` unused)
   std::atomic<std::uint64_t> encodes{0};
+
+  /// Copy the descriptors for `in` into `out`, encoding them first (`encode(memo params)`) when
+  /// they are not those of the last call.
+  template <class Params, class Encode>
+  void get(const TmaInputs& in, Params& memo, Params& out, Encode&& encode) {
+    std::lock_guard lock(mu);
+    if (!valid || std::memcmp(&inputs, &in, sizeof(in)) != 0) {
+      valid = false;  // stays invalid if the driver refuses a descriptor
+      encode(memo);
+      inputs = in;
+      valid = true;
+      ++encodes;
+    }
+    const auto common = out.p;
+    out = memo;
+    out.p = common;
+  }
 };
 
 std::uint64_t LaunchPlan::tma_encodes() const { return tma_memo_ ? tma_memo_->encodes.load() : 0; }
@@ -299,6 +344,9 @@ LaunchPlan::LaunchPlan(std::shared_ptr<const LoadedKernel> kernel, const KernelS
                               split.producer, split.consumers, split.consumer));
   }
   if (spec_.key.direction == Direction::bwd) {
+    sm90_bwd_ = kernel_family(spec_.key) == "sm90";
+    bwd_tma_ = sm90_bwd_ && spec_.tile.get("kTma").value_or(0) != 0;
+    if (bwd_tma_) tma_memo_ = std::make_unique<TmaMemo>();
     const BwdSmem smem = bwd_smem_bytes(spec_.key, spec_.tile);
     bwd_dkdv_smem_ = smem.dkdv;
     bwd_dq_smem_ = smem.dq;
@@ -335,9 +383,17 @@ void LaunchPlan::launch_backward(const BackwardArgs& args, void* workspace, CUst
                                  const BwdWorkspaceLayout* layout) const {
   if (spec_.key.direction != Direction::bwd)
     throw Error(ErrorCode::internal, fmt::format("launch_backward on the forward plan {}", spec_.str()));
-  BwdParams params = make_bwd_params(args, spec_.tile, bwd_slices_, workspace,
-                                     layout != nullptr ? *layout : bwd_workspace_layout(args));
-  void* kernel_params[] = {&params};
+  // The sm90 family's dq and dkdv take Sm90BwdParams (__grid_constant__; the descriptors zero
+  // without kTma), prep and reduce its common block.
+  Sm90BwdParams sm90_params{};
+  sm90_params.p = make_bwd_params(args, spec_.tile, bwd_slices_, workspace,
+                                  layout != nullptr ? *layout : bwd_workspace_layout(args));
+  const BwdParams& params = sm90_params.p;
+  if (bwd_tma_)
+    tma_memo_->get(tma_inputs(args), tma_memo_->bwd, sm90_params,
+                   [&](Sm90BwdParams& memo) { encode_sm90_bwd_tma(args, spec_, memo); });
+  void* kernel_params[] = {&sm90_params.p};
+  void* tiled_params[] = {sm90_bwd_ ? static_cast<void*>(&sm90_params) : static_cast<void*>(&sm90_params.p)};
   const std::int64_t bh = args.batch * args.heads;
   const int threads = kernel_->threads();
   const std::int64_t rows = bh * args.seqlen_q;
@@ -348,8 +404,8 @@ void LaunchPlan::launch_backward(const BackwardArgs& args, void* workspace, CUst
   kernel_->launch_function(bwd_prep_, kBwdEntryPrep, prep_grid, 0, stream, kernel_params);
   // dq before dkdv: dq measures each row's Delta from its own P and dP (delta_dq), and dkdv uses
   // that (templates/sm80/bwd_kernel.cuh, "Delta").
-  kernel_->launch_function(bwd_dq_, kBwdEntryDq, dq_grid, bwd_dq_smem_, stream, kernel_params);
-  kernel_->launch_function(kernel_->function(), kBwdEntryDkdv, dkdv_grid, bwd_dkdv_smem_, stream, kernel_params);
+  kernel_->launch_function(bwd_dq_, kBwdEntryDq, dq_grid, bwd_dq_smem_, stream, tiled_params);
+  kernel_->launch_function(kernel_->function(), kBwdEntryDkdv, dkdv_grid, bwd_dkdv_smem_, stream, tiled_params);
   if (params.dqb_accum != nullptr || params.dkb_accum != nullptr) {
     std::int64_t total = 0;
     if (params.dqb_accum)
@@ -377,22 +433,8 @@ void LaunchPlan::launch_forward(const ForwardArgs& args, CUstream stream) const 
   if (sm90_) {
     Sm90FwdParams params;
     params.p = make_fwd_params(args, spec_.tile.block_m);
-    const TmaInputs in = tma_inputs(args);
-    {
-      std::lock_guard lock(tma_memo_->mu);
-      if (!tma_memo_->valid || std::memcmp(&tma_memo_->inputs, &in, sizeof(in)) != 0) {
-        tma_memo_->valid = false;  // stays invalid if the driver refuses a descriptor
-        encode_sm90_tma(args, spec_, tma_memo_->params);
-        tma_memo_->inputs = in;
-        tma_memo_->valid = true;
-        ++tma_memo_->encodes;
-      }
-      params.tma_q = tma_memo_->params.tma_q;
-      params.tma_k = tma_memo_->params.tma_k;
-      params.tma_v = tma_memo_->params.tma_v;
-      params.tma_qb = tma_memo_->params.tma_qb;
-      params.tma_kb = tma_memo_->params.tma_kb;
-    }
+    tma_memo_->get(tma_inputs(args), tma_memo_->params, params,
+                   [&](Sm90FwdParams& memo) { encode_sm90_tma(args, spec_, memo); });
     void* kernel_params[] = {&params};  // one parameter: Sm90FwdParams by value (__grid_constant__)
     kernel_->launch(grid, 1, 1, stream, kernel_params);
     return;

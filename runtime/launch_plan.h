@@ -27,6 +27,10 @@ Sm90FwdParams make_sm90_fwd_params(const ForwardArgs& args, const KernelSpec& sp
 /// Only the TMA descriptors of `params` (what make_sm90_fwd_params adds to make_fwd_params).
 void encode_sm90_tma(const ForwardArgs& args, const KernelSpec& spec, Sm90FwdParams& params);
 
+/// The sm90 backward's TMA descriptors (tiles with the kTma knob): block and step boxes of Q, dO,
+/// K, V and, with a bias, Qb and Kb (templates/common/params.h, Sm90BwdParams).
+void encode_sm90_bwd_tma(const BackwardArgs& args, const KernelSpec& spec, Sm90BwdParams& params);
+
 /// Number of CTAs of the forward grid: ceil(seqlen_q / block_m) * batch * heads. Throws
 /// Error(unsupported) if it exceeds gridDim.x's limit of 2^31 - 1.
 std::uint32_t fwd_grid_size(const ForwardArgs& args, int block_m);
@@ -65,7 +69,7 @@ class LaunchPlan {
   void launch_backward(const BackwardArgs& args, void* workspace, CUstream stream,
                        const BwdWorkspaceLayout* layout = nullptr) const;
 
-  /// How many times this plan asked the driver for TMA descriptors (sm90 forward): once per
+  /// How many times this plan asked the driver for TMA descriptors (sm90): once per
   /// distinct set of tensors; a repeated call on the same tensors reuses them.
   std::uint64_t tma_encodes() const;
 
@@ -82,9 +86,11 @@ class LaunchPlan {
   std::size_t bwd_dkdv_smem_ = 0;
   std::size_t bwd_dq_smem_ = 0;
   int bwd_slices_ = 1;
-  bool sm90_ = false;  // the forward runs the sm90 family (Sm90FwdParams)
+  bool sm90_ = false;      // the forward runs the sm90 family (Sm90FwdParams)
+  bool sm90_bwd_ = false;  // the backward runs the sm90 family (dq and dkdv take Sm90BwdParams)
+  bool bwd_tma_ = false;   // ... and loads by TMA (the kTma knob)
   struct TmaMemo;
-  std::unique_ptr<TmaMemo> tma_memo_;  // sm90 only: the last encoded descriptors
+  std::unique_ptr<TmaMemo> tma_memo_;  // sm90 with TMA only: the last encoded descriptors
 };
 
 }  // namespace flashbias

@@ -120,4 +120,17 @@ struct BwdParams {
   float scale;  // softmax scale (Q K^T only)
 };
 
+/// Backward parameters of the sm90 family: the common block, then (tiles with the kTma knob) the
+/// TMA descriptors of the tiles its dq and dkdv kernels load. Per tensor two boxes: a block
+/// tile (block_m rows: Q, dO, Qb in dq; K, V, Kb in dkdv) and a step tile (step rows: K, V, Kb
+/// in dq; Q, dO, Qb in dkdv). 4-D like the forward's (columns, row, head, batch), boxes of one
+/// swizzled chunk of columns. Unused descriptors are zero. Passed as a __grid_constant__ kernel
+/// parameter to dq and dkdv; prep and reduce take `p` alone.
+struct Sm90BwdParams {
+  enum Tensor { kQ = 0, kDo = 1, kQb = 2, kK = 3, kV = 4, kKb = 5, kTensors = 6 };
+  TmaDescriptor block[kTensors];
+  TmaDescriptor step[kTensors];
+  BwdParams p;
+};
+
 }  // namespace flashbias

@@ -26,10 +26,17 @@
 // Factor gradients take dS as hi + lo / kLoScale (two products), as in the portable family: the
 // rows of dS sum to zero, so 16-bit dS alone would cost them ~1e-2 relative error.
 //
-// Loads: every thread copies its share of the next tile with cp.async (16-byte units, zero fill
-// past the sequence and the head dim) straight into the swizzled layout wgmma reads, double
-// buffered; narrow factor rows (under 16-byte aligned) are copied with ordinary loads. A proxy
-// fence and a CTA barrier hand a landed tile to the tensor cores.
+// Loads, two forms (the kTma knob):
+//   kTma 0: every thread copies its share of the next tile with cp.async (16-byte units, zero fill
+//           past the sequence and the head dim) straight into the swizzled layout wgmma reads;
+//           narrow factor rows (under 16-byte aligned) are copied with ordinary loads. A proxy
+//           fence and a CTA barrier hand a landed tile to the tensor cores.
+//   kTma 1: thread 0 issues TMA copies (the same swizzled layout; the copy engine zero-fills past
+//           the sequence, the head dim and the rank) onto one mbarrier per stage, kStages - 1
+//           tiles ahead; the other threads spend no instructions on addresses. One CTA barrier per
+//           step still frees the buffer the previous step read. dkdv's per-query LSE and Delta
+//           are read into registers one step before they are stored into the stage, so that no
+//           warp waits on a global load in the step that needs them. Needs 16-byte factor rows.
 #pragma once
 
 #include "common/manifest.h"
@@ -51,10 +58,12 @@ struct BwdKnobs {
   static constexpr int kStages[] = {2, 1, 3};
   static constexpr int kStep[] = {64, 32, 128, 48};
   static constexpr int kMinBlocks[] = {1, 2};
+  static constexpr int kTma[] = {0, 1};
 };
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
-          int kBlockM = 128, int kBlockN = 128, int kWarps = 8, int kStages = 2, int kStep = 64, int kMinBlocks = 1>
+          int kBlockM = 128, int kBlockN = 128, int kWarps = 8, int kStages = 2, int kStep = 64, int kMinBlocks = 1,
+          int kTma = 0>
 struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   using Knobs = BwdKnobs;
 
@@ -69,6 +78,9 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   static_assert(kStages >= 1 && kStages <= 3, "stages must be 1, 2 or 3");
   static_assert(kStep == 32 || kStep == 48 || kStep == 64 || kStep == 128, "step must be 32, 48, 64 or 128");
   static_assert(kMinBlocks == 1 || kMinBlocks == 2, "min_blocks must be 1 or 2");
+  static_assert(kTma == 0 || kTma == 1, "tma must be 0 or 1");
+  static_assert(kTma == 0 || kRank == 0 || kBiasAlign == 16, "tma needs 16-byte aligned factor rows (bias_align 16)");
+  static_assert(kTma == 0 || kStages >= 2, "tma needs 2 or 3 stages");
 
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kMinBlocksPerSm = kMinBlocks;
@@ -113,10 +125,15 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   // bytes (a 48-row factor tile is not a multiple of it).
   static constexpr int kLseBytes = 8 * kStep;
   static constexpr int kDkdvStageBytes = round_up(2 * kStepD + kStepR + kLseBytes, 1024);
-  static constexpr int kDkdvSmemBytes = 2 * kBlockD + kBlockR + kStages * kDkdvStageBytes + 1024;
+  // kTma: the stages' mbarriers and the block tile's after the stages.
+  static constexpr int kBarrierBytes = kTma ? 8 * (kStages + 1) : 0;
+  static constexpr int kDkdvSmemBytes = 2 * kBlockD + kBlockR + kStages * kDkdvStageBytes + kBarrierBytes + 1024;
   // dq: Q | dO | Qb, then per stage K | V | Kb (padded to 1024 bytes).
   static constexpr int kDqStageBytes = round_up(2 * kStepD + kStepR, 1024);
-  static constexpr int kDqSmemBytes = 2 * kBlockD + kBlockR + kStages * kDqStageBytes + 1024;
+  static constexpr int kDqSmemBytes = 2 * kBlockD + kBlockR + kStages * kDqStageBytes + kBarrierBytes + 1024;
+  // kTma: bytes one block tile (3 tensors) and one step tile bring onto their mbarrier.
+  static constexpr int kBlockTmaBytes = 2 * kBlockD + kBlockR;
+  static constexpr int kStepTmaBytes = 2 * kStepD + kStepR;
 
   struct alignas(16) Vec4u { u32 x, y, z, w; };
   struct alignas(8) Vec2u { u32 x, y; };
@@ -206,12 +223,75 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     fence_regs(s);
   }
 
+  // ---- kTma loads -----------------------------------------------------------------------------
+  /// The kStages stage mbarriers at `bars` and the block tile's after them, one arrival each
+  /// (thread 0's, which also announces the TMA bytes); then a CTA barrier.
+  static __device__ __forceinline__ void init_barriers(u32 bars, int tid) {
+    if (tid == 0) {
+#pragma unroll
+      for (int s = 0; s <= kStages; ++s) mbar_init(bars + 8 * s, 1);
+      mbar_fence_init();
+    }
+    block_sync();
+  }
+
+  /// Thread 0's TMA copies of one tile of kRows rows from `row` on: two head-dim tensors (a, b:
+  /// Q and dO, or K and V) and the factor of the same rows (f), onto `bar`, which is told their
+  /// bytes first. f_h and f_b are the factor's head and batch (0 along a broadcast dimension).
+  template <int kRows>
+  static __device__ __forceinline__ void tma_tile(u32 dst_a, u32 dst_b, u32 dst_f, const TmaDescriptor& ta,
+                                                  const TmaDescriptor& tb, const TmaDescriptor& tf, u32 bar, int row,
+                                                  int h, int b, int f_h, int f_b) {
+    constexpr int kChunkBytesD = kRows * kDRowBytes;
+    constexpr int kChunkBytesR = kRows * kRRowBytes;
+    mbar_arrive_expect_tx(bar, 2 * kDChunks * kChunkBytesD + kRChunks * kChunkBytesR);
+#pragma unroll
+    for (int c = 0; c < kDChunks; ++c) {
+      tma_load_4d(dst_a + c * kChunkBytesD, &ta, bar, c * kChunkD, row, h, b);
+      tma_load_4d(dst_b + c * kChunkBytesD, &tb, bar, c * kChunkD, row, h, b);
+    }
+    if constexpr (kHasBias) {
+#pragma unroll
+      for (int c = 0; c < kRChunks; ++c) tma_load_4d(dst_f + c * kChunkBytesR, &tf, bar, c * kChunkR, row, f_h, f_b);
+    }
+  }
+
+  /// The kTma form of sm80::bwd_pipeline over step tiles [begin, end) in kStages buffers, with one
+  /// CTA barrier per step: after it every warp is done with body(i - 1), so its buffer takes the
+  /// load of tile i + kStages - 1 (issue(tile, buffer, true)); then tile i's mbarrier is waited
+  /// for, body(i, buffer) runs and finish() stores what that issue staged in registers. The
+  /// first kStages - 1 tiles are issued before the loop (issue(tile, buffer, false)), and are
+  /// visible to every thread after the first barrier; then the block tile (bars + 8 kStages, issued
+  /// by the caller) is waited for, also when there is no step.
+  template <class Issue, class Body, class Finish>
+  static __device__ __forceinline__ void tma_pipeline(int begin, int end, u32 bars, Issue&& issue, Body&& body,
+                                                      Finish&& finish) {
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s)
+      if (begin + s < end) issue(begin + s, s, false);
+    mbar_wait(bars + 8 * kStages, 0);
+    for (int i = begin; i < end; ++i) {
+      const int j = i - begin;
+      const int buf = j % kStages;
+      block_sync();
+      if (i + kStages - 1 < end) issue(i + kStages - 1, (j + kStages - 1) % kStages, true);
+      mbar_wait(bars + 8 * buf, u32(j / kStages) & 1u);
+      body(i, buf);
+      finish();
+    }
+  }
+
+  /// A factor's head and batch coordinates for TMA: 0 along a broadcast (stride-0) dimension,
+  /// which the host encodes with extent 1.
+  static __device__ __forceinline__ int factor_coord(long long stride, int i) { return stride == 0 ? 0 : i; }
+
   // ---------------------------------------------------------------------------------------------
   static __device__ void prep(const BwdParams& p) { Portable::prep(p); }
   static __device__ void reduce(const BwdParams& p) { Portable::reduce(p); }
 
   // ---------------------------------------------------------------------------------------------
-  static __device__ void dkdv(const BwdParams& p) {
+  static __device__ void dkdv(const Sm90BwdParams& prm) {
+    const BwdParams& p = prm.p;
     const u32 smem = smem_base();
     const u32 sK = smem;
     const u32 sV = sK + kBlockD;
@@ -269,17 +349,11 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       }
     };
 
-    const int krows = p.seqlen_k - n0;
-    load_tile<kBlockN, kHeadDim, kChunkD, 16>(sK, in.k + n0 * p.k_row_stride, p.k_row_stride, krows, tid);
-    load_tile<kBlockN, kHeadDim, kChunkD, 16>(sV, in.v + n0 * p.v_row_stride, p.v_row_stride, krows, tid);
-    if constexpr (kHasBias)
-      load_tile<kBlockN, kRank, kChunkR, kBiasAlign>(sKb, in.kb + n0 * p.kb_row_stride, p.kb_row_stride, krows, tid);
-
     const u32 sKw = sK + wg * 64 * kDRowBytes;
     const u32 sVw = sV + wg * 64 * kDRowBytes;
     const u32 sKbw = sKb + wg * 64 * kRRowBytes;
 
-    sm80::bwd_pipeline<kStages>(m_begin, m_end, [] { fence_proxy_async(); }, load_stage, [&](int mb, int buf) {
+    auto body = [&](int mb, int buf) {
       const int m0 = mb * kStep;
       // Keys wholly right of every query row's causal reach contribute nothing here.
       if (kCausal && wn0 > m0 + kStep - 1 + mask.diag_offset) return;
@@ -346,7 +420,55 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       fence_regs(pa);
       fence_regs(dsa);
       if constexpr (kHasBias) fence_regs(dsa_lo);
-    });
+    };
+
+    if constexpr (kTma) {
+      const u32 bars = stage0 + kStages * kDkdvStageBytes;
+      const u32 bar_block = bars + 8 * kStages;
+      const int kb_h = factor_coord(p.kb_head_stride, h), kb_b = factor_coord(p.kb_batch_stride, b);
+      const int qb_h = factor_coord(p.qb_head_stride, h), qb_b = factor_coord(p.qb_batch_stride, b);
+      init_barriers(bars, tid);
+      if (tid == 0)
+        tma_tile<kBlockN>(sK, sV, sKb, prm.block[Sm90BwdParams::kK], prm.block[Sm90BwdParams::kV],
+                          prm.block[Sm90BwdParams::kKb], bar_block, n0, h, b, kb_h, kb_b);
+      // Each query's LSE (base 2) and Delta, staged in registers by the first kStep threads.
+      float staged_l = 0.f, staged_d = 0.f;
+      u32 staged_at = 0u;  // 0: nothing staged
+      auto store_lse = [&](u32 at, float l, float d) {
+        asm volatile("st.shared.f32 [%0], %1;" ::"r"(at), "f"(l) : "memory");
+        asm volatile("st.shared.f32 [%0], %1;" ::"r"(at + 4 * kStep), "f"(d) : "memory");
+      };
+      auto issue = [&](int mb, int buf, bool defer) {
+        const int m0 = mb * kStep;
+        if (tid == 0)
+          tma_tile<kStep>(sQ(buf), sDo(buf), sQb(buf), prm.step[Sm90BwdParams::kQ], prm.step[Sm90BwdParams::kDo],
+                          prm.step[Sm90BwdParams::kQb], bars + 8 * buf, m0, h, b, qb_h, qb_b);
+        if (tid < kStep) {
+          const int row = m0 + tid;
+          const float l = Portable::lse_log2(p, p.lse_dq, bh, row);
+          const float d = row < p.seqlen_q ? p.delta_dq[bh * p.seqlen_q + row] : 0.f;
+          if (defer) {
+            staged_l = l;
+            staged_d = d;
+            staged_at = sLse(buf) + 4 * tid;
+          } else {
+            store_lse(sLse(buf) + 4 * tid, l, d);
+          }
+        }
+      };
+      auto finish = [&] {
+        if (staged_at != 0u) store_lse(staged_at, staged_l, staged_d);
+        staged_at = 0u;
+      };
+      tma_pipeline(m_begin, m_end, bars, issue, body, finish);
+    } else {
+      const int krows = p.seqlen_k - n0;
+      load_tile<kBlockN, kHeadDim, kChunkD, 16>(sK, in.k + n0 * p.k_row_stride, p.k_row_stride, krows, tid);
+      load_tile<kBlockN, kHeadDim, kChunkD, 16>(sV, in.v + n0 * p.v_row_stride, p.v_row_stride, krows, tid);
+      if constexpr (kHasBias)
+        load_tile<kBlockN, kRank, kChunkR, kBiasAlign>(sKb, in.kb + n0 * p.kb_row_stride, p.kb_row_stride, krows, tid);
+      sm80::bwd_pipeline<kStages>(m_begin, m_end, [] { fence_proxy_async(); }, load_stage, body);
+    }
 
     const int row0 = wn0 + warp * 16;
     Element* gdk = static_cast<Element*>(p.dk) + b * p.dk_batch_stride + h * p.dk_head_stride;
@@ -361,7 +483,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   }
 
   // ---------------------------------------------------------------------------------------------
-  static __device__ void dq(const BwdParams& p) {
+  static __device__ void dq(const Sm90BwdParams& prm) {
+    const BwdParams& p = prm.p;
     const u32 smem = smem_base();
     const u32 sQ = smem;
     const u32 sDo = sQ + kBlockD;
@@ -418,17 +541,11 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         load_tile<kStep, kRank, kChunkR, kBiasAlign>(sKb(buf), in.kb + n0 * p.kb_row_stride, p.kb_row_stride, rows, tid);
     };
 
-    const int qrows = p.seqlen_q - m0;
-    load_tile<kBlockM, kHeadDim, kChunkD, 16>(sQ, in.q + m0 * p.q_row_stride, p.q_row_stride, qrows, tid);
-    load_tile<kBlockM, kHeadDim, kChunkD, 16>(sDo, in.dout + m0 * p.do_row_stride, p.do_row_stride, qrows, tid);
-    if constexpr (kHasBias)
-      load_tile<kBlockM, kRank, kChunkR, kBiasAlign>(sQb, in.qb + m0 * p.qb_row_stride, p.qb_row_stride, qrows, tid);
-
     const u32 sQw = sQ + wg * 64 * kDRowBytes;
     const u32 sDow = sDo + wg * 64 * kDRowBytes;
     const u32 sQbw = sQb + wg * 64 * kRRowBytes;
 
-    sm80::bwd_pipeline<kStages>(0, n_blocks, [] { fence_proxy_async(); }, load_stage, [&](int nb, int buf) {
+    auto body = [&](int nb, int buf) {
       const int n0 = nb * kStep;
       // A key tile wholly right of this warpgroup's causal diagonal contributes nothing.
       if (kCausal && n0 > wm0 + 63 + mask.diag_offset) return;
@@ -495,7 +612,30 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       fence_regs(dqb_lo);
       fence_regs(dsa);
       if constexpr (kHasBias) fence_regs(dsa_lo);
-    });
+    };
+
+    if constexpr (kTma) {
+      const u32 bars = stage0 + kStages * kDqStageBytes;
+      const int qb_h = factor_coord(p.qb_head_stride, h), qb_b = factor_coord(p.qb_batch_stride, b);
+      const int kb_h = factor_coord(p.kb_head_stride, h), kb_b = factor_coord(p.kb_batch_stride, b);
+      init_barriers(bars, tid);
+      if (tid == 0)
+        tma_tile<kBlockM>(sQ, sDo, sQb, prm.block[Sm90BwdParams::kQ], prm.block[Sm90BwdParams::kDo],
+                          prm.block[Sm90BwdParams::kQb], bars + 8 * kStages, m0, h, b, qb_h, qb_b);
+      auto issue = [&](int nb, int buf, bool) {
+        if (tid == 0)
+          tma_tile<kStep>(sK(buf), sV(buf), sKb(buf), prm.step[Sm90BwdParams::kK], prm.step[Sm90BwdParams::kV],
+                          prm.step[Sm90BwdParams::kKb], bars + 8 * buf, nb * kStep, h, b, kb_h, kb_b);
+      };
+      tma_pipeline(0, n_blocks, bars, issue, body, [] {});
+    } else {
+      const int qrows = p.seqlen_q - m0;
+      load_tile<kBlockM, kHeadDim, kChunkD, 16>(sQ, in.q + m0 * p.q_row_stride, p.q_row_stride, qrows, tid);
+      load_tile<kBlockM, kHeadDim, kChunkD, 16>(sDo, in.dout + m0 * p.do_row_stride, p.do_row_stride, qrows, tid);
+      if constexpr (kHasBias)
+        load_tile<kBlockM, kRank, kChunkR, kBiasAlign>(sQb, in.qb + m0 * p.qb_row_stride, p.qb_row_stride, qrows, tid);
+      sm80::bwd_pipeline<kStages>(0, n_blocks, [] { fence_proxy_async(); }, load_stage, body);
+    }
 
     const int row0 = wm0 + warp * 16;
     // P' to P (sm80/bwd_kernel.cuh "LSE"); delta_dq and lse_dq out.
