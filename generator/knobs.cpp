@@ -116,11 +116,13 @@ std::string_view kernel_family(const ProblemKey& key) {
   if (key.direction == Direction::fwd && mf::find_entry("fwd", "sm90") != nullptr) return "sm90";
   // Backward: dK, dV (and dKb) stay in registers, so head dims up to 128 and ranks up to 32 (the
   // template's rules); wider problems run the portable family, which splits them into slices. At
-  // head dim 32 and below the portable family is faster (its mma.sync tiles against wgmma products
-  // 32 columns wide: seed_n16k backward 4.69 vs 5.27 ms, af3_tri 0.50 vs 0.56; H100, 2026-11-24,
-  // docs/PERF_NOTES.md), so the sm90 backward starts above it.
-  if (key.direction == Direction::bwd && key.head_dim > 32 && key.head_dim <= 128 && key.rank <= 32 &&
-      mf::find_entry("bwd", "sm90") != nullptr)
+  // head dim 32 the sm90 backward is ahead only with its TMA loads (16-byte factor rows: af3_tri
+  // backward 0.497 vs 0.551 ms, seed_n16k 5.11 vs 5.16; with cp.async it was behind, 0.56 vs 0.50
+  // and 5.27 vs 4.69; H100, 2026-11-24, docs/PERF_NOTES.md), and under 32 the portable family
+  // runs.
+  const bool tma_factors = key.rank == 0 || key.bias_align == 16;
+  if (key.direction == Direction::bwd && key.head_dim >= 32 && (key.head_dim > 32 || tma_factors) &&
+      key.head_dim <= 128 && key.rank <= 32 && mf::find_entry("bwd", "sm90") != nullptr)
     return "sm90";
   return "sm80";
 }

@@ -150,23 +150,39 @@ TileConfig bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std
 ///    spill 64-88 bytes at any stage count, so those keys take two stages, and 48-row steps past
 ///    rank 16 (the widest that compiles without spills for ranks up to 32 in both dtypes).
 TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
-  static const std::vector<TileConfig> narrow{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64"),
+  // TMA loads (tma=1) first wherever the factors' rows allow them (16-byte aligned; the
+  // template's rule skips them otherwise): llm_d64 backward 4.13 -> 3.05 ms, llm_d128 10.27 ->
+  // 8.43, causal d128 6.0 -> 4.8 (H100, 2026-11-24, docs/PERF_NOTES.md step 19). With TMA the
+  // dq kernel of causal d64 spills 12 bytes at three stages, and the non-causal d128 dkdv 16.
+  static const std::vector<TileConfig> narrow{TileConfig::parse("bm=64,bn=64,w=4,s=3,step=64,tma=1"),
+                                              TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64"),
                                               TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
                                               TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
-  static const std::vector<TileConfig> wide{TileConfig::parse("bm=128,bn=128,w=8,s=3,step=64"),
+  static const std::vector<TileConfig> narrow_causal{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1"),
+                                                     TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64"),
+                                                     TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
+                                                     TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
+  static const std::vector<TileConfig> wide{TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64,tma=1"),
+                                            TileConfig::parse("bm=128,bn=128,w=8,s=3,step=64"),
                                             TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
                                             TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48"),
                                             TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
-  static const std::vector<TileConfig> wide_causal{TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
+  static const std::vector<TileConfig> wide_causal{TileConfig::parse("bm=128,bn=128,w=8,s=3,step=64,tma=1"),
+                                                   TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
                                                    TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48"),
                                                    TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
-  static const std::vector<TileConfig> wide_rank{TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48"),
+  static const std::vector<TileConfig> wide_rank{TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48,tma=1"),
+                                                 TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48"),
                                                  TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
   const bool near_cap = key.head_dim > 112;
-  const auto& prefs = key.head_dim <= 64                         ? narrow
-                      : near_cap && key.rank > 16                ? wide_rank
-                      : near_cap && key.mask == MaskKind::causal ? wide_causal
-                                                                 : wide;
+  const bool causal = key.mask == MaskKind::causal;
+  // d32 (TMA only, kernel_family): two stages (af3_tri backward 0.497 ms vs 0.516 with three).
+  static const std::vector<TileConfig> d32{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
+  const auto& prefs = key.head_dim <= 32            ? d32
+                      : key.head_dim <= 64          ? (causal ? narrow_causal : narrow)
+                      : near_cap && key.rank > 16   ? wide_rank
+                      : near_cap && causal          ? wide_causal
+                                                    : wide;
   (void)shape;
   return first_legal(key, prefs, smem_limit);
 }

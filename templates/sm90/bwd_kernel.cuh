@@ -259,7 +259,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   /// The kTma form of sm80::bwd_pipeline over step tiles [begin, end) in kStages buffers, with one
   /// CTA barrier per step: after it every warp is done with body(i - 1), so its buffer takes the
   /// load of tile i + kStages - 1 (issue(tile, buffer, true)); then tile i's mbarrier is waited
-  /// for, body(i, buffer) runs and finish() stores what that issue staged in registers. The
+  /// for, body(i, buffer) runs and finish(buffer of that issue) stores what the issue staged in
+  /// registers (only after an issue). The
   /// first kStages - 1 tiles are issued before the loop (issue(tile, buffer, false)), and are
   /// visible to every thread after the first barrier; then the block tile (bars + 8 kStages, issued
   /// by the caller) is waited for, also when there is no step.
@@ -274,10 +275,12 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       const int j = i - begin;
       const int buf = j % kStages;
       block_sync();
-      if (i + kStages - 1 < end) issue(i + kStages - 1, (j + kStages - 1) % kStages, true);
+      const bool ahead = i + kStages - 1 < end;
+      const int ahead_buf = (j + kStages - 1) % kStages;
+      if (ahead) issue(i + kStages - 1, ahead_buf, true);
       mbar_wait(bars + 8 * buf, u32(j / kStages) & 1u);
       body(i, buf);
-      finish();
+      if (ahead) finish(ahead_buf);
     }
   }
 
@@ -433,7 +436,6 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
                           prm.block[Sm90BwdParams::kKb], bar_block, n0, h, b, kb_h, kb_b);
       // Each query's LSE (base 2) and Delta, staged in registers by the first kStep threads.
       float staged_l = 0.f, staged_d = 0.f;
-      u32 staged_at = 0u;  // 0: nothing staged
       auto store_lse = [&](u32 at, float l, float d) {
         asm volatile("st.shared.f32 [%0], %1;" ::"r"(at), "f"(l) : "memory");
         asm volatile("st.shared.f32 [%0], %1;" ::"r"(at + 4 * kStep), "f"(d) : "memory");
@@ -450,15 +452,13 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
           if (defer) {
             staged_l = l;
             staged_d = d;
-            staged_at = sLse(buf) + 4 * tid;
           } else {
             store_lse(sLse(buf) + 4 * tid, l, d);
           }
         }
       };
-      auto finish = [&] {
-        if (staged_at != 0u) store_lse(staged_at, staged_l, staged_d);
-        staged_at = 0u;
+      auto finish = [&](int buf) {
+        if (tid < kStep) store_lse(sLse(buf) + 4 * tid, staged_l, staged_d);
       };
       tma_pipeline(m_begin, m_end, bars, issue, body, finish);
     } else {
@@ -627,7 +627,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
           tma_tile<kStep>(sK(buf), sV(buf), sKb(buf), prm.step[Sm90BwdParams::kK], prm.step[Sm90BwdParams::kV],
                           prm.step[Sm90BwdParams::kKb], bars + 8 * buf, nb * kStep, h, b, kb_h, kb_b);
       };
-      tma_pipeline(0, n_blocks, bars, issue, body, [] {});
+      tma_pipeline(0, n_blocks, bars, issue, body, [](int) {});
     } else {
       const int qrows = p.seqlen_q - m0;
       load_tile<kBlockM, kHeadDim, kChunkD, 16>(sQ, in.q + m0 * p.q_row_stride, p.q_row_stride, qrows, tid);

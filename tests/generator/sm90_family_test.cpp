@@ -41,7 +41,7 @@ TEST_CASE("the sm90 family takes aligned forward keys on sm_90a only", "[cpu][ge
   CHECK(kernel_family(hopper_key(32, 3, 2)) == "sm90");
 }
 
-TEST_CASE("the sm90 backward takes head dims in (32, 128] and ranks up to 32", "[cpu][generator][sm90]") {
+TEST_CASE("the sm90 backward takes head dims in [32, 128] (32 with TMA factors) and ranks up to 32", "[cpu][generator][sm90]") {
   auto bwd = [](int d, int r, int bias_align = 16) {
     ProblemKey k = hopper_key(d, r, bias_align);
     k.direction = Direction::bwd;
@@ -49,7 +49,10 @@ TEST_CASE("the sm90 backward takes head dims in (32, 128] and ranks up to 32", "
   };
   CHECK(kernel_family(bwd(128, 16)) == "sm90");
   CHECK(kernel_family(bwd(40, 0)) == "sm90");
-  CHECK(kernel_family(bwd(32, 8)) == "sm80");  // the portable family is faster there
+  CHECK(kernel_family(bwd(32, 8)) == "sm90");     // TMA loads: ahead of the portable family
+  CHECK(kernel_family(bwd(32, 0)) == "sm90");
+  CHECK(kernel_family(bwd(32, 3, 2)) == "sm80");  // no TMA for 2-byte factor rows: behind it
+  CHECK(kernel_family(bwd(24, 0)) == "sm80");
   CHECK(kernel_family(bwd(72, 3, 2)) == "sm90");
   CHECK(kernel_family(bwd(128, 32)) == "sm90");
   CHECK(kernel_family(bwd(256, 16)) == "sm80");  // dK + dV would not fit the registers
@@ -80,7 +83,13 @@ TEST_CASE("the sm90 backward takes head dims in (32, 128] and ranks up to 32", "
     }
   const ProblemKey key = bwd(128, 16);
   const TileConfig t = heuristic_tile(key, ShapeInfo{32, 8192, 8192}, default_smem_limit(key.arch));
-  CHECK(t.str() == "bm128_bn128_w8_s3");  // step 64, the default
+  CHECK(t.str() == "bm128_bn128_w8_s2_tma1");  // step 64, the default; TMA loads
+  // Factor rows TMA cannot take keep cp.async loads.
+  ProblemKey narrow = bwd(128, 3, 2);
+  CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).get("kTma") == 0);
+  narrow = bwd(32, 16);
+  CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).str() ==
+        "bm64_bn64_w4_s2_tma1");
   const KernelSource src = generate(KernelSpec{key, t});
   CHECK_THAT(src.source, Catch::Contains("#include \"sm90/bwd_kernel.cuh\""));
   CHECK(src.entries.size() == 4);
