@@ -176,9 +176,14 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
                                                  TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32")};
   const bool near_cap = key.head_dim > 112;
   const bool causal = key.mask == MaskKind::causal;
-  // d32 (TMA only, kernel_family): two stages (af3_tri backward 0.497 ms vs 0.516 with three).
-  static const std::vector<TileConfig> d32{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
-  const auto& prefs = key.head_dim <= 32            ? d32
+  // d32 (TMA only, kernel_family): two stages (af3_tri backward 0.497 ms vs 0.516 with three),
+  // and three CTAs per SM (168 registers, no spills up to rank 16): seed_n16k backward 5.04 ->
+  // 4.75 ms, af3_tri 0.496 -> 0.432; 48- or 32-row steps (four CTAs) were slower. Rank 32
+  // spills at 168 registers, so it keeps the launch allocation.
+  static const std::vector<TileConfig> d32{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1,minblocks=3"),
+                                           TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
+  static const std::vector<TileConfig> d32_rank{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
+  const auto& prefs = key.head_dim <= 32            ? (key.rank > 16 ? d32_rank : d32)
                       : key.head_dim <= 64          ? (causal ? narrow_causal : narrow)
                       : near_cap && key.rank > 16   ? wide_rank
                       : near_cap && causal          ? wide_causal

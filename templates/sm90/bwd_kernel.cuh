@@ -57,7 +57,7 @@ struct BwdKnobs {
   static constexpr int kWarps[] = {8, 4, 12};
   static constexpr int kStages[] = {2, 1, 3};
   static constexpr int kStep[] = {64, 32, 128, 48};
-  static constexpr int kMinBlocks[] = {1, 2};
+  static constexpr int kMinBlocks[] = {1, 2, 3};
   static constexpr int kTma[] = {0, 1};
 };
 
@@ -77,7 +77,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   static_assert(kWarps == kBlockM / 16, "warps must be 4 per 64 rows of block_m (one warpgroup each)");
   static_assert(kStages >= 1 && kStages <= 3, "stages must be 1, 2 or 3");
   static_assert(kStep == 32 || kStep == 48 || kStep == 64 || kStep == 128, "step must be 32, 48, 64 or 128");
-  static_assert(kMinBlocks == 1 || kMinBlocks == 2, "min_blocks must be 1 or 2");
+  static_assert(kMinBlocks >= 1 && kMinBlocks <= 3, "min_blocks must be 1, 2 or 3");
   static_assert(kTma == 0 || kTma == 1, "tma must be 0 or 1");
   static_assert(kTma == 0 || kRank == 0 || kBiasAlign == 16, "tma needs 16-byte aligned factor rows (bias_align 16)");
   static_assert(kTma == 0 || kStages >= 2, "tma needs 2 or 3 stages");

@@ -89,7 +89,7 @@ TEST_CASE("the sm90 backward takes head dims in [32, 128] (32 with TMA factors) 
   CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).get("kTma") == 0);
   narrow = bwd(32, 16);
   CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).str() ==
-        "bm64_bn64_w4_s2_tma1");
+        "bm64_bn64_w4_s2_minblocks3_tma1");
   const KernelSource src = generate(KernelSpec{key, t});
   CHECK_THAT(src.source, Catch::Contains("#include \"sm90/bwd_kernel.cuh\""));
   CHECK(src.entries.size() == 4);
