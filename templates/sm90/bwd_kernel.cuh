@@ -78,6 +78,12 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   static_assert(kStages >= 1 && kStages <= 3, "stages must be 1, 2 or 3");
   static_assert(kStep == 32 || kStep == 48 || kStep == 64 || kStep == 128, "step must be 32, 48, 64 or 128");
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 3, "min_blocks must be 1, 2 or 3");
+  // ptxas places each wgmma's accumulators within the launch allocation (the cap that
+  // __launch_bounds__(threads, min_blocks) gives): dK and dV take head_dim / 2 registers, S and dP
+  // step / 2; it refuses ("Insufficient registers") what does not fit.
+  static_assert(65536 / (kWarps * 32 * kMinBlocks) / 8 * 8 >= (kHeadDim > kStep ? kHeadDim : kStep) / 2 + 32,
+                "the launch register allocation (65536 / (threads x min_blocks)) must hold the widest wgmma's "
+                "accumulators (max(head_dim, step) / 2) plus 32");
   static_assert(kTma == 0 || kTma == 1, "tma must be 0 or 1");
   static_assert(kTma == 0 || kRank == 0 || kBiasAlign == 16, "tma needs 16-byte aligned factor rows (bias_align 16)");
   static_assert(kTma == 0 || kStages >= 2, "tma needs 2 or 3 stages");
