@@ -1,5 +1,6 @@
 #include "generator/variants.h"
 
+#include <set>
 #include <span>
 #include <string_view>
 
@@ -80,6 +81,18 @@ std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_
     std::size_t i = ks.all.size();
     while (i > 0 && ++at[i - 1] == ks.all[i - 1].second.size()) at[--i] = 0;
     if (i == 0) break;
+  }
+  return out;
+}
+
+std::vector<TileConfig> covering_tiles(const ProblemKey& key, std::size_t smem_limit) {
+  std::vector<TileConfig> out;
+  std::set<std::pair<std::string, int>> covered;
+  for (const TileConfig& t : enumerate_tiles(key, smem_limit)) {
+    bool adds = false;
+    for (const auto& [name, values] : knob_space(key).all)
+      adds = covered.insert({name, t.get(name).value_or(-1)}).second || adds;
+    if (adds) out.push_back(t);
   }
   return out;
 }

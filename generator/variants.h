@@ -49,6 +49,11 @@ struct ShapeInfo {
 /// under `smem_limit`. Empty means no variant covers the key.
 std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_limit);
 
+/// A few of enumerate_tiles(key, smem_limit) that hold every value of every knob between them:
+/// each legal tile, in order, that brings a (knob, value) pair no earlier one had. What the tests
+/// compile and run when all legal tiles would take too long.
+std::vector<TileConfig> covering_tiles(const ProblemKey& key, std::size_t smem_limit);
+
 /// The built-in choice for keys nobody tuned: the first legal entry of a short preference list
 /// per head-dim class. Throws Error(unsupported) when nothing fits.
 TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit);

@@ -9,6 +9,7 @@
 #include "generator/knobs.h"
 #include "generator/variants.h"
 #include "runtime/compiler.h"
+#include "tuner/parallel.h"
 
 namespace flashbias {
 namespace {
@@ -175,6 +176,41 @@ TEST_CASE("the sm90 source instantiates the sm90 template with a grid-constant p
   CHECK(src.threads == 384);
   CHECK(src.smem_bytes == fwd_smem_bytes(key, t));
   CHECK_THAT(src.options.front(), Catch::Contains("sm_90a"));
+}
+
+TEST_CASE("every value of every sm90 backward knob compiles", "[nvrtc][generator][sm90]") {
+  // The tiles the GPU test of every legal backward tile runs (covering_tiles), for keys of both
+  // load forms (TMA with 16-byte factor rows or none, cp.async with 2-byte rows), both dtypes, and
+  // head dims from 32 to 128: a legal tile that NVRTC or ptxas refuses (a wgmma's accumulators
+  // over the launch allocation) fails here, without a GPU.
+  struct Case {
+    int d, r, bias_align;
+    bool causal, bf16;
+  };
+  for (const Case& c : {Case{72, 3, 2, true, false}, Case{128, 16, 16, false, true}, Case{32, 8, 16, true, false},
+                        Case{96, 0, 16, false, false}}) {
+    ProblemKey key = hopper_key(c.d, c.r, c.bias_align);
+    key.direction = Direction::bwd;
+    key.mask = c.causal ? MaskKind::causal : MaskKind::none;
+    key.dtype = c.bf16 ? DType::bf16 : DType::f16;
+    REQUIRE(kernel_family(key) == "sm90");
+    const std::vector<TileConfig> tiles = covering_tiles(key, default_smem_limit(key.arch));
+    REQUIRE_FALSE(tiles.empty());
+    std::vector<std::string> failures(tiles.size());
+    detail::parallel_for(std::int64_t(tiles.size()), 0, [&](std::int64_t i) {
+      const KernelSpec spec{key, tiles[std::size_t(i)]};
+      try {
+        const CompiledKernel ck = compile(generate(spec));
+        if (ck.cubin.empty()) failures[std::size_t(i)] = spec.str() + ": empty cubin";
+      } catch (const std::exception& e) {
+        failures[std::size_t(i)] = spec.str() + ": " + e.what();
+      }
+    });
+    for (const std::string& f : failures) {
+      INFO(f);
+      CHECK(f.empty());
+    }
+  }
 }
 
 TEST_CASE("sm90 kernels compile to wgmma code without spills", "[nvrtc][generator][sm90]") {

@@ -89,14 +89,7 @@ TEST_CASE("every legal backward tile computes the same function", "[gpu][backwar
     // each a four-entry module: compiling them all would take most of the test budget).
     const std::vector<TileConfig> legal = enumerate_tiles(key, dev.max_smem_per_block_optin);
     REQUIRE(!legal.empty());
-    std::vector<TileConfig> tiles;
-    std::set<std::pair<std::string, int>> covered;
-    for (const TileConfig& t : legal) {
-      bool adds = false;
-      for (const auto& [name, values] : knob_space(key).all)
-        adds = covered.insert({name, t.get(name).value_or(-1)}).second || adds;
-      if (adds) tiles.push_back(t);
-    }
+    std::vector<TileConfig> tiles = covering_tiles(key, dev.max_smem_per_block_optin);
     tiles.push_back(heuristic_tile(key, ShapeInfo{4, 300, 300}, dev.max_smem_per_block_optin));
     UNSCOPED_INFO(text << ": " << tiles.size() << " of " << legal.size() << " legal tiles");
     std::vector<CompiledKernel> compiled(tiles.size());
