@@ -202,6 +202,17 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     }
   }
 
+  /// The cp.async form of tma_tile: kRows rows from `row` on of two head-dim tensors (a, b) and
+  /// the factor of the same rows (f), each at its own row stride; `rows` = the sequence length.
+  template <int kRows>
+  static __device__ __forceinline__ void cp_async_tile(u32 dst_a, u32 dst_b, u32 dst_f, const Element* a, long long sa,
+                                                       const Element* b, long long sb, const Element* f, long long sf,
+                                                       int row, int rows, int tid) {
+    load_tile<kRows, kHeadDim, kChunkD, 16>(dst_a, a + row * sa, sa, rows - row, tid);
+    load_tile<kRows, kHeadDim, kChunkD, 16>(dst_b, b + row * sb, sb, rows - row, tid);
+    if constexpr (kHasBias) load_tile<kRows, kRank, kChunkR, kBiasAlign>(dst_f, f + row * sf, sf, rows - row, tid);
+  }
+
   /// The two score products of a step, the same in both kernels: s = scale (A B^T) + Ab Bb^T (the
   /// head dim, then the factor columns after the scale, as in the forward) and dp = dA dB^T, all
   /// operands in shared memory (A, Ab, dA this warpgroup's 64 rows). Returns once s is complete;
@@ -344,11 +355,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
 
     auto load_stage = [&](int mb, int buf) {
       const int m0 = mb * kStep;
-      const int rows = p.seqlen_q - m0;
-      load_tile<kStep, kHeadDim, kChunkD, 16>(sQ(buf), in.q + m0 * p.q_row_stride, p.q_row_stride, rows, tid);
-      load_tile<kStep, kHeadDim, kChunkD, 16>(sDo(buf), in.dout + m0 * p.do_row_stride, p.do_row_stride, rows, tid);
-      if constexpr (kHasBias)
-        load_tile<kStep, kRank, kChunkR, kBiasAlign>(sQb(buf), in.qb + m0 * p.qb_row_stride, p.qb_row_stride, rows, tid);
+      cp_async_tile<kStep>(sQ(buf), sDo(buf), sQb(buf), in.q, p.q_row_stride, in.dout, p.do_row_stride, in.qb,
+                           p.qb_row_stride, m0, p.seqlen_q, tid);
       if (tid < kStep) {
         const int row = m0 + tid;
         const float l = Portable::lse_log2(p, p.lse_dq, bh, row);
@@ -468,11 +476,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       };
       tma_pipeline(m_begin, m_end, bars, issue, body, finish);
     } else {
-      const int krows = p.seqlen_k - n0;
-      load_tile<kBlockN, kHeadDim, kChunkD, 16>(sK, in.k + n0 * p.k_row_stride, p.k_row_stride, krows, tid);
-      load_tile<kBlockN, kHeadDim, kChunkD, 16>(sV, in.v + n0 * p.v_row_stride, p.v_row_stride, krows, tid);
-      if constexpr (kHasBias)
-        load_tile<kBlockN, kRank, kChunkR, kBiasAlign>(sKb, in.kb + n0 * p.kb_row_stride, p.kb_row_stride, krows, tid);
+      cp_async_tile<kBlockN>(sK, sV, sKb, in.k, p.k_row_stride, in.v, p.v_row_stride, in.kb, p.kb_row_stride, n0,
+                             p.seqlen_k, tid);
       sm80::bwd_pipeline<kStages>(m_begin, m_end, [] { fence_proxy_async(); }, load_stage, body);
     }
 
@@ -540,11 +545,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
 
     auto load_stage = [&](int nb, int buf) {
       const int n0 = nb * kStep;
-      const int rows = p.seqlen_k - n0;
-      load_tile<kStep, kHeadDim, kChunkD, 16>(sK(buf), in.k + n0 * p.k_row_stride, p.k_row_stride, rows, tid);
-      load_tile<kStep, kHeadDim, kChunkD, 16>(sV(buf), in.v + n0 * p.v_row_stride, p.v_row_stride, rows, tid);
-      if constexpr (kHasBias)
-        load_tile<kStep, kRank, kChunkR, kBiasAlign>(sKb(buf), in.kb + n0 * p.kb_row_stride, p.kb_row_stride, rows, tid);
+      cp_async_tile<kStep>(sK(buf), sV(buf), sKb(buf), in.k, p.k_row_stride, in.v, p.v_row_stride, in.kb,
+                           p.kb_row_stride, n0, p.seqlen_k, tid);
     };
 
     const u32 sQw = sQ + wg * 64 * kDRowBytes;
@@ -635,11 +637,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       };
       tma_pipeline(0, n_blocks, bars, issue, body, [](int) {});
     } else {
-      const int qrows = p.seqlen_q - m0;
-      load_tile<kBlockM, kHeadDim, kChunkD, 16>(sQ, in.q + m0 * p.q_row_stride, p.q_row_stride, qrows, tid);
-      load_tile<kBlockM, kHeadDim, kChunkD, 16>(sDo, in.dout + m0 * p.do_row_stride, p.do_row_stride, qrows, tid);
-      if constexpr (kHasBias)
-        load_tile<kBlockM, kRank, kChunkR, kBiasAlign>(sQb, in.qb + m0 * p.qb_row_stride, p.qb_row_stride, qrows, tid);
+      cp_async_tile<kBlockM>(sQ, sDo, sQb, in.q, p.q_row_stride, in.dout, p.do_row_stride, in.qb, p.qb_row_stride, m0,
+                             p.seqlen_q, tid);
       sm80::bwd_pipeline<kStages>(0, n_blocks, [] { fence_proxy_async(); }, load_stage, body);
     }
 
