@@ -137,9 +137,6 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   // dq: Q | dO | Qb, then per stage K | V | Kb (padded to 1024 bytes).
   static constexpr int kDqStageBytes = round_up(2 * kStepD + kStepR, 1024);
   static constexpr int kDqSmemBytes = 2 * kBlockD + kBlockR + kStages * kDqStageBytes + kBarrierBytes + 1024;
-  // kTma: bytes one block tile (3 tensors) and one step tile bring onto their mbarrier.
-  static constexpr int kBlockTmaBytes = 2 * kBlockD + kBlockR;
-  static constexpr int kStepTmaBytes = 2 * kStepD + kStepR;
 
   struct alignas(16) Vec4u { u32 x, y, z, w; };
   struct alignas(8) Vec2u { u32 x, y; };
@@ -277,10 +274,10 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   /// CTA barrier per step: after it every warp is done with body(i - 1), so its buffer takes the
   /// load of tile i + kStages - 1 (issue(tile, buffer, true)); then tile i's mbarrier is waited
   /// for, body(i, buffer) runs and finish(buffer of that issue) stores what the issue staged in
-  /// registers (only after an issue). The
-  /// first kStages - 1 tiles are issued before the loop (issue(tile, buffer, false)), and are
-  /// visible to every thread after the first barrier; then the block tile (bars + 8 kStages, issued
-  /// by the caller) is waited for, also when there is no step.
+  /// registers (only after an issue). The first kStages - 1 tiles are issued before the loop
+  /// (issue(tile, buffer, false)), and are visible to every thread after the first barrier; then
+  /// the block tile (bars + 8 kStages, issued by the caller) is waited for, also when there is no
+  /// step, so that no copy is in flight when the CTA exits.
   template <class Issue, class Body, class Finish>
   static __device__ __forceinline__ void tma_pipeline(int begin, int end, u32 bars, Issue&& issue, Body&& body,
                                                       Finish&& finish) {
