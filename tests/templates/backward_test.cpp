@@ -117,6 +117,44 @@ TEST_CASE("every legal backward tile computes the same function", "[gpu][backwar
   }
 }
 
+TEST_CASE("the sm90 backward plan encodes its TMA descriptors once per set of tensors", "[gpu][backward][tma]") {
+  activate_primary_context(0);
+  const DeviceInfo dev = query_device(0);
+  const ProblemSpec p = parse_problem("b=2,h=3,nq=300,nk=259,d=64,r=16,mask=causal,kb=1n1r");
+  DeviceProblem first(p, fresh_seed());
+  first.enable_backward(fresh_seed());
+  const ProblemKey key = validate_backward(first.backward_args(), dev);
+  if (kernel_family(key) != "sm90") {
+    WARN("no sm_90a device: the sm90 backward does not run here");
+    return;
+  }
+  const KernelSpec spec{key, heuristic_tile(key, ShapeInfo{6, 300, 259}, dev.max_smem_per_block_optin)};
+  REQUIRE(spec.tile.get("kTma") == 1);
+  auto kernel = std::make_shared<const LoadedKernel>(compile(generate(spec)));
+  LaunchPlan plan(kernel, spec);
+  DeviceBuffer ws(bwd_workspace_layout(first.backward_args()).bytes);
+  Context ctx(ContextOptions{0, Policy::heuristic, true});
+  auto fwd = [&](const ForwardArgs& a) { ctx.forward(a, nullptr); };
+  auto bwd = [&](const BackwardArgs& a) { plan.launch_backward(a, ws.get(), nullptr); };
+  CHECK(plan.tma_encodes() == 0);
+  BackwardCheck r = check_backward(first, fwd, bwd, 0);
+  INFO(r.str());
+  CHECK(r.pass);
+  CHECK(plan.tma_encodes() == 1);
+  bwd(first.backward_args());  // same tensors: the descriptors are reused
+  CHECK(plan.tma_encodes() == 1);
+  // Other tensors of the same key: new descriptors, and the gradients follow the new tensors.
+  DeviceProblem second(p, fresh_seed());
+  r = check_backward(second, fwd, bwd, fresh_seed());
+  INFO(r.str());
+  CHECK(r.pass);
+  CHECK(plan.tma_encodes() == 2);
+  r = check_backward(first, fwd, bwd, 0);  // back to the first tensors
+  INFO(r.str());
+  CHECK(r.pass);
+  CHECK(plan.tma_encodes() == 3);
+}
+
 TEST_CASE("backward results are bitwise identical over 20 runs", "[gpu][backward][determinism]") {
   activate_primary_context(0);
   for (const DeviceInfo& dev : family_devices())
