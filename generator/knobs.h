@@ -43,7 +43,8 @@ std::string knob_spellings();
 
 /// The template family that runs `key`: "sm90" (wgmma) on sm_90a when the Q/K/V/O (and, for the
 /// backward, dO/dQ/dK/dV) rows are 16-byte aligned and the head dim is at least 16 (the backward
-/// takes head dims in (32, 128] and ranks up to 32); "sm80" (the portable family, sm_80 and newer)
+/// takes head dims in [32, 128], 32 only with 16-byte factor rows, and ranks up to 32); "sm80" (the
+/// portable family, sm_80 and newer)
 /// otherwise. An sm_90 key without the 'a' suffix selects the portable
 /// family on Hopper (ContextOptions::portable).
 std::string_view kernel_family(const ProblemKey& key);
