@@ -18,6 +18,12 @@ __device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
   asm("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(lane_mask));
   return r;
 }
+/// The sum of `v` over the 4 lanes of a quad (the lanes that share a row of an mma.sync / wgmma
+/// accumulator tile), in every lane of it.
+__device__ __forceinline__ float quad_sum(float v) {
+  v += shfl_xor(v, 1);
+  return v + shfl_xor(v, 2);
+}
 
 /// Generic -> shared-window address, as ldmatrix and cp.async want it.
 __device__ __forceinline__ u32 smem_addr(const void* p) {

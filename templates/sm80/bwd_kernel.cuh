@@ -352,10 +352,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
           sum += pr[mt][nt][2 * hh] * dp[mt][nt][2 * hh] + pr[mt][nt][2 * hh + 1] * dp[mt][nt][2 * hh + 1];
           psum += pr[mt][nt][2 * hh] + pr[mt][nt][2 * hh + 1];
         }
-        sum += shfl_xor(sum, 1);
-        sum += shfl_xor(sum, 2);
-        psum += shfl_xor(psum, 1);
-        psum += shfl_xor(psum, 2);
+        sum = quad_sum(sum);
+        psum = quad_sum(psum);
         delta[mt][hh] = psum > 0.f ? sum / psum : 0.f;
       }
   }
@@ -369,8 +367,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        c[mt][hh] += shfl_xor(c[mt][hh], 1);
-        c[mt][hh] += shfl_xor(c[mt][hh], 2);
+        c[mt][hh] = quad_sum(c[mt][hh]);
         inv[mt][hh] = c[mt][hh] > 0.f ? 1.f / c[mt][hh] : 0.f;
       }
   }
@@ -401,9 +398,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        sum[mt][hh] += shfl_xor(sum[mt][hh], 1);
-        sum[mt][hh] += shfl_xor(sum[mt][hh], 2);
-        sum[mt][hh] *= inv[mt][hh];
+        sum[mt][hh] = quad_sum(sum[mt][hh]) * inv[mt][hh];
       }
     if (correct) {
 #pragma unroll

@@ -103,12 +103,7 @@ struct OnlineSoftmax {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float v = row_sum[mt][h];
-        v += shfl_xor(v, 1);
-        v += shfl_xor(v, 2);
-        row_sum[mt][h] = v;
-      }
+      for (int h = 0; h < 2; ++h) row_sum[mt][h] = quad_sum(row_sum[mt][h]);
   }
 
   /// 1 / row sum, or 0 for a row that saw no key (its output is then 0).
