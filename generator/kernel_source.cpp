@@ -78,7 +78,8 @@ std::size_t fwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
 BwdSmem bwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
   if (kernel_family(key) == "sm90") {
     // Mirrors templates/sm90/bwd_kernel.cuh: swizzled chunks of the head dim and the rank, block
-    // tiles of block_m rows, step tiles of `step` rows, 1024 bytes of alignment slack.
+    // tiles of block_m rows, step tiles of `step` rows (dkdv) and `dqstep` rows (dq; 0: `step`),
+    // 1024 bytes of alignment slack.
     const std::size_t chunk_d = std::size_t(sm90_chunk_elems(key.head_dim));
     const std::size_t d_chunks = (std::size_t(key.head_dim) + chunk_d - 1) / chunk_d;
     const int rk = key.rank > 0 ? (key.rank + 15) / 16 * 16 : 0;
@@ -86,13 +87,15 @@ BwdSmem bwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
     const std::size_t r_chunks = key.rank > 0 ? (std::size_t(rk) + chunk_r - 1) / chunk_r : 0;
     const std::size_t bm = std::size_t(t.block_m), st = std::size_t(t.stages);
     const std::size_t step = std::size_t(t.get("kStep").value_or(64));
+    const int dq_knob = t.get("kDqStep").value_or(0);
+    const std::size_t dq_step = dq_knob != 0 ? std::size_t(dq_knob) : step;
     const std::size_t block_tiles = 2 * d_chunks * bm * chunk_d * 2 + r_chunks * bm * chunk_r * 2;
-    const std::size_t step_tiles = 2 * d_chunks * step * chunk_d * 2 + r_chunks * step * chunk_r * 2;
+    auto step_tiles = [&](std::size_t rows) { return 2 * d_chunks * rows * chunk_d * 2 + r_chunks * rows * chunk_r * 2; };
     auto r1k = [](std::size_t v) { return (v + 1023) / 1024 * 1024; };
     // kTma: one mbarrier per stage and the block tile's.
     const std::size_t barriers = t.get("kTma").value_or(0) != 0 ? 8 * (st + 1) : 0;
-    return BwdSmem{block_tiles + st * r1k(step_tiles + 8 * step) + barriers + 1024,
-                   block_tiles + st * r1k(step_tiles) + barriers + 1024};
+    return BwdSmem{block_tiles + st * r1k(step_tiles(step) + 8 * step) + barriers + 1024,
+                   block_tiles + st * r1k(step_tiles(dq_step)) + barriers + 1024};
   }
   // Mirrors BwdKernel's kDkdvSmemBytes / kDqSmemBytes (templates/sm80/bwd_kernel.cuh); the
   // generated source static_asserts the agreement.

@@ -167,6 +167,14 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   // template's rule skips them otherwise): llm_d64 backward 4.13 -> 3.05 ms, llm_d128 10.27 ->
   // 8.43, causal d128 6.0 -> 4.8 (H100, 2026-11-24, docs/PERF_NOTES.md step 19). With TMA the
   // dq kernel of causal d64 spills 12 bytes at three stages, and the non-causal d128 dkdv 16.
+  // d <= 64 up to rank 16: dkdv with 48-row query tiles fits three CTAs per SM (168 registers, no
+  // spills; 208 with 64-row tiles, two CTAs), dq keeps 64-row key tiles (dqstep 64). llm_d64
+  // (ncu, base clocks): dkdv 2.145 -> 1.891 ms, dq 1.571 -> 1.572; causal: dkdv 1.331 -> 1.236,
+  // dq 0.904 -> 0.903 (two stages: three spill 12 bytes in dq). At rank 32 these tiles spill.
+  static const std::vector<TileConfig> narrow_three{
+      TileConfig::parse("bm=64,bn=64,w=4,s=3,step=48,tma=1,minblocks=3,dqstep=64")};
+  static const std::vector<TileConfig> narrow_causal_three{
+      TileConfig::parse("bm=64,bn=64,w=4,s=2,step=48,tma=1,minblocks=3,dqstep=64")};
   static const std::vector<TileConfig> narrow{TileConfig::parse("bm=64,bn=64,w=4,s=3,step=64,tma=1"),
                                               TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64"),
                                               TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
@@ -196,8 +204,17 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   static const std::vector<TileConfig> d32{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1,minblocks=3"),
                                            TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
   static const std::vector<TileConfig> d32_rank{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
-  const auto& prefs = key.head_dim <= 32            ? (key.rank > 16 ? d32_rank : d32)
-                      : key.head_dim <= 64          ? (causal ? narrow_causal : narrow)
+  auto joined = [](const std::vector<TileConfig>& a, const std::vector<TileConfig>& b) {
+    std::vector<TileConfig> out = a;
+    out.insert(out.end(), b.begin(), b.end());
+    return out;
+  };
+  static const std::vector<TileConfig> narrow16 = joined(narrow_three, narrow);
+  static const std::vector<TileConfig> narrow_causal16 = joined(narrow_causal_three, narrow_causal);
+  const bool narrow_rank = key.rank <= 16;
+  const auto& prefs = key.head_dim <= 32   ? (key.rank > 16 ? d32_rank : d32)
+                      : key.head_dim <= 64 ? (causal ? (narrow_rank ? narrow_causal16 : narrow_causal)
+                                                     : (narrow_rank ? narrow16 : narrow))
                       : near_cap && key.rank > 16   ? wide_rank
                       : near_cap && causal          ? wide_causal
                                                     : wide;

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstring>
 #include <mutex>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -122,20 +123,27 @@ void encode_sm90_tma(const ForwardArgs& a, const KernelSpec& spec, Sm90FwdParams
 
 void encode_sm90_bwd_tma(const BackwardArgs& a, const KernelSpec& spec, Sm90BwdParams& p) {
   const TileConfig& tile = spec.tile;
-  // Mirrors templates/sm90/bwd_kernel.cuh (kTma): block tiles of block_m rows, step tiles of
-  // `step` rows, of each of the six inputs the dq and dkdv kernels read.
+  // Mirrors templates/sm90/bwd_kernel.cuh (kTma): block tiles of block_m rows of each of the six
+  // inputs; step tiles of `step` rows of the query side (dkdv walks Q, dO, Qb) and of `dqstep`
+  // rows (0: `step`) of the key side (dq walks K, V, Kb).
   const int step = tile.get("kStep").value_or(64);
-  for (const auto& [rows, out] : {std::pair{tile.block_m, p.block}, std::pair{step, p.step}}) {
-    out[Sm90BwdParams::kQ] = encode_tma("q", a.q, a.dtype, a.head_dim, a.seqlen_q, a.heads, a.batch, a.q_stride, rows);
+  const int dq_knob = tile.get("kDqStep").value_or(0);
+  const int dq_step = dq_knob != 0 ? dq_knob : step;
+  for (const auto& [q_rows, k_rows, out] :
+       {std::tuple{tile.block_m, tile.block_m, p.block}, std::tuple{step, dq_step, p.step}}) {
+    out[Sm90BwdParams::kQ] =
+        encode_tma("q", a.q, a.dtype, a.head_dim, a.seqlen_q, a.heads, a.batch, a.q_stride, q_rows);
     out[Sm90BwdParams::kDo] =
-        encode_tma("dout", a.dout, a.dtype, a.head_dim, a.seqlen_q, a.heads, a.batch, a.dout_stride, rows);
-    out[Sm90BwdParams::kK] = encode_tma("k", a.k, a.dtype, a.head_dim, a.seqlen_k, a.heads, a.batch, a.k_stride, rows);
-    out[Sm90BwdParams::kV] = encode_tma("v", a.v, a.dtype, a.head_dim, a.seqlen_k, a.heads, a.batch, a.v_stride, rows);
+        encode_tma("dout", a.dout, a.dtype, a.head_dim, a.seqlen_q, a.heads, a.batch, a.dout_stride, q_rows);
+    out[Sm90BwdParams::kK] =
+        encode_tma("k", a.k, a.dtype, a.head_dim, a.seqlen_k, a.heads, a.batch, a.k_stride, k_rows);
+    out[Sm90BwdParams::kV] =
+        encode_tma("v", a.v, a.dtype, a.head_dim, a.seqlen_k, a.heads, a.batch, a.v_stride, k_rows);
     if (a.rank > 0) {
       out[Sm90BwdParams::kQb] =
-          encode_tma("qb", a.qb, a.dtype, a.rank, a.seqlen_q, a.heads, a.batch, a.qb_stride, rows);
+          encode_tma("qb", a.qb, a.dtype, a.rank, a.seqlen_q, a.heads, a.batch, a.qb_stride, q_rows);
       out[Sm90BwdParams::kKb] =
-          encode_tma("kb", a.kb, a.dtype, a.rank, a.seqlen_k, a.heads, a.batch, a.kb_stride, rows);
+          encode_tma("kb", a.kb, a.dtype, a.rank, a.seqlen_k, a.heads, a.batch, a.kb_stride, k_rows);
     }
   }
 }

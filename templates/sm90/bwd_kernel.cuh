@@ -17,7 +17,7 @@
 //         Delta is delta_dq, the one the dq pass measured (sm80/bwd_kernel.cuh, "Delta"), and LSE
 //         lse_dq, the LSE of the backward's own scores that dq measured ("LSE" there).
 //   dq:   one CTA per (query block of kBlockM rows, batch, head); warpgroups own 64 query rows
-//         and walk the key tiles of kStep rows: S, dP, dS as above (row-wise LSE and Delta), then
+//         and walk the key tiles of kKeyStep rows (the kDqStep knob; 0: kStep): S, dP, dS as above (row-wise LSE and Delta), then
 //         dQ += dS K, dQb += dS Kb, and P Kb with the row sums of dS for the Delta correction,
 //         and the row sums of P for the LSE.
 //         It recomputes S and dP rather than sharing dS with dkdv through atomics: every output
@@ -59,11 +59,12 @@ struct BwdKnobs {
   static constexpr int kStep[] = {64, 32, 128, 48};
   static constexpr int kMinBlocks[] = {1, 2, 3};
   static constexpr int kTma[] = {0, 1};
+  static constexpr int kDqStep[] = {0, 64, 48, 32, 128};
 };
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
           int kBlockM = 128, int kBlockN = 128, int kWarps = 8, int kStages = 2, int kStep = 64, int kMinBlocks = 1,
-          int kTma = 0>
+          int kTma = 0, int kDqStep = 0>
 struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   using Knobs = BwdKnobs;
 
@@ -78,12 +79,21 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   static_assert(kStages >= 1 && kStages <= 3, "stages must be 1, 2 or 3");
   static_assert(kStep == 32 || kStep == 48 || kStep == 64 || kStep == 128, "step must be 32, 48, 64 or 128");
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 3, "min_blocks must be 1, 2 or 3");
+  static_assert(kDqStep == 0 || kDqStep == 32 || kDqStep == 48 || kDqStep == 64 || kDqStep == 128,
+                "dqstep must be 0 (the step) or 32, 48, 64 or 128");
+  static_assert(kDqStep != kStep, "dqstep equal to step is dqstep 0 (one name per tile)");
+  // The dq kernel's key tile rows: its own knob, since the two kernels' best steps differ (dkdv at
+  // d64 fits three CTAs per SM with 48-row query tiles, where dq runs best with 64-row key tiles).
+  static constexpr int kKeyStep = kDqStep == 0 ? kStep : kDqStep;
   // ptxas places each wgmma's accumulators within the launch allocation (the cap that
   // __launch_bounds__(threads, min_blocks) gives): dK and dV take head_dim / 2 registers, S and dP
   // step / 2; it refuses ("Insufficient registers") what does not fit.
-  static_assert(65536 / (kWarps * 32 * kMinBlocks) / 8 * 8 >= (kHeadDim > kStep ? kHeadDim : kStep) / 2 + 32,
+  // (Written in the parameters alone, so that the host evaluates it too: kDqStep 0 is under kStep.)
+  static_assert(65536 / (kWarps * 32 * kMinBlocks) / 8 * 8 >=
+                    (kHeadDim > kStep ? (kHeadDim > kDqStep ? kHeadDim : kDqStep) : (kStep > kDqStep ? kStep : kDqStep)) /
+                            2 + 32,
                 "the launch register allocation (65536 / (threads x min_blocks)) must hold the widest wgmma's "
-                "accumulators (max(head_dim, step) / 2) plus 32");
+                "accumulators (max(head_dim, step, dqstep) / 2) plus 32");
   static_assert(kTma == 0 || kTma == 1, "tma must be 0 or 1");
   static_assert(kTma == 0 || kRank == 0 || kBiasAlign == 16, "tma needs 16-byte aligned factor rows (bias_align 16)");
   static_assert(kTma == 0 || kStages >= 2, "tma needs 2 or 3 stages");
@@ -91,9 +101,10 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kMinBlocksPerSm = kMinBlocks;
   // The dq entry's: with one warpgroup per CTA three CTAs fit an SM when dq stays at 168
-  // registers or fewer, which it does without spilling up to d64 and rank 16 (183 unconstrained;
-  // rank 32 would spill 224 bytes).
-  static constexpr int kDqMinBlocksPerSm = kWarps == 4 && kHeadDim <= 64 && kRank <= 16 && kMinBlocks < 3 ? 3 : kMinBlocks;
+  // registers or fewer, which it does without spilling up to d64 and rank 16 with key tiles of
+  // up to 64 rows (183 unconstrained; rank 32 would spill 224 bytes, 128-row tiles 800).
+  static constexpr int kDqMinBlocksPerSm =
+      kWarps == 4 && kHeadDim <= 64 && kRank <= 16 && kKeyStep <= 64 && kMinBlocks < 3 ? 3 : kMinBlocks;
   static constexpr int kSlices = 1;
   static constexpr bool kHasBias = kRank > 0;
 
@@ -116,6 +127,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   static constexpr int kDTiles = kHeadDim / 8;
   static constexpr int kRTiles = kHasBias ? kRK / 8 : 2;  // dummy width without a bias
   static constexpr int kStepTiles = kStep / 8;
+  static constexpr int kKeyStepTiles = kKeyStep / 8;
 
   // Shared memory (bytes): a block tile (kBlockM = kBlockN rows) and a step tile (kStep rows), per
   // head-dim / factor chunk. Each chunk is a whole number of its swizzle period (8 rows).
@@ -127,6 +139,11 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   static constexpr int kBlockR = kRChunks * kBlockChunkR;
   static constexpr int kStepD = kDChunks * kStepChunkD;
   static constexpr int kStepR = kRChunks * kStepChunkR;
+  // The same for dq's key tiles (kKeyStep rows).
+  static constexpr int kKeyChunkD = kKeyStep * kDRowBytes;
+  static constexpr int kKeyChunkR = kKeyStep * kRRowBytes;
+  static constexpr int kKeyD = kDChunks * kKeyChunkD;
+  static constexpr int kKeyR = kRChunks * kKeyChunkR;
   // dkdv: K | V | Kb, then per stage Q | dO | Qb | lse, delta (fp32); each stage padded to 1024
   // bytes (a 48-row factor tile is not a multiple of it).
   static constexpr int kLseBytes = 8 * kStep;
@@ -135,7 +152,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   static constexpr int kBarrierBytes = kTma ? 8 * (kStages + 1) : 0;
   static constexpr int kDkdvSmemBytes = 2 * kBlockD + kBlockR + kStages * kDkdvStageBytes + kBarrierBytes + 1024;
   // dq: Q | dO | Qb, then per stage K | V | Kb (padded to 1024 bytes).
-  static constexpr int kDqStageBytes = round_up(2 * kStepD + kStepR, 1024);
+  static constexpr int kDqStageBytes = round_up(2 * kKeyD + kKeyR, 1024);
   static constexpr int kDqSmemBytes = 2 * kBlockD + kBlockR + kStages * kDqStageBytes + kBarrierBytes + 1024;
 
   struct alignas(16) Vec4u { u32 x, y, z, w; };
@@ -214,24 +231,28 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   /// head dim, then the factor columns after the scale, as in the forward) and dp = dA dB^T, all
   /// operands in shared memory (A, Ab, dA this warpgroup's 64 rows). Returns once s is complete;
   /// dp may still be running, so the exponentials of P overlap it. With the bias, s is waited for
-  /// and scaled before the factor product joins it (one more round trip).
-  static __device__ __forceinline__ void score_products(float (&s)[1][kStepTiles][4], float (&dp)[1][kStepTiles][4],
+  /// and scaled before the factor product joins it (one more round trip). kRows: the step tile's
+  /// rows (kStep in dkdv, kKeyStep in dq).
+  template <int kRows>
+  static __device__ __forceinline__ void score_products(float (&s)[1][kRows / 8][4], float (&dp)[1][kRows / 8][4],
                                                         u32 a, u32 b, u32 ab, u32 bb, u32 da, u32 db, float scale) {
+    constexpr int kChunkBytesD = kRows * kDRowBytes;
+    constexpr int kChunkBytesR = kRows * kRRowBytes;
     wgmma_fence();
-    gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&s[0][0][0], a, b, false);
+    gemm_ss<Element, kRows, kDK, kChunkD, kBlockChunkD, kChunkBytesD>(&s[0][0][0], a, b, false);
     wgmma_commit();
     if constexpr (kHasBias) {
       wgmma_wait<0>();
       fence_regs(s);
 #pragma unroll
-      for (int i = 0; i < kStepTiles; ++i)
+      for (int i = 0; i < kRows / 8; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[0][i][e] *= scale;
       wgmma_fence();
-      gemm_ss<Element, kStep, kRK, kChunkR, kBlockChunkR, kStepChunkR>(&s[0][0][0], ab, bb, true);
+      gemm_ss<Element, kRows, kRK, kChunkR, kBlockChunkR, kChunkBytesR>(&s[0][0][0], ab, bb, true);
       wgmma_commit();
     }
-    gemm_ss<Element, kStep, kDK, kChunkD, kBlockChunkD, kStepChunkD>(&dp[0][0][0], da, db, false);
+    gemm_ss<Element, kRows, kDK, kChunkD, kBlockChunkD, kChunkBytesD>(&dp[0][0][0], da, db, false);
     wgmma_commit();
     wgmma_wait<1>();
     fence_regs(s);
@@ -373,7 +394,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       if (kCausal && wn0 > m0 + kStep - 1 + mask.diag_offset) return;
       // S^T = K Q^T (+ bias), then dP^T = V dO^T.
       float st[1][kStepTiles][4], dpt[1][kStepTiles][4];
-      score_products(st, dpt, sKw, sQ(buf), sKbw, sQb(buf), sVw, sDo(buf), p.scale);
+      score_products<kStep>(st, dpt, sKw, sQ(buf), sKbw, sQb(buf), sVw, sDo(buf), p.scale);
 
       // P^T = exp2(S^T - LSE[query]): this thread's query columns are i * 8 + 2t + {0, 1}.
       const bool need_mask = mask.tile_needs_mask(m0, wn0, 64);
@@ -499,8 +520,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     const u32 sQb = sDo + kBlockD;
     const u32 stage0 = sQb + kBlockR;
     auto sK = [&](int buf) { return stage0 + buf * kDqStageBytes; };
-    auto sV = [&](int buf) { return sK(buf) + kStepD; };
-    auto sKb = [&](int buf) { return sK(buf) + 2 * kStepD; };
+    auto sV = [&](int buf) { return sK(buf) + kKeyD; };
+    auto sKb = [&](int buf) { return sK(buf) + 2 * kKeyD; };
 
     const int tid = int(thread_idx());
     const int wg = tid >> 7;
@@ -518,7 +539,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
 
     const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};
     const int key_end = mask.key_end(m0, kBlockM);
-    const int n_blocks = key_end > 0 ? ceil_div(key_end, kStep) : 0;
+    const int n_blocks = key_end > 0 ? ceil_div(key_end, kKeyStep) : 0;
     const float s_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
 
     // This thread's rows: wm0 + warp * 16 + g + 8 * hh.
@@ -541,8 +562,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     sm80::zero(kbar);
 
     auto load_stage = [&](int nb, int buf) {
-      const int n0 = nb * kStep;
-      cp_async_tile<kStep>(sK(buf), sV(buf), sKb(buf), in.k, p.k_row_stride, in.v, p.v_row_stride, in.kb,
+      const int n0 = nb * kKeyStep;
+      cp_async_tile<kKeyStep>(sK(buf), sV(buf), sKb(buf), in.k, p.k_row_stride, in.v, p.v_row_stride, in.kb,
                            p.kb_row_stride, n0, p.seqlen_k, tid);
     };
 
@@ -551,16 +572,16 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     const u32 sQbw = sQb + wg * 64 * kRRowBytes;
 
     auto body = [&](int nb, int buf) {
-      const int n0 = nb * kStep;
+      const int n0 = nb * kKeyStep;
       // A key tile wholly right of this warpgroup's causal diagonal contributes nothing.
       if (kCausal && n0 > wm0 + 63 + mask.diag_offset) return;
       // S = Q K^T (+ bias), then dP = dO V^T.
-      float s[1][kStepTiles][4], dp[1][kStepTiles][4];
-      score_products(s, dp, sQw, sK(buf), sQbw, sKb(buf), sDow, sV(buf), p.scale);
+      float s[1][kKeyStepTiles][4], dp[1][kKeyStepTiles][4];
+      score_products<kKeyStep>(s, dp, sQw, sK(buf), sQbw, sKb(buf), sDow, sV(buf), p.scale);
 
-      const bool need_mask = mask.tile_needs_mask(wm0, n0, kStep);
+      const bool need_mask = mask.tile_needs_mask(wm0, n0, kKeyStep);
 #pragma unroll
-      for (int i = 0; i < kStepTiles; ++i)
+      for (int i = 0; i < kKeyStepTiles; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int hh = e >> 1;
@@ -576,12 +597,12 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       if constexpr (kHasBias) {
         // P Kb (the dQb correction) joins dP in flight, so that P's packed copy is free again
         // before dS is packed (the register peak).
-        u32 pa[1][kStep / 16][4];
-        sm80::pack_a<Element, 1, kStepTiles>(pa, s);
+        u32 pa[1][kKeyStep / 16][4];
+        sm80::pack_a<Element, 1, kKeyStepTiles>(pa, s);
         wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kStep / 16; ++kk)
-          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&kbar[0][0][0], pa[0][kk], sKb(buf) + kk * 16 * kRRowBytes);
+        for (int kk = 0; kk < kKeyStep / 16; ++kk)
+          gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&kbar[0][0][0], pa[0][kk], sKb(buf) + kk * 16 * kRRowBytes);
         wgmma_commit();
         wgmma_wait<0>();  // dP and P Kb
         fence_regs(kbar);
@@ -592,22 +613,22 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       fence_regs(dp);
       if (n_blocks == 1) Portable::measure_delta(delta, s, dp);  // these rows see this tile only
 #pragma unroll
-      for (int i = 0; i < kStepTiles; ++i)
+      for (int i = 0; i < kKeyStepTiles; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[0][i][e] = s[0][i][e] * (dp[0][i][e] - delta[0][e >> 1]);
       if constexpr (kHasBias) Portable::add_row_sums(dsum, dp);  // Sigma (sm80 "Delta")
-      u32 dsa[1][kStep / 16][4];
-      sm80::pack_a<Element, 1, kStepTiles>(dsa, dp);
-      u32 dsa_lo[1][kStep / 16][4];
-      if constexpr (kHasBias) sm80::pack_a_residual<Element, 1, kStepTiles>(dsa_lo, dsa, dp, kLoScale);
+      u32 dsa[1][kKeyStep / 16][4];
+      sm80::pack_a<Element, 1, kKeyStepTiles>(dsa, dp);
+      u32 dsa_lo[1][kKeyStep / 16][4];
+      if constexpr (kHasBias) sm80::pack_a_residual<Element, 1, kKeyStepTiles>(dsa_lo, dsa, dp, kLoScale);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kStep / 16; ++kk) {
-        gemm_rs<Element, kHeadDim, kChunkD, kStepChunkD>(&dq[0][0][0], dsa[0][kk], sK(buf) + kk * 16 * kDRowBytes);
+      for (int kk = 0; kk < kKeyStep / 16; ++kk) {
+        gemm_rs<Element, kHeadDim, kChunkD, kKeyChunkD>(&dq[0][0][0], dsa[0][kk], sK(buf) + kk * 16 * kDRowBytes);
         if constexpr (kHasBias) {
           const u32 kb_at = sKb(buf) + kk * 16 * kRRowBytes;
-          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dqb[0][0][0], dsa[0][kk], kb_at);
-          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dqb_lo[0][0][0], dsa_lo[0][kk], kb_at);
+          gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&dqb[0][0][0], dsa[0][kk], kb_at);
+          gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&dqb_lo[0][0][0], dsa_lo[0][kk], kb_at);
         }
       }
       wgmma_commit();
@@ -629,8 +650,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
                           prm.block[Sm90BwdParams::kQb], bars + 8 * kStages, m0, h, b, qb_h, qb_b);
       auto issue = [&](int nb, int buf, bool) {
         if (tid == 0)
-          tma_tile<kStep>(sK(buf), sV(buf), sKb(buf), prm.step[Sm90BwdParams::kK], prm.step[Sm90BwdParams::kV],
-                          prm.step[Sm90BwdParams::kKb], bars + 8 * buf, nb * kStep, h, b, kb_h, kb_b);
+          tma_tile<kKeyStep>(sK(buf), sV(buf), sKb(buf), prm.step[Sm90BwdParams::kK], prm.step[Sm90BwdParams::kV],
+                          prm.step[Sm90BwdParams::kKb], bars + 8 * buf, nb * kKeyStep, h, b, kb_h, kb_b);
       };
       tma_pipeline(0, n_blocks, bars, issue, body, [](int) {});
     } else {

@@ -91,6 +91,23 @@ TEST_CASE("the sm90 backward takes head dims in [32, 128] (32 with TMA factors) 
   narrow = bwd(32, 16);
   CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).str() ==
         "bm64_bn64_w4_s2_minblocks3_tma1");
+  // d <= 64 up to rank 16: dkdv walks 48-row query tiles at three CTAs per SM, dq 64-row key tiles.
+  narrow = bwd(64, 16);
+  CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).str() ==
+        "bm64_bn64_w4_s3_minblocks3_step48_tma1_dqstep64");
+  narrow.mask = MaskKind::causal;
+  CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).str() ==
+        "bm64_bn64_w4_s2_minblocks3_step48_tma1_dqstep64");
+  narrow = bwd(64, 32);  // those tiles spill at rank 32
+  CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).str() ==
+        "bm64_bn64_w4_s3_tma1");
+  CHECK_THAT(legality_error(narrow, TileConfig::parse("bm=64,bn=64,w=4,s=2,step=48,dqstep=48"), 0),
+             Catch::Contains("dqstep equal to step is dqstep 0"));
+  // The dq kernel's shared memory follows its own key tile rows.
+  const TileConfig split_steps = TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32,dqstep=128");
+  const TileConfig same_steps = TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32");
+  CHECK(bwd_smem_bytes(narrow, split_steps).dkdv == bwd_smem_bytes(narrow, same_steps).dkdv);
+  CHECK(bwd_smem_bytes(narrow, split_steps).dq > bwd_smem_bytes(narrow, same_steps).dq);
   const KernelSource src = generate(KernelSpec{key, t});
   CHECK_THAT(src.source, Catch::Contains("#include \"sm90/bwd_kernel.cuh\""));
   CHECK(src.entries.size() == 4);
