@@ -85,14 +85,18 @@ TuneReport tune(const ProblemSpec& problem, const DeviceInfo& device, cache::Sto
   // the search space is then the variant table's for that key, ignoring shared memory: candidates
   // over the device's limit are recorded as not_supported with the figure, not silently absent.
   auto source = std::make_unique<GpuSource>(device, problem, std::vector<TileConfig>{}, options.key, options.source);
-  const std::vector<TileConfig> tiles = enumerate_tiles(source->key(), std::numeric_limits<std::size_t>::max());
+  std::vector<TileConfig> tiles = enumerate_tiles(source->key(), std::numeric_limits<std::size_t>::max());
   if (tiles.empty()) {
     throw Error(ErrorCode::unsupported,
                 fmt::format("no tile configuration in the variant table covers {}", source->key().str()));
   }
-  source->set_tiles(tiles);
   report.key = source->key();
   report.heuristic = heuristic_tile(report.key, shape, device.max_smem_per_block_optin);
+  // The heuristic's tile first: a budget that runs out while candidates are still being compiled
+  // has then at least checked the tile an untuned call would run.
+  if (auto h = std::find(tiles.begin(), tiles.end(), report.heuristic); h != tiles.end())
+    std::rotate(tiles.begin(), h, h + 1);
+  source->set_tiles(tiles);
   log(LogLevel::info, "tuning {} bucket {} on {}: {} candidates, strategy {}", report.key.str(), report.bucket.str(),
       device.name, tiles.size(), strategy->name());
 

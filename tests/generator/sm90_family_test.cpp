@@ -101,10 +101,12 @@ TEST_CASE("the sm90 backward takes head dims in [32, 128] (32 with TMA factors) 
   narrow = bwd(64, 32);  // those tiles spill at rank 32
   CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).str() ==
         "bm64_bn64_w4_s3_tma1");
-  CHECK_THAT(legality_error(narrow, TileConfig::parse("bm=64,bn=64,w=4,s=2,step=48,dqstep=48"), 0),
+  CHECK_THAT(legality_error(narrow, TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,dqstep=64"), 0),
              Catch::Contains("dqstep equal to step is dqstep 0"));
+  CHECK_THAT(legality_error(narrow, TileConfig::parse("bm=64,bn=64,w=4,s=2,step=48,dqstep=48"), 0),
+             Catch::Contains("dqstep must be 0 (the step) or 64"));
   // The dq kernel's shared memory follows its own key tile rows.
-  const TileConfig split_steps = TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32,dqstep=128");
+  const TileConfig split_steps = TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32,dqstep=64");
   const TileConfig same_steps = TileConfig::parse("bm=64,bn=64,w=4,s=2,step=32");
   CHECK(bwd_smem_bytes(narrow, split_steps).dkdv == bwd_smem_bytes(narrow, same_steps).dkdv);
   CHECK(bwd_smem_bytes(narrow, split_steps).dq > bwd_smem_bytes(narrow, same_steps).dq);
