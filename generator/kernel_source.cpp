@@ -90,7 +90,9 @@ BwdSmem bwd_smem_bytes(const ProblemKey& key, const TileConfig& t) {
     const int dq_knob = t.get("kDqStep").value_or(0);
     const std::size_t dq_step = dq_knob != 0 ? std::size_t(dq_knob) : step;
     const std::size_t block_tiles = 2 * d_chunks * bm * chunk_d * 2 + r_chunks * bm * chunk_r * 2;
-    auto step_tiles = [&](std::size_t rows) { return 2 * d_chunks * rows * chunk_d * 2 + r_chunks * rows * chunk_r * 2; };
+    auto step_tiles = [&](std::size_t rows) {
+      return 2 * d_chunks * rows * chunk_d * 2 + r_chunks * rows * chunk_r * 2;
+    };
     auto r1k = [](std::size_t v) { return (v + 1023) / 1024 * 1024; };
     // kTma: one mbarrier per stage and the block tile's.
     const std::size_t barriers = t.get("kTma").value_or(0) != 0 ? 8 * (st + 1) : 0;

@@ -17,9 +17,9 @@
 //         Delta is delta_dq, the one the dq pass measured (sm80/bwd_kernel.cuh, "Delta"), and LSE
 //         lse_dq, the LSE of the backward's own scores that dq measured ("LSE" there).
 //   dq:   one CTA per (query block of kBlockM rows, batch, head); warpgroups own 64 query rows
-//         and walk the key tiles of kKeyStep rows (the kDqStep knob; 0: kStep): S, dP, dS as above (row-wise LSE and Delta), then
-//         dQ += dS K, dQb += dS Kb, and P Kb with the row sums of dS for the Delta correction,
-//         and the row sums of P for the LSE.
+//         and walk the key tiles of kKeyStep rows (the kDqStep knob; 0: kStep): S, dP, dS as
+//         above (row-wise LSE and Delta), then dQ += dS K, dQb += dS Kb, and P Kb with the row
+//         sums of dS for the Delta correction, and the row sums of P for the LSE.
 //         It recomputes S and dP rather than sharing dS with dkdv through atomics: every output
 //         element is summed by one thread in a fixed order, so the results are bitwise identical
 //         run to run.
@@ -90,8 +90,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   // step / 2; it refuses ("Insufficient registers") what does not fit.
   // (Written in the parameters alone, so that the host evaluates it too: kDqStep 0 is under kStep.)
   static_assert(65536 / (kWarps * 32 * kMinBlocks) / 8 * 8 >=
-                    (kHeadDim > kStep ? (kHeadDim > kDqStep ? kHeadDim : kDqStep) : (kStep > kDqStep ? kStep : kDqStep)) /
-                            2 + 32,
+                    (kHeadDim > kStep ? (kHeadDim > kDqStep ? kHeadDim : kDqStep)
+                                      : (kStep > kDqStep ? kStep : kDqStep)) / 2 + 32,
                 "the launch register allocation (65536 / (threads x min_blocks)) must hold the widest wgmma's "
                 "accumulators (max(head_dim, step, dqstep) / 2) plus 32");
   static_assert(kTma == 0 || kTma == 1, "tma must be 0 or 1");
@@ -564,7 +564,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     auto load_stage = [&](int nb, int buf) {
       const int n0 = nb * kKeyStep;
       cp_async_tile<kKeyStep>(sK(buf), sV(buf), sKb(buf), in.k, p.k_row_stride, in.v, p.v_row_stride, in.kb,
-                           p.kb_row_stride, n0, p.seqlen_k, tid);
+                              p.kb_row_stride, n0, p.seqlen_k, tid);
     };
 
     const u32 sQw = sQ + wg * 64 * kDRowBytes;
@@ -651,7 +651,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       auto issue = [&](int nb, int buf, bool) {
         if (tid == 0)
           tma_tile<kKeyStep>(sK(buf), sV(buf), sKb(buf), prm.step[Sm90BwdParams::kK], prm.step[Sm90BwdParams::kV],
-                          prm.step[Sm90BwdParams::kKb], bars + 8 * buf, nb * kKeyStep, h, b, kb_h, kb_b);
+                             prm.step[Sm90BwdParams::kKb], bars + 8 * buf, nb * kKeyStep, h, b, kb_h, kb_b);
       };
       tma_pipeline(0, n_blocks, bars, issue, body, [](int) {});
     } else {
