@@ -123,21 +123,38 @@ class Run {
   void set_total(std::size_t total) { total_ = std::max(total, done_); }
 
   /// False (and the run marked budget-exhausted) if preparing `units` more candidates would not
-  /// fit. The first batch always runs: without compiling nothing can be tuned.
-  bool prepare_fits(std::size_t units) {
+  /// fit, keeping back what timing every candidate passed so far, and these `units` as well, once
+  /// with `first_repeats` runs would cost (the source's estimate, averaged over `passed`): a space
+  /// larger than the budget can compile then still gets its compiled candidates timed, instead
+  /// of compiling until the budget is gone. The first batch always runs: without compiling
+  /// nothing can be tuned.
+  bool prepare_fits(std::size_t units, const std::vector<std::size_t>& passed, int first_repeats) {
     const double expected =
         prepare_cost_.count ? prepare_cost_.seconds / double(prepare_cost_.count) * double(units) : 0.0;
-    return within(expected);
+    double per_candidate = 0;
+    std::size_t estimated = 0;
+    for (std::size_t i : passed)
+      if (auto e = source_.estimate_seconds(i, first_repeats)) {
+        per_candidate += *e;
+        ++estimated;
+      }
+    const double reserve =
+        estimated ? per_candidate / double(estimated) * double(passed.size() + units) : 0.0;
+    return within(expected + reserve);
   }
 
   /// The same for timing candidate `i` with `repeats` runs: the source's estimate when it has one,
-  /// else the mean cost per run of the timings so far.
+  /// else the mean cost per run of the timings so far. A false also ends the timing (timing_cut):
+  /// a budget that stopped the compiling does not, so that what was compiled is still timed.
   bool time_fits(std::size_t i, int repeats) {
     double expected = 0;
     if (auto e = source_.estimate_seconds(i, repeats)) expected = *e;
     else if (time_cost_.count) expected = time_cost_.seconds / double(time_cost_.count) * double(repeats);
-    return within(expected);
+    if (within(expected)) return true;
+    timing_cut_ = true;
+    return false;
   }
+  bool timing_cut() const { return timing_cut_; }
   /// Prepare `batch`, recording verdicts. Returns the indices that passed.
   std::vector<std::size_t> prepare(const std::vector<std::size_t>& batch) {
     const double t0 = source_.elapsed_seconds();
@@ -168,7 +185,7 @@ class Run {
     passes = std::clamp(passes, 1, repeats);
     std::vector<std::vector<Timing>> got(ids.size());
     std::vector<bool> failed(ids.size(), false);
-    for (int p = 0; p < passes && !result_.budget_exhausted; ++p) {
+    for (int p = 0; p < passes && !timing_cut_; ++p) {
       const int r = repeats / passes + (p < repeats % passes ? 1 : 0);
       for (std::size_t j = 0; j < ids.size(); ++j) {
         if (failed[j]) continue;
@@ -286,6 +303,7 @@ class Run {
   const ProgressFn& progress_;
   StrategyResult result_;
   std::size_t done_ = 0, total_ = 0;
+  bool timing_cut_ = false;
   Cost prepare_cost_, time_cost_;
   std::optional<std::size_t> best_;
   double best_ms_ = 0;
@@ -293,14 +311,15 @@ class Run {
 };
 
 /// Prepare every candidate in batches of the source's parallelism; returns the passed ones in
-/// index order. Stops early (budget) with what it has.
-std::vector<std::size_t> prepare_all(Run& run, MeasurementSource& source) {
+/// index order. Stops early (budget) with what it has, keeping enough to time those once with
+/// `first_repeats` runs each (Run::prepare_fits).
+std::vector<std::size_t> prepare_all(Run& run, MeasurementSource& source, int first_repeats) {
   const std::size_t n = source.size();
   const std::size_t batch = std::max<std::size_t>(1, source.parallelism());
   std::vector<std::size_t> passed;
   for (std::size_t begin = 0; begin < n; begin += batch) {
     const std::size_t end = std::min(n, begin + batch);
-    if (!run.prepare_fits(end - begin)) break;
+    if (!run.prepare_fits(end - begin, passed, first_repeats)) break;
     std::vector<std::size_t> idx(end - begin);
     std::iota(idx.begin(), idx.end(), begin);
     for (std::size_t i : run.prepare(idx)) passed.push_back(i);
@@ -327,8 +346,8 @@ class Exhaustive final : public Strategy {
     Run run(source, options.number("budget"), progress);
     const std::size_t n = source.size();
     run.set_total(2 * n);  // prepare n + time up to n; refined once verdicts are known
-    const std::vector<std::size_t> passed = prepare_all(run, source);
     const int repeats = options.integer("repeats");
+    const std::vector<std::size_t> passed = prepare_all(run, source, repeats);
     const int passes = std::min(options.integer("passes"), repeats);
     run.set_total(n + passed.size() * std::size_t(passes));
     run.time_rung(passed, repeats, passes, 0);
@@ -367,13 +386,13 @@ class Halving final : public Strategy {
     Run run(source, options.number("budget"), progress);
     const std::size_t n = source.size();
     run.set_total(n + planned_timings(n, eta, min_repeats, max_repeats, passes));
-    std::vector<std::size_t> survivors = prepare_all(run, source);
+    std::vector<std::size_t> survivors = prepare_all(run, source, min_repeats);
     run.set_total(n + planned_timings(survivors.size(), eta, min_repeats, max_repeats, passes));
 
     int repeats = min_repeats;
     for (int rung = 0; !survivors.empty(); ++rung) {
       std::vector<std::pair<double, std::size_t>> timed = run.time_rung(survivors, repeats, passes, rung);
-      if (run.result().budget_exhausted || timed.size() <= 1 || repeats >= max_repeats) break;
+      if (run.timing_cut() || timed.size() <= 1 || repeats >= max_repeats) break;
       std::sort(timed.begin(), timed.end());
       const std::size_t keep = (timed.size() + std::size_t(eta) - 1) / std::size_t(eta);
       survivors.clear();

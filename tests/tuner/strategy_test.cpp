@@ -182,6 +182,25 @@ TEST_CASE("budgets are honoured on the simulated clock", "[cpu][tuner]") {
   CHECK(src.elapsed_seconds() > 40.0);
 }
 
+TEST_CASE("a space that takes longer to compile than the budget still gets timed", "[cpu][tuner]") {
+  // Fast kernels, slow compiles: 24 candidates in batches of 4 at 8 s + 0.5 s each would take 60
+  // s; with 30 s the run compiles what leaves time to time it, then times it (it used to compile
+  // until the budget was gone and time nothing).
+  const auto rows = realistic_table();
+  ReplayCosts costs;
+  costs.compile_seconds = 8.0;
+  for (const char* strategy : {"exhaustive", "halving"}) {
+    ReplaySource src(rows, 5, costs, 4);
+    const StrategyResult r = run(strategy, src, {{"budget", "30"}});
+    INFO(strategy << " used " << src.elapsed_seconds() << " s, " << r.measurements << " timings");
+    CHECK(r.budget_exhausted);
+    CHECK(src.elapsed_seconds() <= 30.0);
+    CHECK(r.measurements > 0);
+    REQUIRE(r.winner);
+    CHECK(r.candidates[*r.winner].timing);
+  }
+}
+
 TEST_CASE("progress counts up to the total and reports the best so far", "[cpu][tuner]") {
   const auto rows = realistic_table();
   for (const char* strategy : {"exhaustive", "halving"}) {
