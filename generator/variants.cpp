@@ -171,10 +171,9 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   // spills; 208 with 64-row tiles, two CTAs), dq keeps 64-row key tiles (dqstep 64). llm_d64
   // (ncu, base clocks): dkdv 2.145 -> 1.891 ms, dq 1.571 -> 1.572; causal: dkdv 1.331 -> 1.236,
   // dq 0.904 -> 0.903 (two stages: three spill 12 bytes in dq). At rank 32 these tiles spill.
-  static const std::vector<TileConfig> narrow_three{
-      TileConfig::parse("bm=64,bn=64,w=4,s=3,step=48,tma=1,minblocks=3,dqstep=64")};
-  static const std::vector<TileConfig> narrow_causal_three{
-      TileConfig::parse("bm=64,bn=64,w=4,s=2,step=48,tma=1,minblocks=3,dqstep=64")};
+  static const TileConfig narrow_three = TileConfig::parse("bm=64,bn=64,w=4,s=3,step=48,tma=1,minblocks=3,dqstep=64");
+  static const TileConfig narrow_causal_three =
+      TileConfig::parse("bm=64,bn=64,w=4,s=2,step=48,tma=1,minblocks=3,dqstep=64");
   static const std::vector<TileConfig> narrow{TileConfig::parse("bm=64,bn=64,w=4,s=3,step=64,tma=1"),
                                               TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64"),
                                               TileConfig::parse("bm=128,bn=128,w=8,s=2,step=64"),
@@ -204,17 +203,12 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   static const std::vector<TileConfig> d32{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1,minblocks=3"),
                                            TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
   static const std::vector<TileConfig> d32_rank{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
-  auto joined = [](const std::vector<TileConfig>& a, const std::vector<TileConfig>& b) {
-    std::vector<TileConfig> out = a;
-    out.insert(out.end(), b.begin(), b.end());
-    return out;
-  };
-  static const std::vector<TileConfig> narrow16 = joined(narrow_three, narrow);
-  static const std::vector<TileConfig> narrow_causal16 = joined(narrow_causal_three, narrow_causal);
-  const bool narrow_rank = key.rank <= 16;
-  const auto& prefs = key.head_dim <= 32   ? (key.rank > 16 ? d32_rank : d32)
-                      : key.head_dim <= 64 ? (causal ? (narrow_rank ? narrow_causal16 : narrow_causal)
-                                                     : (narrow_rank ? narrow16 : narrow))
+  if (key.head_dim > 32 && key.head_dim <= 64 && key.rank <= 16) {
+    const TileConfig& three = causal ? narrow_causal_three : narrow_three;
+    if (legality_error(key, three, smem_limit).empty()) return three;  // else the lists below
+  }
+  const auto& prefs = key.head_dim <= 32            ? (key.rank > 16 ? d32_rank : d32)
+                      : key.head_dim <= 64          ? (causal ? narrow_causal : narrow)
                       : near_cap && key.rank > 16   ? wide_rank
                       : near_cap && causal          ? wide_causal
                                                     : wide;
