@@ -68,6 +68,12 @@ __device__ __forceinline__ float fast_log2(float x) {
   return y;
 }
 
+/// A compile-time bool as a type, to pass a code path's choice into a generic lambda.
+template <bool kValue>
+struct BoolConstant {
+  static constexpr bool value = kValue;
+};
+
 __device__ __forceinline__ float pos_inf() {
   float y;
   asm("mov.b32 %0, 0x7f800000;" : "=f"(y));

@@ -162,7 +162,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   /// above reserve the slack).
   static __device__ __forceinline__ u32 smem_base() {
     extern __shared__ Vec4u smem_raw[];
-    const u32 raw = smem_addr(smem_raw);
+    const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
     return (raw + 1023u) & ~1023u;
   }
 
@@ -235,7 +235,8 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   /// rows (kStep in dkdv, kKeyStep in dq).
   template <int kRows>
   static __device__ __forceinline__ void score_products(float (&s)[1][kRows / 8][4], float (&dp)[1][kRows / 8][4],
-                                                        u32 a, u32 b, u32 ab, u32 bb, u32 da, u32 db, float scale) {
+                                                        SmemUnits a, SmemUnits b, SmemUnits ab, SmemUnits bb, SmemUnits da,
+                                                        SmemUnits db, float scale) {
     constexpr int kChunkBytesD = kRows * kDRowBytes;
     constexpr int kChunkBytesR = kRows * kRRowBytes;
     wgmma_fence();
@@ -323,6 +324,14 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   /// which the host encodes with extent 1.
   static __device__ __forceinline__ int factor_coord(long long stride, int i) { return stride == 0 ? 0 : i; }
 
+  /// This thread's warpgroup, in a form the compiler knows to be the same across the warp (a
+  /// shuffle from lane 0; 0 outright with one warpgroup), so that the shared-memory addresses
+  /// and wgmma descriptors derived from it stay in uniform registers.
+  static __device__ __forceinline__ int warpgroup_index(int tid) {
+    if constexpr (kWarps == 4) return 0;
+    else return __shfl_sync(0xffffffffu, tid >> 7, 0);
+  }
+
   // ---------------------------------------------------------------------------------------------
   static __device__ void prep(const BwdParams& p) { Portable::prep(p); }
   static __device__ void reduce(const BwdParams& p) { Portable::reduce(p); }
@@ -341,7 +350,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     auto sLse = [&](int buf) { return sQ(buf) + 2 * kStepD + kStepR; };  // lse (log2 units) | delta
 
     const int tid = int(thread_idx());
-    const int wg = tid >> 7;
+    const int wg = warpgroup_index(tid);
     const int tid_wg = tid & 127;
     const int lane = tid & 31;
     const int warp = tid_wg >> 5;  // within the warpgroup
@@ -384,9 +393,14 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       }
     };
 
-    const u32 sKw = sK + wg * 64 * kDRowBytes;
-    const u32 sVw = sV + wg * 64 * kDRowBytes;
-    const u32 sKbw = sKb + wg * 64 * kRRowBytes;
+    // The wgmma operands' addresses in 16-byte units (sm90/gemm.cuh, SmemUnits).
+    const SmemUnits sKw = units(sK + wg * 64 * kDRowBytes);
+    const SmemUnits sVw = units(sV + wg * 64 * kDRowBytes);
+    const SmemUnits sKbw = units(sKb + wg * 64 * kRRowBytes);
+    const SmemUnits stage0_u = units(stage0);
+    auto uQ = [&](int buf) { return stage0_u + u32(buf * (kDkdvStageBytes >> 4)); };
+    auto uDo = [&](int buf) { return uQ(buf) + u32(kStepD >> 4); };
+    auto uQb = [&](int buf) { return uQ(buf) + u32((2 * kStepD) >> 4); };
 
     auto body = [&](int mb, int buf) {
       const int m0 = mb * kStep;
@@ -394,26 +408,32 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       if (kCausal && wn0 > m0 + kStep - 1 + mask.diag_offset) return;
       // S^T = K Q^T (+ bias), then dP^T = V dO^T.
       float st[1][kStepTiles][4], dpt[1][kStepTiles][4];
-      score_products<kStep>(st, dpt, sKw, sQ(buf), sKbw, sQb(buf), sVw, sDo(buf), p.scale);
+      score_products<kStep>(st, dpt, sKw, uQ(buf), sKbw, uQb(buf), sVw, uDo(buf), p.scale);
 
-      // P^T = exp2(S^T - LSE[query]): this thread's query columns are i * 8 + 2t + {0, 1}.
-      const bool need_mask = mask.tile_needs_mask(m0, wn0, 64);
+      // P^T = exp2(S^T - LSE[query]): this thread's query columns are i * 8 + 2t + {0, 1}. The
+      // mask test is uniform over the tile, so it selects between two straight loops.
       const u32 lse_at = sLse(buf) + 8 * t;
+      auto exponentials = [&](auto masked_tile) {
 #pragma unroll
-      for (int i = 0; i < kStepTiles; ++i) {
-        float l0, l1;
-        asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(l0), "=f"(l1) : "r"(lse_at + 32 * i));
+        for (int i = 0; i < kStepTiles; ++i) {
+          float l0, l1;
+          asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(l0), "=f"(l1) : "r"(lse_at + 32 * i));
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = st[0][i][e] * s_log2 - ((e & 1) ? l1 : l0);
-          if (need_mask) {
-            const int q = m0 + i * 8 + 2 * t + (e & 1);
-            const int key = wn0 + warp * 16 + g + (e >= 2 ? 8 : 0);
-            if (mask.masked(q, key)) x = neg_inf();
+          for (int e = 0; e < 4; ++e) {
+            float x = st[0][i][e] * s_log2 - ((e & 1) ? l1 : l0);
+            if constexpr (decltype(masked_tile)::value) {
+              const int q = m0 + i * 8 + 2 * t + (e & 1);
+              const int key = wn0 + warp * 16 + g + (e >= 2 ? 8 : 0);
+              if (mask.masked(q, key)) x = neg_inf();
+            }
+            st[0][i][e] = fast_exp2(x);
           }
-          st[0][i][e] = fast_exp2(x);
         }
-      }
+      };
+      if (mask.tile_needs_mask(m0, wn0, 64))
+        exponentials(BoolConstant<true>{});
+      else
+        exponentials(BoolConstant<false>{});
       // dV += P^T dO, issued before dS is formed so that the product overlaps it.
       u32 pa[1][kStep / 16][4];
       sm80::pack_a<Element, 1, kStepTiles>(pa, st);
@@ -422,7 +442,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kStep / 16; ++kk)
-        gemm_rs<Element, kHeadDim, kChunkD, kStepChunkD>(&dv[0][0][0], pa[0][kk], sDo(buf) + kk * 16 * kDRowBytes);
+        gemm_rs<Element, kHeadDim, kChunkD, kStepChunkD>(&dv[0][0][0], pa[0][kk], uDo(buf) + u32(kk * kDRowBytes));
       wgmma_commit();
       // dS^T = P^T (dP^T - Delta[query]).
       const u32 delta_at = lse_at + 4 * kStep;
@@ -440,10 +460,11 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kStep / 16; ++kk) {
-        gemm_rs<Element, kHeadDim, kChunkD, kStepChunkD>(&dk[0][0][0], dsa[0][kk], sQ(buf) + kk * 16 * kDRowBytes);
+        gemm_rs<Element, kHeadDim, kChunkD, kStepChunkD>(&dk[0][0][0], dsa[0][kk], uQ(buf) + u32(kk * kDRowBytes));
         if constexpr (kHasBias) {
-          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dkb[0][0][0], dsa[0][kk], sQb(buf) + kk * 16 * kRRowBytes);
-          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dkb_lo[0][0][0], dsa_lo[0][kk], sQb(buf) + kk * 16 * kRRowBytes);
+          const SmemUnits qb_at = uQb(buf) + u32(kk * kRRowBytes);  // 16 rows of kRRowBytes
+          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dkb[0][0][0], dsa[0][kk], qb_at);
+          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dkb_lo[0][0][0], dsa_lo[0][kk], qb_at);
         }
       }
       wgmma_commit();
@@ -466,9 +487,12 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       if (tid == 0)
         tma_tile<kBlockN>(sK, sV, sKb, prm.block[Sm90BwdParams::kK], prm.block[Sm90BwdParams::kV],
                           prm.block[Sm90BwdParams::kKb], bar_block, n0, h, b, kb_h, kb_b);
-      // Each query's LSE (base 2) and Delta, staged in registers by the first kStep threads.
+      // Each query's LSE and Delta, staged in registers by the first kStep threads as loaded:
+      // the LSE's conversion to base 2 waits for its load, so it runs in finish(), after the
+      // step's body, and no warp of the step stalls on the load.
       float staged_l = 0.f, staged_d = 0.f;
-      auto store_lse = [&](u32 at, float l, float d) {
+      auto store_lse = [&](u32 at, float raw_l, float d) {
+        const float l = raw_l == neg_inf() ? pos_inf() : raw_l * kLog2e;  // Portable::lse_log2
         asm volatile("st.shared.f32 [%0], %1;" ::"r"(at), "f"(l) : "memory");
         asm volatile("st.shared.f32 [%0], %1;" ::"r"(at + 4 * kStep), "f"(d) : "memory");
       };
@@ -479,8 +503,9 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
                           prm.step[Sm90BwdParams::kQb], bars + 8 * buf, m0, h, b, qb_h, qb_b);
         if (tid < kStep) {
           const int row = m0 + tid;
-          const float l = Portable::lse_log2(p, p.lse_dq, bh, row);
-          const float d = row < p.seqlen_q ? p.delta_dq[bh * p.seqlen_q + row] : 0.f;
+          const bool in_rows = row < p.seqlen_q;
+          const float l = in_rows ? p.lse_dq[bh * p.seqlen_q + row] : neg_inf();
+          const float d = in_rows ? p.delta_dq[bh * p.seqlen_q + row] : 0.f;
           if (defer) {
             staged_l = l;
             staged_d = d;
@@ -524,7 +549,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     auto sKb = [&](int buf) { return sK(buf) + 2 * kKeyD; };
 
     const int tid = int(thread_idx());
-    const int wg = tid >> 7;
+    const int wg = warpgroup_index(tid);
     const int tid_wg = tid & 127;
     const int lane = tid & 31;
     const int warp = tid_wg >> 5;
@@ -567,9 +592,14 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
                               p.kb_row_stride, n0, p.seqlen_k, tid);
     };
 
-    const u32 sQw = sQ + wg * 64 * kDRowBytes;
-    const u32 sDow = sDo + wg * 64 * kDRowBytes;
-    const u32 sQbw = sQb + wg * 64 * kRRowBytes;
+    // The wgmma operands' addresses in 16-byte units (sm90/gemm.cuh, SmemUnits).
+    const SmemUnits sQw = units(sQ + wg * 64 * kDRowBytes);
+    const SmemUnits sDow = units(sDo + wg * 64 * kDRowBytes);
+    const SmemUnits sQbw = units(sQb + wg * 64 * kRRowBytes);
+    const SmemUnits stage0_u = units(stage0);
+    auto uK = [&](int buf) { return stage0_u + u32(buf * (kDqStageBytes >> 4)); };
+    auto uV = [&](int buf) { return uK(buf) + u32(kKeyD >> 4); };
+    auto uKb = [&](int buf) { return uK(buf) + u32((2 * kKeyD) >> 4); };
 
     auto body = [&](int nb, int buf) {
       const int n0 = nb * kKeyStep;
@@ -577,22 +607,28 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       if (kCausal && n0 > wm0 + 63 + mask.diag_offset) return;
       // S = Q K^T (+ bias), then dP = dO V^T.
       float s[1][kKeyStepTiles][4], dp[1][kKeyStepTiles][4];
-      score_products<kKeyStep>(s, dp, sQw, sK(buf), sQbw, sKb(buf), sDow, sV(buf), p.scale);
+      score_products<kKeyStep>(s, dp, sQw, uK(buf), sQbw, uKb(buf), sDow, uV(buf), p.scale);
 
-      const bool need_mask = mask.tile_needs_mask(wm0, n0, kKeyStep);
+      // The mask test is uniform over the tile: it selects between two straight loops.
+      auto exponentials = [&](auto masked_tile) {
 #pragma unroll
-      for (int i = 0; i < kKeyStepTiles; ++i)
+        for (int i = 0; i < kKeyStepTiles; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int hh = e >> 1;
-          float x = s[0][i][e] * s_log2 - lse2[hh];
-          if (need_mask) {
-            const int row = wm0 + warp * 16 + g + 8 * hh;
-            const int key = n0 + i * 8 + 2 * t + (e & 1);
-            if (mask.masked(row, key)) x = neg_inf();
+          for (int e = 0; e < 4; ++e) {
+            const int hh = e >> 1;
+            float x = s[0][i][e] * s_log2 - lse2[hh];
+            if constexpr (decltype(masked_tile)::value) {
+              const int row = wm0 + warp * 16 + g + 8 * hh;
+              const int key = n0 + i * 8 + 2 * t + (e & 1);
+              if (mask.masked(row, key)) x = neg_inf();
+            }
+            s[0][i][e] = fast_exp2(x);
           }
-          s[0][i][e] = fast_exp2(x);
-        }
+      };
+      if (mask.tile_needs_mask(wm0, n0, kKeyStep))
+        exponentials(BoolConstant<true>{});
+      else
+        exponentials(BoolConstant<false>{});
       Portable::add_row_sums(psum, s);
       if constexpr (kHasBias) {
         // P Kb (the dQb correction) joins dP in flight, so that P's packed copy is free again
@@ -602,7 +638,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kKeyStep / 16; ++kk)
-          gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&kbar[0][0][0], pa[0][kk], sKb(buf) + kk * 16 * kRRowBytes);
+          gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&kbar[0][0][0], pa[0][kk], uKb(buf) + u32(kk * kRRowBytes));
         wgmma_commit();
         wgmma_wait<0>();  // dP and P Kb
         fence_regs(kbar);
@@ -624,9 +660,9 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kKeyStep / 16; ++kk) {
-        gemm_rs<Element, kHeadDim, kChunkD, kKeyChunkD>(&dq[0][0][0], dsa[0][kk], sK(buf) + kk * 16 * kDRowBytes);
+        gemm_rs<Element, kHeadDim, kChunkD, kKeyChunkD>(&dq[0][0][0], dsa[0][kk], uK(buf) + u32(kk * kDRowBytes));
         if constexpr (kHasBias) {
-          const u32 kb_at = sKb(buf) + kk * 16 * kRRowBytes;
+          const SmemUnits kb_at = uKb(buf) + u32(kk * kRRowBytes);  // 16 rows of kRRowBytes
           gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&dqb[0][0][0], dsa[0][kk], kb_at);
           gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&dqb_lo[0][0][0], dsa_lo[0][kk], kb_at);
         }

@@ -25,41 +25,69 @@ namespace sm90 {
 /// bytes, the TMA and wgmma swizzle modes).
 __host__ __device__ constexpr int chunk_elems(int width) { return width <= 16 ? 16 : width <= 32 ? 32 : 64; }
 
+/// A shared-memory address in 16-byte units: the start-address field of a wgmma descriptor.
+/// Tiles start on 1024-byte boundaries inside the shared window (under 256 KiB), so the field
+/// (14 bits) never carries into the next one, and a descriptor at a compile-time offset from a
+/// tile is one 32-bit add (desc_at). Kernels convert each tile's address once (units()), outside
+/// their loops; converting at every product would cost a shift and masks per wgmma.
+struct SmemUnits {
+  u32 v;
+};
+__device__ __forceinline__ SmemUnits units(u32 byte_addr) { return SmemUnits{byte_addr >> 4}; }
+__device__ __forceinline__ SmemUnits operator+(SmemUnits a, u32 units) { return SmemUnits{a.v + units}; }
+
+/// The descriptor of the operand `byte_off` bytes (a multiple of 16) past `base`, with leading
+/// and stride byte offsets kLbo, kSbo and swizzle code kSwz (sm90_ops.cuh, make_desc).
+template <u32 kLbo, u32 kSbo, u64 kSwz>
+__device__ __forceinline__ u64 desc_at(SmemUnits base, u32 byte_off) {
+  constexpr u32 kLo = ((kLbo & 0x3FFFF) >> 4) << 16;
+  constexpr u32 kHi = ((kSbo & 0x3FFFF) >> 4) | u32(kSwz << 30);
+  return (u64(kHi) << 32) | u64(base.v + (byte_off >> 4) + kLo);
+}
+
 /// acc (+)= A B^T over kK contraction columns (a multiple of 16). A: 64 rows at a_base; B: kN rows
 /// at b_base; both K-major in chunks of kChunk columns, kAChunkBytes / kBChunkBytes apart.
 /// `accumulate_first` false overwrites acc with the first k step.
 template <class Element, int kN, int kK, int kChunk, int kAChunkBytes, int kBChunkBytes>
-__device__ __forceinline__ void gemm_ss(float* acc, u32 a_base, u32 b_base, bool accumulate_first) {
+__device__ __forceinline__ void gemm_ss(float* acc, SmemUnits a_base, SmemUnits b_base, bool accumulate_first) {
   static_assert(kK % 16 == 0, "the contraction runs in k16 steps");
   static_assert(kN % 64 == 0 || (kN % 8 == 0 && kN < 64), "B's rows split into wgmma widths");
   constexpr int kRowBytes = kChunk * 2;
   constexpr u64 kSwz = swizzle_code(kRowBytes);
   constexpr int kPiece = kN % 256 == 0 ? 256 : kN % 128 == 0 ? 128 : kN % 64 == 0 ? 64 : kN;
-  const u64 da = make_desc(a_base, 16, 8 * kRowBytes, kSwz);
-  const u64 db = make_desc(b_base, 16, 8 * kRowBytes, kSwz);
 #pragma unroll
   for (int k0 = 0; k0 < kK; k0 += 16) {
     const u32 koff = (k0 % kChunk) * 2;
-    const u64 a = da + ((u64((k0 / kChunk) * kAChunkBytes) + koff) >> 4);
-    const u64 b = db + ((u64((k0 / kChunk) * kBChunkBytes) + koff) >> 4);
+    const u64 a = desc_at<16, 8 * kRowBytes, kSwz>(a_base, (k0 / kChunk) * kAChunkBytes + koff);
     const int accumulate = (accumulate_first || k0 > 0) ? 1 : 0;
 #pragma unroll
-    for (int n = 0; n < kN; n += kPiece) Wgmma<Element, kPiece>::ss(acc + n / 2, a, b + ((n * kRowBytes) >> 4), accumulate);
+    for (int n = 0; n < kN; n += kPiece) {
+      const u64 b = desc_at<16, 8 * kRowBytes, kSwz>(b_base, (k0 / kChunk) * kBChunkBytes + koff + n * kRowBytes);
+      Wgmma<Element, kPiece>::ss(acc + n / 2, a, b, accumulate);
+    }
   }
+}
+template <class Element, int kN, int kK, int kChunk, int kAChunkBytes, int kBChunkBytes>
+__device__ __forceinline__ void gemm_ss(float* acc, u32 a_base, u32 b_base, bool accumulate_first) {
+  gemm_ss<Element, kN, kK, kChunk, kAChunkBytes, kBChunkBytes>(acc, units(a_base), units(b_base), accumulate_first);
 }
 
 /// acc[:, kP0 : kNTotal) += A B for one k16 step: A from registers, B the 16 rows starting at
 /// b_rows of an MN-major tile whose kNTotal columns come in chunks of kChunk, kChunkBytes apart.
 template <class Element, int kNTotal, int kChunk, int kChunkBytes, int kP0 = 0>
-__device__ __forceinline__ void gemm_rs(float* acc, const u32 (&a)[4], u32 b_rows) {
+__device__ __forceinline__ void gemm_rs(float* acc, const u32 (&a)[4], SmemUnits b_rows) {
   constexpr int kRem = kNTotal - kP0;
   if constexpr (kRem > 0) {
     constexpr int kRowBytes = kChunk * 2;
     constexpr int kN = kRem >= 256 ? 256 : kRem >= 128 ? 128 : kRem >= 64 ? 64 : kRem;
-    const u64 d = make_desc(b_rows + (kP0 / kChunk) * kChunkBytes, kChunkBytes, 8 * kRowBytes, swizzle_code(kRowBytes));
+    const u64 d = desc_at<kChunkBytes, 8 * kRowBytes, swizzle_code(kRowBytes)>(b_rows, (kP0 / kChunk) * kChunkBytes);
     Wgmma<Element, kN>::rs(acc + kP0 / 2, a, d);
     gemm_rs<Element, kNTotal, kChunk, kChunkBytes, kP0 + kN>(acc, a, b_rows);
   }
+}
+template <class Element, int kNTotal, int kChunk, int kChunkBytes>
+__device__ __forceinline__ void gemm_rs(float* acc, const u32 (&a)[4], u32 b_rows) {
+  gemm_rs<Element, kNTotal, kChunk, kChunkBytes, 0>(acc, a, units(b_rows));
 }
 
 /// Pin an accumulator (float) or A fragments (u32) across the asynchronous wgmma window.
