@@ -407,20 +407,24 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       // Keys wholly right of every query row's causal reach contribute nothing here.
       if (kCausal && wn0 > m0 + kStep - 1 + mask.diag_offset) return;
       // S^T = K Q^T (+ bias), then dP^T = V dO^T.
+      // This thread's queries' LSE (columns i * 8 + 2t + {0, 1}), read before the products so
+      // that the exponentials do not wait on shared memory.
+      const u32 lse_at = sLse(buf) + 8 * t;
+      float lse[kStepTiles][2];
+#pragma unroll
+      for (int i = 0; i < kStepTiles; ++i)
+        asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(lse[i][0]), "=f"(lse[i][1]) : "r"(lse_at + 32 * i));
       float st[1][kStepTiles][4], dpt[1][kStepTiles][4];
       score_products<kStep>(st, dpt, sKw, uQ(buf), sKbw, uQb(buf), sVw, uDo(buf), p.scale);
 
-      // P^T = exp2(S^T - LSE[query]): this thread's query columns are i * 8 + 2t + {0, 1}. The
-      // mask test is uniform over the tile, so it selects between two straight loops.
-      const u32 lse_at = sLse(buf) + 8 * t;
+      // P^T = exp2(S^T - LSE[query]). The mask test is uniform over the tile, so it selects
+      // between two straight loops.
       auto exponentials = [&](auto masked_tile) {
 #pragma unroll
         for (int i = 0; i < kStepTiles; ++i) {
-          float l0, l1;
-          asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(l0), "=f"(l1) : "r"(lse_at + 32 * i));
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            float x = st[0][i][e] * s_log2 - ((e & 1) ? l1 : l0);
+            float x = st[0][i][e] * s_log2 - lse[i][e & 1];
             if constexpr (decltype(masked_tile)::value) {
               const int q = m0 + i * 8 + 2 * t + (e & 1);
               const int key = wn0 + warp * 16 + g + (e >= 2 ? 8 : 0);
