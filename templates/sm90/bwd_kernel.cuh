@@ -633,7 +633,13 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         exponentials(BoolConstant<true>{});
       else
         exponentials(BoolConstant<false>{});
-      Portable::add_row_sums(psum, s);
+      // The row sums of P and of dS run while products are in flight: the register fences pin
+      // them before the waits (the compiler would otherwise sink them past).
+      auto row_sums = [](float (&sum)[1][2], const float (&x)[1][kKeyStepTiles][4]) {
+        Portable::add_row_sums(sum, x);
+        reg_fence(sum[0][0]);
+        reg_fence(sum[0][1]);
+      };
       if constexpr (kHasBias) {
         // P Kb (the dQb correction) joins dP in flight, so that P's packed copy is free again
         // before dS is packed (the register peak).
@@ -644,10 +650,13 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         for (int kk = 0; kk < kKeyStep / 16; ++kk)
           gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&kbar[0][0][0], pa[0][kk], uKb(buf) + u32(kk * kRRowBytes));
         wgmma_commit();
+        fence_regs(s);
+        row_sums(psum, s);
         wgmma_wait<0>();  // dP and P Kb
         fence_regs(kbar);
         fence_regs(pa);
       } else {
+        row_sums(psum, s);
         wgmma_wait<0>();  // dP
       }
       fence_regs(dp);
@@ -656,7 +665,6 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       for (int i = 0; i < kKeyStepTiles; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[0][i][e] = s[0][i][e] * (dp[0][i][e] - delta[0][e >> 1]);
-      if constexpr (kHasBias) Portable::add_row_sums(dsum, dp);  // Sigma (sm80 "Delta")
       u32 dsa[1][kKeyStep / 16][4];
       sm80::pack_a<Element, 1, kKeyStepTiles>(dsa, dp);
       u32 dsa_lo[1][kKeyStep / 16][4];
@@ -672,6 +680,10 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         }
       }
       wgmma_commit();
+      if constexpr (kHasBias) {
+        fence_regs(dp);  // keeps the sum below the products' issue
+        row_sums(dsum, dp);  // Sigma (sm80 "Delta"), while dS K runs
+      }
       wgmma_wait<0>();
       fence_regs(dq);
       fence_regs(dqb);
