@@ -42,12 +42,18 @@ struct BwdWorkspaceLayout {
   std::size_t dqb_accum = 0;  ///< fp32 [batch, heads, seqlen_q, rank] when qb broadcasts
   std::size_t dkb_accum = 0;  ///< fp32 [batch, heads, seqlen_k, rank] when kb broadcasts
   std::size_t lse_dq = 0;     ///< fp32 [batch, heads, seqlen_q]: the LSE of the backward's own scores
+  std::size_t q_scaled = 0;   ///< 16-bit [batch, heads, seqlen_q, head_dim]: scale * Q (has_q_scaled)
   bool has_dqb_accum = false;
   bool has_dkb_accum = false;
+  bool has_q_scaled = false;
   std::size_t bytes = 0;      ///< total
 };
 /// Pure: sizes only (pointers are not read). Throws Error(invalid_argument) on overflow.
-BwdWorkspaceLayout bwd_workspace_layout(const BackwardArgs& args);
+/// `sm90_family`: whether the sm90 kernels run this backward; for fp16 with a bias and at least
+/// 1024 keys they score with Q scaled once (common/params.h, folds_scale_into_q), which the prep
+/// pass writes into the q_scaled region. Callers that do not know the family keep the default
+/// (the region is then reserved whether or not it is used).
+BwdWorkspaceLayout bwd_workspace_layout(const BackwardArgs& args, bool sm90_family = true);
 
 /// BwdParams for validated arguments, a tile and a workspace of `layout` (bwd_workspace_layout(args)).
 BwdParams make_bwd_params(const BackwardArgs& args, const TileConfig& tile, int slices, void* workspace,

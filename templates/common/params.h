@@ -20,8 +20,11 @@ namespace flashbias {
 /// implementation's whole error (the LSE of one-key rows). Every other problem keeps
 /// S = scale (Q K^T) + Qb Kb^T (without a bias the scale folds into exp2, exactly); on Hopper the
 /// fp16 ones with a bias run the portable forward (validate_forward).
-/// The backward always scores with the exact scale, and corrects the forward's LSE to its own
-/// scores (BwdParams::lse_dq), so its gradients do not depend on the rounding of scale * Q.
+/// The portable backward scores with the exact scale; the sm90 one, where queries meet 1024 keys
+/// or more (runtime/launch_plan.cpp, bwd_workspace_layout), scores like the forward, with the
+/// scaled Q (BwdParams::q_scaled: no multiply and no wait between its score products), so its
+/// gradients are those of the rounded scale * Q, as the forward's output is. Both correct the
+/// forward's LSE to their own scores (BwdParams::lse_dq).
 FLASHBIAS_HOST_DEVICE constexpr bool folds_scale_into_q(bool f16, int rank, float scale) {
   return f16 && rank > 0 && ((scale >= 0.015625f && scale <= 1.f) || (scale <= -0.015625f && scale >= -1.f));
 }
@@ -118,6 +121,12 @@ struct BwdParams {
   int qb_batch_bcast, qb_head_bcast;  // 1 where the factor's stride is 0 (its gradient is summed)
   int kb_batch_bcast, kb_head_bcast;
   float scale;  // softmax scale (Q K^T only)
+  // sm90 fp16 backward with a bias (folds_scale_into_q): prep writes scale * Q, rounded once to
+  // 16 bits as the forward's is, into q_scaled ([batch, heads, seqlen_q, head_dim], contiguous;
+  // null otherwise); dq and dkdv then run with q = q_scaled and q_is_scaled = 1: their scores
+  // S = (scale Q) K^T + Qb Kb^T take no multiply between the products, and dK no final scale.
+  void* q_scaled;
+  int q_is_scaled;
 };
 
 /// Backward parameters of the sm90 family: the common block, then (tiles with the kTma knob) the

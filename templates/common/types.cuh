@@ -49,7 +49,8 @@ template <> struct ElementTraits<bf16_t> {
 };
 
 /// Two 16-bit elements (one 32-bit word) times `scale`, in fp32 with one rounding back: the one
-/// definition of the scaled Q (folds_scale_into_q, common/params.h) in both forward families.
+/// definition of the scaled Q (folds_scale_into_q, common/params.h) in both forward families and
+/// in the sm90 backward's prep.
 template <class Element>
 __device__ __forceinline__ u32 scale_pair(u32 w, float scale) {
   using T = ElementTraits<Element>;

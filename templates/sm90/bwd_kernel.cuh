@@ -107,6 +107,9 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       kWarps == 4 && kHeadDim <= 64 && kRank <= 16 && kKeyStep <= 64 && kMinBlocks < 3 ? 3 : kMinBlocks;
   static constexpr int kSlices = 1;
   static constexpr bool kHasBias = kRank > 0;
+  // fp16 with a bias: the host may have prep write scale * Q (BwdParams::q_scaled, common/params.h
+  // folds_scale_into_q) and run dq and dkdv on it (q_is_scaled).
+  static constexpr bool kScaledQ = kHasBias && ElementTraits<Element>::kIsF16;
 
   /// The portable family's kernel of the same problem: its prep and reduce entry points (they
   /// depend on the block size only) and its epilogue helpers.
@@ -236,19 +239,22 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   template <int kRows>
   static __device__ __forceinline__ void score_products(float (&s)[1][kRows / 8][4], float (&dp)[1][kRows / 8][4],
                                                         SmemUnits a, SmemUnits b, SmemUnits ab, SmemUnits bb, SmemUnits da,
-                                                        SmemUnits db, float scale) {
+                                                        SmemUnits db, float scale, bool q_is_scaled) {
     constexpr int kChunkBytesD = kRows * kDRowBytes;
     constexpr int kChunkBytesR = kRows * kRRowBytes;
     wgmma_fence();
     gemm_ss<Element, kRows, kDK, kChunkD, kBlockChunkD, kChunkBytesD>(&s[0][0][0], a, b, false);
     wgmma_commit();
     if constexpr (kHasBias) {
-      wgmma_wait<0>();
-      fence_regs(s);
+      // With Q scaled (kScaledQ and q_is_scaled) the factor product follows in the same chain.
+      if (!(kScaledQ && q_is_scaled)) {
+        wgmma_wait<0>();
+        fence_regs(s);
 #pragma unroll
-      for (int i = 0; i < kRows / 8; ++i)
+        for (int i = 0; i < kRows / 8; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[0][i][e] *= scale;
+          for (int e = 0; e < 4; ++e) s[0][i][e] *= scale;
+      }
       wgmma_fence();
       gemm_ss<Element, kRows, kRK, kChunkR, kBlockChunkR, kChunkBytesR>(&s[0][0][0], ab, bb, true);
       wgmma_commit();
@@ -333,7 +339,33 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   }
 
   // ---------------------------------------------------------------------------------------------
-  static __device__ void prep(const BwdParams& p) { Portable::prep(p); }
+  /// Delta (the portable family's prep) and, when the host asks for it (p.q_scaled), the scaled
+  /// copy of Q that dq and dkdv then read: row r = (b * heads + h) * seqlen_q + i of
+  /// [batch, heads, seqlen_q, head_dim], by the eight threads that sum that row's Delta, in 16-byte
+  /// units (kQkvAlign 16), scaled as the forward scales its Q tile (scale_pair).
+  static __device__ void prep(const BwdParams& p) {
+    Portable::prep(p);
+    if constexpr (kScaledQ) {
+      if (p.q_scaled == nullptr) return;
+      const int tid = int(thread_idx());
+      const long long rows = (long long)p.batch * p.heads * p.seqlen_q;
+      const long long row = (long long)block_idx() * (kThreads / 8) + tid / 8;
+      if (row >= rows) return;
+      const long long bh = row / p.seqlen_q;
+      const int i = int(row - bh * p.seqlen_q);
+      const int b = int(bh / p.heads), h = int(bh - (long long)b * p.heads);
+      const Element* q = static_cast<const Element*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride + i * p.q_row_stride;
+      Element* qs = static_cast<Element*>(p.q_scaled) + row * kHeadDim;
+      for (int c = (tid & 7) * 8; c < kHeadDim; c += 64) {
+        Vec4u v = *reinterpret_cast<const Vec4u*>(q + c);
+        v.x = scale_pair<Element>(v.x, p.scale);
+        v.y = scale_pair<Element>(v.y, p.scale);
+        v.z = scale_pair<Element>(v.z, p.scale);
+        v.w = scale_pair<Element>(v.w, p.scale);
+        *reinterpret_cast<Vec4u*>(qs + c) = v;
+      }
+    }
+  }
   static __device__ void reduce(const BwdParams& p) { Portable::reduce(p); }
 
   // ---------------------------------------------------------------------------------------------
@@ -415,7 +447,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       for (int i = 0; i < kStepTiles; ++i)
         asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(lse[i][0]), "=f"(lse[i][1]) : "r"(lse_at + 32 * i));
       float st[1][kStepTiles][4], dpt[1][kStepTiles][4];
-      score_products<kStep>(st, dpt, sKw, uQ(buf), sKbw, uQb(buf), sVw, uDo(buf), p.scale);
+      score_products<kStep>(st, dpt, sKw, uQ(buf), sKbw, uQb(buf), sVw, uDo(buf), p.scale, p.q_is_scaled != 0);
 
       // P^T = exp2(S^T - LSE[query]). The mask test is uniform over the tile, so it selects
       // between two straight loops.
@@ -531,7 +563,9 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     const int row0 = wn0 + warp * 16;
     Element* gdk = static_cast<Element*>(p.dk) + b * p.dk_batch_stride + h * p.dk_head_stride;
     Element* gdv = static_cast<Element*>(p.dv) + b * p.dv_batch_stride + h * p.dv_head_stride;
-    Portable::template write_acc<1, kDTiles, kQkvAlign>(dk, p.scale, gdk, p.dk_row_stride, nullptr, 0, row0,
+    // dK = scale dS^T Q; with Q scaled (q_is_scaled) the products already hold the scale.
+    const float dk_scale = kScaledQ && p.q_is_scaled ? 1.f : p.scale;
+    Portable::template write_acc<1, kDTiles, kQkvAlign>(dk, dk_scale, gdk, p.dk_row_stride, nullptr, 0, row0,
                                                         p.seqlen_k, 0, kHeadDim, lane);
     Portable::template write_acc<1, kDTiles, kQkvAlign>(dv, 1.f, gdv, p.dv_row_stride, nullptr, 0, row0, p.seqlen_k,
                                                         0, kHeadDim, lane);
@@ -611,7 +645,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       if (kCausal && n0 > wm0 + 63 + mask.diag_offset) return;
       // S = Q K^T (+ bias), then dP = dO V^T.
       float s[1][kKeyStepTiles][4], dp[1][kKeyStepTiles][4];
-      score_products<kKeyStep>(s, dp, sQw, uK(buf), sQbw, uKb(buf), sDow, uV(buf), p.scale);
+      score_products<kKeyStep>(s, dp, sQw, uK(buf), sQbw, uKb(buf), sDow, uV(buf), p.scale, p.q_is_scaled != 0);
 
       // The mask test is uniform over the tile: it selects between two straight loops.
       auto exponentials = [&](auto masked_tile) {

@@ -122,7 +122,8 @@ TEST_CASE("validate_backward names every bad argument", "[cpu][runtime][validate
 TEST_CASE("the backward workspace holds both Deltas, the corrected LSE and the fp32 sums of broadcast factors",
           "[cpu][runtime][backward]") {
   BackwardArgs a = valid_args();
-  BwdWorkspaceLayout w = bwd_workspace_layout(a);
+  BwdWorkspaceLayout w = bwd_workspace_layout(a, /*sm90_family=*/false);
+  CHECK_FALSE(w.has_q_scaled);
   CHECK(w.delta == 0);
   CHECK(w.delta_dq == 512);  // 2*3*17 floats = 408 bytes, rounded to 256
   CHECK(w.lse_dq == 1024);
@@ -131,14 +132,40 @@ TEST_CASE("the backward workspace holds both Deltas, the corrected LSE and the f
   CHECK(w.dqb_accum == 1536);
   CHECK(w.bytes == 1536 + 2 * 3 * 17 * 6 * 4 + (256 - (2 * 3 * 17 * 6 * 4) % 256));
   a.kb_stride.head = 0;
-  w = bwd_workspace_layout(a);
+  w = bwd_workspace_layout(a, false);
   CHECK(w.has_dkb_accum);
   CHECK(w.dkb_accum % 256 == 0);
   CHECK(w.bytes >= w.dkb_accum + std::size_t(2 * 3 * 113 * 6 * 4));
   a.rank = 0;
-  w = bwd_workspace_layout(a);
+  w = bwd_workspace_layout(a, false);
   CHECK_FALSE(w.has_dqb_accum);
   CHECK(w.bytes == 1536);
+}
+
+TEST_CASE("the sm90 backward's workspace holds the scaled Q when the scale folds (fp16 with a bias)",
+          "[cpu][runtime][backward]") {
+  BackwardArgs a = valid_args();  // fp16, rank 6, scale 1/8
+  CHECK_FALSE(bwd_workspace_layout(a).has_q_scaled);  // 113 keys: the copy would not pay
+  a.seqlen_k = 1024;
+  const BwdWorkspaceLayout portable = bwd_workspace_layout(a, false);
+  BwdWorkspaceLayout w = bwd_workspace_layout(a);
+  REQUIRE(w.has_q_scaled);
+  CHECK(w.q_scaled == portable.bytes);  // after every other region, 256-byte aligned
+  CHECK(w.q_scaled % 256 == 0);
+  CHECK(w.bytes == w.q_scaled + std::size_t(2 * 3 * 17 * 64 * 2));  // [B, H, Nq, D] 16-bit, 13056 bytes
+  // The same cases as folds_scale_into_q (common/params.h): no bias, bf16 or a scale outside
+  // [2^-6, 1] in magnitude keep the exact scale and need no copy.
+  BackwardArgs b = a;
+  b.dtype = DType::bf16;
+  CHECK_FALSE(bwd_workspace_layout(b).has_q_scaled);
+  b = a;
+  b.softmax_scale = 2.f;
+  CHECK_FALSE(bwd_workspace_layout(b).has_q_scaled);
+  b.softmax_scale = -0.5f;
+  CHECK(bwd_workspace_layout(b).has_q_scaled);
+  b = a;
+  b.rank = 0;
+  CHECK_FALSE(bwd_workspace_layout(b).has_q_scaled);
 }
 
 TEST_CASE("make_bwd_params fills BwdParams and zeroes broadcast gradient strides", "[cpu][runtime][backward]") {
