@@ -290,13 +290,15 @@ TEST_CASE("small backward problems for the memory and race checkers", "[gpu][san
   // Every code path in few launches: k8 tails (D 72, R 3), 2-byte factor rows, both pipelines
   // (heuristic tiles differ by head dim), split slices (D 128, 256), causal with fully masked rows
   // and key blocks no query sees, broadcast factors (the reduce kernel), ragged tiles, and on
-  // Hopper the TMA loads (16-byte factor rows and none) next to the cp.async ones (R 3, R 2).
+  // Hopper the TMA loads (16-byte factor rows and none) next to the cp.async ones (R 3, R 2),
+  // and the scaled copy of Q that prep writes for fp16 with a bias from 1024 keys on.
   for (const DeviceInfo& dev : family_devices())
   for (const char* text :
        {"b=1,h=2,nq=150,nk=97,d=72,r=3,mask=causal,qb=1n1r", "b=2,h=1,nq=97,nk=150,d=64,r=16,dtype=bf16,kb=bn1r",
         "b=1,h=1,n=130,d=128,r=0,mask=causal", "b=1,h=2,nq=65,nk=200,d=32,r=1,qb=1n1r,kb=1nhr",
         "b=1,h=1,n=70,d=256,r=128", "b=1,h=2,nq=400,nk=100,d=64,r=8,mask=causal",
-        "b=1,h=1,nq=100,nk=400,d=128,r=2,mask=causal", "b=2,h=2,nq=129,nk=65,d=32,r=8,mask=causal,kb=1n1r"}) {
+        "b=1,h=1,nq=100,nk=400,d=128,r=2,mask=causal", "b=2,h=2,nq=129,nk=65,d=32,r=8,mask=causal,kb=1n1r",
+        "b=1,h=2,nq=70,nk=1030,d=96,r=16,mask=causal"}) {
     Context ctx(ContextOptions{0, Policy::heuristic, true, !dev.arch.a && query_device(0).arch.a});
     DeviceProblem problem(parse_problem(text), fresh_seed());
     const BackwardCheck r = check_backward(
