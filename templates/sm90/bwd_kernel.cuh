@@ -326,6 +326,29 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     }
   }
 
+  /// x = exp2(x * s_log2 - lse(i, e)) over a score tile, with masked(i, e) scores set to zero
+  /// when the tile needs the mask (a test uniform over the tile: it selects between two straight
+  /// loops, where a test per score compiled to a branch per four scores).
+  template <int kTiles, class Lse, class Masked>
+  static __device__ __forceinline__ void exponentials(float (&x)[1][kTiles][4], float s_log2, bool masked_tile,
+                                                      Lse&& lse, Masked&& masked) {
+    auto run = [&](auto with_mask) {
+#pragma unroll
+      for (int i = 0; i < kTiles; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float v = x[0][i][e] * s_log2 - lse(i, e);
+          if constexpr (decltype(with_mask)::value)
+            if (masked(i, e)) v = neg_inf();
+          x[0][i][e] = fast_exp2(v);
+        }
+    };
+    if (masked_tile)
+      run(BoolConstant<true>{});
+    else
+      run(BoolConstant<false>{});
+  }
+
   /// A factor's head and batch coordinates for TMA: 0 along a broadcast (stride-0) dimension,
   /// which the host encodes with extent 1.
   static __device__ __forceinline__ int factor_coord(long long stride, int i) { return stride == 0 ? 0 : i; }
@@ -449,27 +472,11 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       float st[1][kStepTiles][4], dpt[1][kStepTiles][4];
       score_products<kStep>(st, dpt, sKw, uQ(buf), sKbw, uQb(buf), sVw, uDo(buf), p.scale, p.q_is_scaled != 0);
 
-      // P^T = exp2(S^T - LSE[query]). The mask test is uniform over the tile, so it selects
-      // between two straight loops.
-      auto exponentials = [&](auto masked_tile) {
-#pragma unroll
-        for (int i = 0; i < kStepTiles; ++i) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            float x = st[0][i][e] * s_log2 - lse[i][e & 1];
-            if constexpr (decltype(masked_tile)::value) {
-              const int q = m0 + i * 8 + 2 * t + (e & 1);
-              const int key = wn0 + warp * 16 + g + (e >= 2 ? 8 : 0);
-              if (mask.masked(q, key)) x = neg_inf();
-            }
-            st[0][i][e] = fast_exp2(x);
-          }
-        }
-      };
-      if (mask.tile_needs_mask(m0, wn0, 64))
-        exponentials(BoolConstant<true>{});
-      else
-        exponentials(BoolConstant<false>{});
+      // P^T = exp2(S^T - LSE[query]); element (i, e) is key wn0 + warp * 16 + g (+ 8 for e >= 2)
+      // and query m0 + i * 8 + 2t + (e & 1).
+      exponentials(
+          st, s_log2, mask.tile_needs_mask(m0, wn0, 64), [&](int i, int e) { return lse[i][e & 1]; },
+          [&](int i, int e) { return mask.masked(m0 + i * 8 + 2 * t + (e & 1), wn0 + warp * 16 + g + (e >= 2 ? 8 : 0)); });
       // dV += P^T dO, issued before dS is formed so that the product overlaps it.
       u32 pa[1][kStep / 16][4];
       sm80::pack_a<Element, 1, kStepTiles>(pa, st);
@@ -647,26 +654,11 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       float s[1][kKeyStepTiles][4], dp[1][kKeyStepTiles][4];
       score_products<kKeyStep>(s, dp, sQw, uK(buf), sQbw, uKb(buf), sDow, uV(buf), p.scale, p.q_is_scaled != 0);
 
-      // The mask test is uniform over the tile: it selects between two straight loops.
-      auto exponentials = [&](auto masked_tile) {
-#pragma unroll
-        for (int i = 0; i < kKeyStepTiles; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int hh = e >> 1;
-            float x = s[0][i][e] * s_log2 - lse2[hh];
-            if constexpr (decltype(masked_tile)::value) {
-              const int row = wm0 + warp * 16 + g + 8 * hh;
-              const int key = n0 + i * 8 + 2 * t + (e & 1);
-              if (mask.masked(row, key)) x = neg_inf();
-            }
-            s[0][i][e] = fast_exp2(x);
-          }
-      };
-      if (mask.tile_needs_mask(wm0, n0, kKeyStep))
-        exponentials(BoolConstant<true>{});
-      else
-        exponentials(BoolConstant<false>{});
+      // P = exp2(S - LSE[row]); element (i, e) is row wm0 + warp * 16 + g (+ 8 for e >= 2) and
+      // key n0 + i * 8 + 2t + (e & 1).
+      exponentials(
+          s, s_log2, mask.tile_needs_mask(wm0, n0, kKeyStep), [&](int, int e) { return lse2[e >> 1]; },
+          [&](int i, int e) { return mask.masked(wm0 + warp * 16 + g + 8 * (e >> 1), n0 + i * 8 + 2 * t + (e & 1)); });
       // The row sums of P and of dS run while products are in flight: the register fences pin
       // them before the waits (the compiler would otherwise sink them past).
       auto row_sums = [](float (&sum)[1][2], const float (&x)[1][kKeyStepTiles][4]) {
