@@ -72,12 +72,7 @@ __device__ __forceinline__ void reg_fence(u32& r) { asm volatile("" : "+r"(r)::"
 /// (1 = 128 B, 2 = 64 B, 3 = 32 B).
 __host__ __device__ constexpr u64 swizzle_code(int row_bytes) { return row_bytes == 128 ? 1 : row_bytes == 64 ? 2 : 3; }
 
-/// A wgmma operand descriptor: start address, leading and stride byte offsets, swizzle mode. Every
-/// tile starts on a 1024-byte boundary, so the base offset is 0.
-__device__ __forceinline__ u64 make_desc(u32 addr, u32 lbo, u32 sbo, u64 swizzle) {
-  return u64((addr & 0x3FFFF) >> 4) | (u64((lbo & 0x3FFFF) >> 4) << 16) | (u64((sbo & 0x3FFFF) >> 4) << 32) |
-         (swizzle << 62);
-}
+// The descriptors themselves: sm90/gemm.cuh, desc_at.
 
 /// The byte offset inside a swizzled tile of rows `row_bytes` wide (the layout TMA writes with
 /// the matching CU_TENSOR_MAP_SWIZZLE_*): 16-byte chunk bits [4, 4 + b) XOR address bits

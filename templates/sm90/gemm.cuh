@@ -36,8 +36,10 @@ struct SmemUnits {
 __device__ __forceinline__ SmemUnits units(u32 byte_addr) { return SmemUnits{byte_addr >> 4}; }
 __device__ __forceinline__ SmemUnits operator+(SmemUnits a, u32 units) { return SmemUnits{a.v + units}; }
 
-/// The descriptor of the operand `byte_off` bytes (a multiple of 16) past `base`, with leading
-/// and stride byte offsets kLbo, kSbo and swizzle code kSwz (sm90_ops.cuh, make_desc).
+/// The wgmma descriptor of the operand `byte_off` bytes (a multiple of 16) past `base`: start
+/// address (bits 0-13), leading and stride byte offsets kLbo, kSbo (bits 16-29, 32-45, all in
+/// 16-byte units) and swizzle code kSwz (bits 62-63, common/sm90_ops.cuh swizzle_code). Every tile
+/// starts on a 1024-byte boundary, so the base offset (bits 49-51) is 0.
 template <u32 kLbo, u32 kSbo, u64 kSwz>
 __device__ __forceinline__ u64 desc_at(SmemUnits base, u32 byte_off) {
   constexpr u32 kLo = ((kLbo & 0x3FFFF) >> 4) << 16;
