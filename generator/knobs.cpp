@@ -107,6 +107,13 @@ std::string knob_spellings() {
   return s;
 }
 
+bool sm90_backward_sizes(const Arch& arch, std::int64_t head_dim, std::int64_t rank) {
+  // dK, dV (and dKb) stay in registers: head dims up to 128 and ranks up to 32 (the template's
+  // rules); wider problems run the portable family, which splits them into slices.
+  return arch.sm == 90 && arch.a && head_dim >= 32 && head_dim <= 128 && rank <= 32 &&
+         mf::find_entry("bwd", "sm90") != nullptr;
+}
+
 std::string_view kernel_family(const ProblemKey& key) {
   // The Hopper families need sm_90a (wgmma, setmaxnreg) and rows the 16-byte copies can address
   // (16-byte aligned pointers and strides; TMA for the forward, cp.async for the backward). An
@@ -114,15 +121,13 @@ std::string_view kernel_family(const ProblemKey& key) {
   if (key.arch.sm != 90 || !key.arch.a || key.qkv_align != 16 || key.head_dim < 16) return "sm80";
   // Forward: any head dim and rank of the range.
   if (key.direction == Direction::fwd && mf::find_entry("fwd", "sm90") != nullptr) return "sm90";
-  // Backward: dK, dV (and dKb) stay in registers, so head dims up to 128 and ranks up to 32 (the
-  // template's rules); wider problems run the portable family, which splits them into slices. At
-  // head dim 32 the sm90 backward is ahead only with its TMA loads (16-byte factor rows: af3_tri
-  // backward 0.497 vs 0.551 ms, seed_n16k 5.11 vs 5.16; with cp.async it was behind, 0.56 vs 0.50
-  // and 5.27 vs 4.69; H100, 2026-11-24, docs/PERF_NOTES.md), and under 32 the portable family
-  // runs.
+  // Backward: the sizes of sm90_backward_sizes. At head dim 32 the sm90 backward is ahead only
+  // with its TMA loads (16-byte factor rows: af3_tri backward 0.497 vs 0.551 ms, seed_n16k 5.11
+  // vs 5.16; with cp.async it was behind, 0.56 vs 0.50 and 5.27 vs 4.69; H100, 2026-11-24,
+  // docs/PERF_NOTES.md), and under 32 the portable family runs.
   const bool tma_factors = key.rank == 0 || key.bias_align == 16;
-  if (key.direction == Direction::bwd && key.head_dim >= 32 && (key.head_dim > 32 || tma_factors) &&
-      key.head_dim <= 128 && key.rank <= 32 && mf::find_entry("bwd", "sm90") != nullptr)
+  if (key.direction == Direction::bwd && sm90_backward_sizes(key.arch, key.head_dim, key.rank) &&
+      (key.head_dim > 32 || tma_factors))
     return "sm90";
   return "sm80";
 }

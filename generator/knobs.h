@@ -6,6 +6,7 @@
 // through these functions with no code change.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -48,6 +49,12 @@ std::string knob_spellings();
 /// otherwise. An sm_90 key without the 'a' suffix selects the portable
 /// family on Hopper (ContextOptions::portable).
 std::string_view kernel_family(const ProblemKey& key);
+
+/// The part of kernel_family's backward rule that sizes alone decide: whether `arch` can run the
+/// sm90 backward at this head dim and rank. The rest (16-byte aligned rows; at head dim 32,
+/// 16-byte factor rows) depends on pointers, which Context::backward_workspace_size may not read:
+/// it sizes the workspace by this.
+bool sm90_backward_sizes(const Arch& arch, std::int64_t head_dim, std::int64_t rank);
 
 /// The manifest entry the generator instantiates for `key`: FLASHBIAS_KERNEL(direction,
 /// kernel_family(key)). Throws Error(unsupported) when no template covers it.

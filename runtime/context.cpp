@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "generator/knobs.h"
 #include "runtime/context_impl.h"
 #include "runtime/driver_api.h"
 #include "runtime/log.h"
@@ -255,26 +256,17 @@ const LaunchPlan& ContextImpl::lookup(const ProblemKey& key, const ShapeInfo& sh
   return miss(key, shape, dkey);
 }
 
-namespace {
-
-/// Whether this device may run the sm90 backward for these sizes (generator/knobs.cpp,
-/// kernel_family; the pointers' alignment, which the workspace size may not read, decides the
-/// rest): its workspace then holds the scaled copy of Q (bwd_workspace_layout), used or not, so
-/// that backward_workspace_size and backward agree.
-bool may_run_sm90_backward(const Arch& arch, const BackwardArgs& a) {
-  return arch.sm == 90 && arch.a && a.head_dim >= 32 && a.head_dim <= 128 && a.rank <= 32;
-}
-
-}  // namespace
-
+// Where the device can run the sm90 backward at these sizes (the pointers decide the rest), the
+// workspace holds its scaled copy of Q (bwd_workspace_layout), used or not, so that
+// backward_workspace_size and backward agree.
 std::size_t ContextImpl::backward_workspace_size(const BackwardArgs& args) const {
-  return bwd_workspace_layout(args, may_run_sm90_backward(device_.arch, args)).bytes;
+  return bwd_workspace_layout(args, sm90_backward_sizes(device_.arch, args.head_dim, args.rank)).bytes;
 }
 
 void ContextImpl::backward(const BackwardArgs& args, CUstream stream) {
   const ProblemKey key = validate_backward(args, device_);
   const ShapeInfo shape{args.batch * args.heads, args.seqlen_q, args.seqlen_k};
-  const BwdWorkspaceLayout layout = bwd_workspace_layout(args, may_run_sm90_backward(device_.arch, args));
+  const BwdWorkspaceLayout layout = bwd_workspace_layout(args, sm90_backward_sizes(device_.arch, args.head_dim, args.rank));
   const std::size_t need = layout.bytes;
   if (args.workspace != nullptr && args.workspace_bytes < need) {
     throw Error(ErrorCode::invalid_argument,

@@ -120,6 +120,19 @@ TEST_CASE("the sm90 backward takes head dims in [32, 128] (32 with TMA factors) 
              Catch::Contains("warps must be 4 per 64 rows of block_m"));
 }
 
+TEST_CASE("the sizes-only part of the sm90 backward rule", "[cpu][generator][sm90]") {
+  // Context::backward_workspace_size reserves the scaled Q by it (it may not read pointers);
+  // kernel_family's backward rule is it plus the alignment conditions.
+  CHECK(sm90_backward_sizes(Arch::parse("sm_90a"), 32, 0));
+  CHECK(sm90_backward_sizes(Arch::parse("sm_90a"), 128, 32));
+  CHECK_FALSE(sm90_backward_sizes(Arch::parse("sm_90a"), 24, 0));
+  CHECK(sm90_backward_sizes(Arch::parse("sm_90a"), 64, 16));
+  CHECK_FALSE(sm90_backward_sizes(Arch::parse("sm_90"), 64, 16));  // ContextOptions::portable
+  CHECK_FALSE(sm90_backward_sizes(Arch::parse("sm_80"), 64, 16));
+  CHECK_FALSE(sm90_backward_sizes(Arch::parse("sm_90a"), 256, 16));
+  CHECK_FALSE(sm90_backward_sizes(Arch::parse("sm_90a"), 64, 33));
+}
+
 TEST_CASE("every enumerated sm90 tile fits its register split into the launch allocation", "[cpu][generator][sm90]") {
   for (int d : {16, 32, 64, 72, 128, 256})
     for (int r : {0, 2, 3, 16, 128})
