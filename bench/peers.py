@@ -1,7 +1,7 @@
 """Forward (and, with --bwd, forward + backward) benchmark of FlashBias JIT against the peers of shared/BENCH.md, in one process, on the
 same inputs: sdpa_concat (the paper's PyTorch route), sdpa_dense, flex_dense, sdpa_nobias (the floor).
 
-    python3 bench/peers.py [--cases seed_n4k,alibi_gpt2] [--json out.json] [--skip-flex]
+    python3 bench/peers.py [--cases seed_n4k,alibi_gpt2] [--json out.json] [--skip-flex] [--portable]
 
 Our kernels run through the Python package (python/flashbias, over libflashbias.so; FLASHBIAS_LIB
 or the repository's build folders): flashbias_ms times a prepared call (flashbias.ForwardCall: the
@@ -213,6 +213,8 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--in-process", action="store_true", help="run all cases in this process")
     ap.add_argument("--bwd", action="store_true", help="fwd+bwd rows (cases default to BENCH.md's fwd+bwd rows)")
+    ap.add_argument("--portable", action="store_true",
+                    help="our kernels from the portable family (mma.sync), even where a faster one exists")
     ap.add_argument("--rounds", type=int, default=ROUNDS,
                     help=f"alternating rounds over the contenders per case; each time is their median (default {ROUNDS})")
     a = ap.parse_args()
@@ -233,6 +235,7 @@ def main():
             cmd += ["--skip-flex"] if a.skip_flex else []
             cmd += ["--no-check"] if a.no_check else []
             cmd += ["--bwd"] if a.bwd else []
+            cmd += ["--portable"] if a.portable else []
             cmd += ["--rounds", str(a.rounds)]
             rc = subprocess.call(cmd)
             if rc == 0:
@@ -245,9 +248,12 @@ def main():
             with open(a.json, "w") as f:
                 json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
         return
+    if a.portable:
+        flashbias.set_context_options(portable=True)
     rows = []
     print(f"GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
-          f"libflashbias {flashbias.library_version()} ({flashbias.library_path()})", flush=True)
+          f"libflashbias {flashbias.library_version()} ({flashbias.library_path()})"
+          f"{'  portable family' if a.portable else ''}", flush=True)
     for name in a.cases.split(","):
         if a.bwd:
             r = run_case_bwd(name, dtype, a.rounds)
@@ -271,7 +277,8 @@ def main():
               f"  relL2 {r.get('rel_l2', float('nan')):.2e}", flush=True)
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "portable": a.portable,
+                       "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

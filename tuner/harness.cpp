@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <utility>
 
 #include "runtime/driver_api.h"
 
@@ -75,6 +77,21 @@ DeviceProblem::DeviceProblem(const ProblemSpec& spec, std::uint64_t seed) : spec
 
 void DeviceProblem::regenerate(std::uint64_t seed) {
   inputs_ = make_inputs(spec_, seed);
+  upload();
+}
+
+void DeviceProblem::set_inputs(AttentionInputs inputs) {
+  auto same = [](const char* name, const HostTensor& want, const HostTensor& got) {
+    if (got.dtype() != want.dtype() || got.shape() != want.shape() || got.layout() != want.layout() ||
+        got.bytes() != want.bytes())
+      throw std::invalid_argument(fmt::format("set_inputs: {} does not have the problem's dtype, shape and layout", name));
+  };
+  same("q", inputs_.q, inputs.q);
+  same("k", inputs_.k, inputs.k);
+  same("v", inputs_.v, inputs.v);
+  same("qb", inputs_.qb, inputs.qb);
+  same("kb", inputs_.kb, inputs.kb);
+  inputs_ = std::move(inputs);
   upload();
 }
 

@@ -54,6 +54,10 @@ class DeviceProblem {
   const AttentionInputs& inputs() const { return inputs_; }
   /// Fresh random inputs (new seed), uploaded.
   void regenerate(std::uint64_t seed);
+  /// Replace the inputs with `inputs` (same shapes, dtypes and factor layouts as the spec's, else
+  /// std::invalid_argument naming the tensor) and upload them: for tests that need inputs of a
+  /// chosen structure rather than random draws.
+  void set_inputs(AttentionInputs inputs);
   /// Arguments of a forward call on these buffers (BSHD layouts, stride-0 shared factors).
   ForwardArgs forward_args() const;
   /// Fill O and LSE with NaN patterns so that unwritten elements fail every check.

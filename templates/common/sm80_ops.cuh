@@ -18,6 +18,13 @@ __device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
   asm("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(lane_mask));
   return r;
 }
+/// True in every lane when `p` is true in any lane of the (converged) warp.
+__device__ __forceinline__ bool warp_any(bool p) {
+  u32 r;
+  asm volatile("{ .reg .pred q, a; setp.ne.u32 q, %1, 0; vote.sync.any.pred a, q, 0xffffffff; selp.u32 %0, 1, 0, a; }"
+               : "=r"(r) : "r"(u32(p)));
+  return r != 0;
+}
 /// The sum of `v` over the 4 lanes of a quad (the lanes that share a row of an mma.sync / wgmma
 /// accumulator tile), in every lane of it.
 __device__ __forceinline__ float quad_sum(float v) {

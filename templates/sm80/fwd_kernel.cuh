@@ -22,6 +22,10 @@
 // registers (65536 / (threads * kMinBlocks)). At small head dims the tensor-core, exp (MUFU) and
 // FP32 work of one warp run nearly back to back, so more resident warps per SM is what overlaps
 // them (docs/PERF_NOTES.md).
+//
+// kLazyRescale: the softmax keeps each row's max until a tile raises it by more than 2^8, and
+// rescales O only when a row of the warp moved (sm80/softmax.cuh): at d128 that skips the 64 O
+// multiplies per row and tile that otherwise cost as much FP32 issue as the scores themselves.
 #pragma once
 
 #include "common/manifest.h"
@@ -42,6 +46,7 @@ struct FwdKnobs {
   static constexpr int kWarps[] = {4, 8};
   static constexpr int kStages[] = {1, 2};
   static constexpr int kMinBlocks[] = {1, 2, 3};
+  static constexpr int kLazyRescale[] = {1, 0};
 };
 
 struct alignas(16) Vec16 { u32 x, y, z, w; };
@@ -57,7 +62,8 @@ __device__ __forceinline__ void copy_chunk(void* dst, const void* src) {
 }
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
-          int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kMinBlocks = 1>
+          int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kMinBlocks = 1,
+          int kLazyRescale = 1>
 struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -68,6 +74,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   static_assert(kBlockN % 16 == 0, "block_n must be a multiple of 16 (the k step of P V)");
   static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 4, "min_blocks must be in [1, 4]");
+  static_assert(kLazyRescale == 0 || kLazyRescale == 1, "lazyrescale must be 0 or 1");
   static_assert((kHeadDim * 2) % kQkvAlign == 0, "qkv_align must divide a row of head_dim elements");
   static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
 
@@ -98,11 +105,13 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using KVLoader = TileLoader<Element, kBlockN, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
   using QbLoader = TileLoader<Element, kBlockM, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
   using KbLoader = TileLoader<Element, kBlockN, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
-  using Softmax = OnlineSoftmax<kMTiles, kNTiles, kDTiles>;
+  using Softmax = OnlineSoftmax<kMTiles, kNTiles, kDTiles, false, kLazyRescale == 1>;
 
-  /// S = scale * Q K^T + Qb Kb^T for one key tile.
+  /// S = scale * Q K^T + Qb Kb^T for one key tile; with `fold` the scale is already in Q
+  /// (folds_scale_into_q) and the two products accumulate as one chain, with no multiply per score
+  /// between them (`fold` is uniform over the CTA, so the branch costs one jump per tile).
   static __device__ __forceinline__ void scores(float (&s)[kMTiles][kNTiles][4], u32 sQ, u32 sQb, u32 sK,
-                                                u32 sKb, float scale, int lane, int warp_row0) {
+                                                u32 sKb, float scale, bool fold, int lane, int warp_row0) {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -112,12 +121,14 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     gemm_nt<Element, kMTiles, kNTiles, kHeadDim, kDStride>(s, sQ + warp_row0 * kDStride * 2, sK, lane);
     if constexpr (kHasBias) {
       // Scale first, then accumulate the bias on top: the bias enters unscaled and exactly.
+      if (!fold) {
 #pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
+        for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt)
+          for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale;
+            for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale;
+      }
       gemm_nt<Element, kMTiles, kNTiles, kRankPad, kRStride>(s, sQb + warp_row0 * kRStride * 2, sKb, lane);
     }
   }
@@ -181,7 +192,6 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     // it is folded into exp2 (a scale <= 0 through the Q transform below, nobias_scale_log2).
     const float scale_log2 = kHasBias ? kLog2e : nobias_scale_log2(p.scale);
     const bool fold = folds_scale_into_q(ElementTraits<Element>::kIsF16, kRank, p.scale);
-    const float qk_scale = fold ? 1.f : p.scale;  // what scores() multiplies Q K^T by
 
     float acc_o[kMTiles][kDTiles][4];
 #pragma unroll
@@ -216,7 +226,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     // Scores, mask (only on tiles that need it) and the softmax update for key tile nb.
     auto tile_step = [&](int nb, int buf) {
       const int n0 = nb * kBlockN;
-      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), qk_scale, lane, warp_row0);
+      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, fold, lane, warp_row0);
       if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
       softmax.update(s, acc_o, scale_log2);
       pack_a<Element, kMTiles, kNTiles>(pa, s);

@@ -30,8 +30,16 @@ __device__ __forceinline__ u32 q_for_nonpositive_scale(u32 w, float scale) {
 
 // kSelectMax: the row max by compare and select (FSETP + FSEL) instead of max_ (one FMNMX); see
 // sm90::FwdKnobs::kMaxSelect.
-template <int kMTiles, int kNTiles, int kDTiles, bool kSelectMax = false>
+// kLazyRescale: a row keeps the max it exponentiates against until a tile raises it by more than
+// kRescaleLog2 (in log2 units), so its probabilities stay below 2^kRescaleLog2 (exact in fp32,
+// and far from the 16-bit formats' range when packed for P V); update() rescales the output
+// accumulator only when some row of the warp moved (one vote per tile). Past the first tiles the
+// max of random or biased scores rarely jumps that far, so the O *= corr multiplies (D / 2 per
+// row and tile, as many as the scores' own FP32 work at d128) are mostly skipped. The result is
+// the same function: O, the row sum and the LSE all refer to the kept max.
+template <int kMTiles, int kNTiles, int kDTiles, bool kSelectMax = false, bool kLazyRescale = false>
 struct OnlineSoftmax {
+  static constexpr float kRescaleLog2 = 8.f;
   float row_max[kMTiles][2];  // raw units
   float row_sum[kMTiles][2];  // this thread's partial sum; reduced over the quad at the end
 
@@ -57,14 +65,17 @@ struct OnlineSoftmax {
   __device__ __forceinline__ void update(float (&s)[kMTiles][kNTiles][4], float (&o)[kMTiles][kDTiles][4],
                                          float scale_log2) {
     float corr[kMTiles][2];
-    probabilities(s, scale_log2, corr);
-    rescale(o, corr);
+    const bool moved = probabilities(s, scale_log2, corr);
+    if (!kLazyRescale || warp_any(moved)) rescale(o, corr);
   }
 
   /// update() without touching the output accumulator: `corr` receives the factor that rescale()
   /// applies to it later (so that a product still accumulating into it can run meanwhile).
-  __device__ __forceinline__ void probabilities(float (&s)[kMTiles][kNTiles][4], float scale_log2,
+  /// Returns whether any of this thread's rows changed its max (with kLazyRescale, corr is exactly
+  /// 1 for the rows that did not).
+  __device__ __forceinline__ bool probabilities(float (&s)[kMTiles][kNTiles][4], float scale_log2,
                                                 float (&corr)[kMTiles][2]) {
+    bool moved = false;
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -74,8 +85,17 @@ struct OnlineSoftmax {
         for (int nt = 0; nt < kNTiles; ++nt) mx = larger(mx, larger(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
         mx = larger(mx, shfl_xor(mx, 1));
         mx = larger(mx, shfl_xor(mx, 2));
+        if constexpr (kLazyRescale) {
+          // -inf - -inf is NaN: a row that has seen no key yet keeps -inf until one arrives.
+          const bool keep = !(mx * scale_log2 - row_max[mt][h] * scale_log2 > kRescaleLog2);
+          if (keep) mx = row_max[mt][h];
+          moved |= !keep;
+        }
         const float m_scaled = mx == neg_inf() ? 0.f : mx * scale_log2;
         corr[mt][h] = fast_exp2(row_max[mt][h] * scale_log2 - m_scaled);
+        if constexpr (kLazyRescale) {
+          if (mx == row_max[mt][h]) corr[mt][h] = 1.f;
+        }
         row_max[mt][h] = mx;
         float sum = 0.f;
 #pragma unroll
@@ -87,6 +107,7 @@ struct OnlineSoftmax {
         row_sum[mt][h] = row_sum[mt][h] * corr[mt][h] + sum;
       }
     }
+    return kLazyRescale ? moved : true;
   }
 
   __device__ __forceinline__ void rescale(float (&o)[kMTiles][kDTiles][4], const float (&corr)[kMTiles][2]) {

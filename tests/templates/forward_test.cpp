@@ -110,6 +110,54 @@ TEST_CASE("scales in and out of the fold range match the reference in both famil
   if (query_device(0).arch.a) run_cases(cases, worker_count(), 300, /*portable=*/true);
 }
 
+TEST_CASE("row maxima that climb over the key tiles match the reference in both families", "[gpu][forward][climb]") {
+  // The portable forward keeps a row's max until a tile raises it by more than 2^8 and rescales O
+  // only then (sm80/softmax.cuh, kLazyRescale). Random scores hardly move the max after the first
+  // tiles, so here the bias makes them climb: Qb = (1, 0, ...), Kb = (slope * (Nk - 1 - j), 0, ...)
+  // adds a ramp over the keys that rises towards key 0, the last tile the kernels visit. Slopes
+  // from about one log2 unit per tile (several tiles kept, then a move) to many (a move per tile).
+  struct Climb {
+    const char* problem;
+    double slope;
+  };
+  const Climb climbs[] = {{"b=1,h=2,n=1000,d=64,r=2", 0.05},
+                          {"b=1,h=2,nq=300,nk=4096,d=128,r=2,mask=causal", 0.01},
+                          {"b=2,h=1,nq=113,nk=1000,d=32,r=1", 0.12},
+                          {"b=1,h=2,n=777,d=72,r=3,mask=causal", 0.02}};
+  std::vector<bool> families{false};
+  if (query_device(0).arch.a) families.push_back(true);  // portable as well
+  ContextOptions base;
+  base.device = 0;
+  activate_primary_context(0);
+  for (const bool portable : families) {
+    ContextOptions opts = base;
+    opts.portable = portable;
+    Context ctx(opts);
+    for (const Climb& c : climbs)
+      for (const char* dtype : {"f16", "bf16"}) {
+        const std::string text = fmt::format("{},dtype={}", c.problem, dtype);
+        const ProblemSpec spec = parse_problem(text);
+        DeviceProblem problem(spec, fresh_seed());
+        AttentionInputs in = problem.inputs();
+        for (std::int64_t b = 0; b < spec.batch; ++b)
+          for (std::int64_t h = 0; h < spec.heads; ++h) {
+            for (std::int64_t i = 0; i < spec.seqlen_q; ++i)
+              for (std::int64_t x = 0; x < spec.rank; ++x) in.qb.set(b, i, h, x, x == 0 ? 1.0 : 0.0);
+            for (std::int64_t j = 0; j < spec.seqlen_k; ++j)
+              for (std::int64_t x = 0; x < spec.rank; ++x)
+                in.kb.set(b, j, h, x, x == 0 ? c.slope * double(spec.seqlen_k - 1 - j) : 0.0);
+          }
+        AttentionInputs swapped = in;
+        std::swap(swapped.q, swapped.qb);
+        CHECK_THROWS_WITH(problem.set_inputs(swapped), Catch::Contains("set_inputs: q does not have"));
+        problem.set_inputs(std::move(in));
+        const CheckResult r = check_forward(problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); }, 300);
+        INFO((portable ? "portable " : "") << text << " slope " << c.slope << ": " << r.str());
+        CHECK(r.pass);
+      }
+  }
+}
+
 TEST_CASE("every legal tile configuration computes the same function", "[gpu][forward][tiles]") {
   // Odd sizes and a rank that needs the k8 tail, with masking; each legal tile is loaded directly.
   for (const DeviceInfo& dev : family_devices())
