@@ -304,25 +304,25 @@ TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::si
   //    seed_n16k and alibi_gpt2.
   //  - d <= 32, short rows (Nk <= 512, e.g. AlphaFold triangle attention at N = 384): 128x64 with
   //    two stages and 3 CTAs per SM (167 registers): too few key tiles to amortise a 128-wide one.
-  //    It rescales O every tile (lazyrescale=0): under the 3-CTA register cap the lazy rescale's
-  //    vote spills 8 bytes, and at d32 the rescale is only 16 multiplies per row and tile.
   //  - d <= 64: 128x64, two stages (217 registers). The sweep's faster 128x128 and min-blocks
   //    variants spill at d64 (the nvrtc test of the default set refuses spills).
   //  - d <= 128: 128x64, 4 warps of 32 rows, one stage, 2 CTAs per SM (252 registers, no spill
   //    since P is packed to 16 bits early); 8 warps of 16 rows double the shared-memory reads per
-  //    FLOP and lose 25-35%.
+  //    FLOP and lose 25-35%. O is rescaled lazily (lazyrescale=1: 64 multiplies per row and tile
+  //    skipped, llm_d128 -4%); at d <= 64 the vote and branch cost more than they save (the knob
+  //    stays 0 there: d32 +5-7%, d64 +2.5%, H200, 2026-12-06).
   //  - d <= 256: a 128x64 tile needs 135 KiB + the factors (over the A100's 163 KiB at rank 128),
   //    so the 64-row tile with 4 warps is the fallback.
   static const std::vector<TileConfig> d32_long{TileConfig::parse("bm=128,bn=128,w=4,s=1"),
                                                 TileConfig::parse("bm=128,bn=64,w=4,s=2"),
                                                 TileConfig::parse("bm=64,bn=64,w=4,s=1")};
-  static const std::vector<TileConfig> d32_short{TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=3,lazyrescale=0"),
+  static const std::vector<TileConfig> d32_short{TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=3"),
                                                  TileConfig::parse("bm=128,bn=64,w=4,s=2"),
                                                  TileConfig::parse("bm=64,bn=64,w=4,s=1")};
   static const std::vector<TileConfig> d64{TileConfig::parse("bm=128,bn=64,w=4,s=2"),
                                            TileConfig::parse("bm=128,bn=64,w=4,s=1"),
                                            TileConfig::parse("bm=64,bn=64,w=4,s=1")};
-  static const std::vector<TileConfig> mid_d{TileConfig::parse("bm=128,bn=64,w=4,s=1,minblocks=2"),
+  static const std::vector<TileConfig> mid_d{TileConfig::parse("bm=128,bn=64,w=4,s=1,minblocks=2,lazyrescale=1"),
                                              TileConfig::parse("bm=128,bn=32,w=4,s=2"),
                                              TileConfig::parse("bm=64,bn=64,w=4,s=1")};
   static const std::vector<TileConfig> large_d{TileConfig::parse("bm=128,bn=64,w=8,s=1"),

@@ -25,7 +25,9 @@
 //
 // kLazyRescale: the softmax keeps each row's max until a tile raises it by more than 2^8, and
 // rescales O only when a row of the warp moved (sm80/softmax.cuh): at d128 that skips the 64 O
-// multiplies per row and tile that otherwise cost as much FP32 issue as the scores themselves.
+// multiplies per row and tile that otherwise cost as much FP32 issue as the scores themselves
+// (llm_d128 -4%); at d <= 64 the vote and branch in the tile loop cost more than the few
+// multiplies they skip (d32 +5-7%, d64 +2.5%; docs/PERF_NOTES.md, sm80 forward step 8).
 #pragma once
 
 #include "common/manifest.h"
@@ -46,7 +48,7 @@ struct FwdKnobs {
   static constexpr int kWarps[] = {4, 8};
   static constexpr int kStages[] = {1, 2};
   static constexpr int kMinBlocks[] = {1, 2, 3};
-  static constexpr int kLazyRescale[] = {1, 0};
+  static constexpr int kLazyRescale[] = {0, 1};
 };
 
 struct alignas(16) Vec16 { u32 x, y, z, w; };
@@ -63,7 +65,7 @@ __device__ __forceinline__ void copy_chunk(void* dst, const void* src) {
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
           int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kMinBlocks = 1,
-          int kLazyRescale = 1>
+          int kLazyRescale = 0>
 struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using Knobs = FwdKnobs;
 
