@@ -308,8 +308,8 @@ TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::si
   //    variants spill at d64 (the nvrtc test of the default set refuses spills).
   //  - d <= 128: 128x64, 4 warps of 32 rows, one stage, 2 CTAs per SM (252 registers, no spill
   //    since P is packed to 16 bits early); 8 warps of 16 rows double the shared-memory reads per
-  //    FLOP and lose 25-35%. O is rescaled lazily (lazyrescale=1: 64 multiplies per row and tile
-  //    skipped, llm_d128 -4%); at d <= 64 the vote and branch cost more than they save (the knob
+  //    FLOP and lose 25-35%. O is rescaled lazily (lazyrescale=1: 128 multiplies per thread and
+  //    tile skipped, llm_d128 -4%); at d <= 64 the vote and branch cost more than they save (the knob
   //    stays 0 there: d32 +5-7%, d64 +2.5%, H200, 2026-12-06).
   //  - d <= 256: a 128x64 tile needs 135 KiB + the factors (over the A100's 163 KiB at rank 128),
   //    so the 64-row tile with 4 warps is the fallback.

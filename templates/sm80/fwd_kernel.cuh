@@ -24,8 +24,8 @@
 // them (docs/PERF_NOTES.md).
 //
 // kLazyRescale: the softmax keeps each row's max until a tile raises it by more than 2^8, and
-// rescales O only when a row of the warp moved (sm80/softmax.cuh): at d128 that skips the 64 O
-// multiplies per row and tile that otherwise cost as much FP32 issue as the scores themselves
+// rescales O only when a row of the warp moved (sm80/softmax.cuh): at d128 that skips the 128 O
+// multiplies per thread and 64-key tile, twice the FP32 work of the thread's 64 scores
 // (llm_d128 -4%); at d <= 64 the vote and branch in the tile loop cost more than the few
 // multiplies they skip (d32 +5-7%, d64 +2.5%; docs/PERF_NOTES.md, sm80 forward step 8).
 #pragma once
