@@ -246,7 +246,8 @@ def main():
             os.unlink(tmp)
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+                json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "portable": a.portable,
+                           "rows": rows}, f, indent=1)
         return
     if a.portable:
         flashbias.set_context_options(portable=True)
