@@ -35,8 +35,8 @@ __device__ __forceinline__ u32 q_for_nonpositive_scale(u32 w, float scale) {
 // and far from the 16-bit formats' range when packed for P V); update() rescales the output
 // accumulator only when some row of the warp moved (one vote per tile). Past the first tiles the
 // max of random or biased scores rarely jumps that far, so the O *= corr multiplies (D / 4 per
-// thread and row each tile: twice the thread's scores at d128 with 64-key tiles) are mostly skipped. The result is
-// the same function: O, the row sum and the LSE all refer to the kept max.
+// thread and row each tile: twice the thread's scores at d128 with 64-key tiles) are mostly
+// skipped. The result is the same function: O, the row sum and the LSE all refer to the kept max.
 template <int kMTiles, int kNTiles, int kDTiles, bool kSelectMax = false, bool kLazyRescale = false>
 struct OnlineSoftmax {
   static constexpr float kRescaleLog2 = 8.f;
