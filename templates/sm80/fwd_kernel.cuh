@@ -28,9 +28,6 @@
 // multiplies per thread and 64-key tile, twice the FP32 work of the thread's 64 scores
 // (llm_d128 -4%); at d <= 64 the vote and branch in the tile loop cost more than the few
 // multiplies they skip (d32 +5-7%, d64 +2.5%; docs/PERF_NOTES.md, sm80 forward step 8).
-//
-// kMmaSum: the softmax's row sums on the tensor cores (P times ones, sm80/softmax.cuh) instead of
-// one FP32 add per score.
 #pragma once
 
 #include "common/manifest.h"
@@ -52,7 +49,6 @@ struct FwdKnobs {
   static constexpr int kStages[] = {1, 2};
   static constexpr int kMinBlocks[] = {1, 2, 3};
   static constexpr int kLazyRescale[] = {0, 1};
-  static constexpr int kMmaSum[] = {0, 1};
 };
 
 struct alignas(16) Vec16 { u32 x, y, z, w; };
@@ -69,7 +65,7 @@ __device__ __forceinline__ void copy_chunk(void* dst, const void* src) {
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
           int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kMinBlocks = 1,
-          int kLazyRescale = 0, int kMmaSum = 0>
+          int kLazyRescale = 0>
 struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -81,7 +77,6 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 4, "min_blocks must be in [1, 4]");
   static_assert(kLazyRescale == 0 || kLazyRescale == 1, "lazyrescale must be 0 or 1");
-  static_assert(kMmaSum == 0 || kMmaSum == 1, "mmasum must be 0 or 1");
   static_assert((kHeadDim * 2) % kQkvAlign == 0, "qkv_align must divide a row of head_dim elements");
   static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
 
@@ -112,7 +107,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using KVLoader = TileLoader<Element, kBlockN, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
   using QbLoader = TileLoader<Element, kBlockM, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
   using KbLoader = TileLoader<Element, kBlockN, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
-  using Softmax = OnlineSoftmax<kMTiles, kNTiles, kDTiles, false, kLazyRescale == 1, kMmaSum == 1>;
+  using Softmax = OnlineSoftmax<kMTiles, kNTiles, kDTiles, false, kLazyRescale == 1>;
 
   /// S = scale * Q K^T + Qb Kb^T for one key tile; with `fold` the scale is already in Q
   /// (folds_scale_into_q) and the two products accumulate as one chain, with no multiply per score
@@ -237,7 +232,6 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
       softmax.update(s, acc_o, scale_log2);
       pack_a<Element, kMTiles, kNTiles>(pa, s);
-      if constexpr (kMmaSum == 1) softmax.template accumulate_sums<Element>(pa);
     };
 
     QLoader::load(sQ, aQ, gQ, p.q_row_stride, 0, rows_q, tid);
