@@ -74,6 +74,11 @@ template <bool kValue>
 struct BoolConstant {
   static constexpr bool value = kValue;
 };
+/// A bool decided at run time or (BoolConstant) at compile time, as a bool: with a BoolConstant
+/// the test folds away after inlining, so code written once serves both.
+__device__ __forceinline__ bool truth(bool b) { return b; }
+template <bool kValue>
+__device__ __forceinline__ constexpr bool truth(BoolConstant<kValue>) { return kValue; }
 
 __device__ __forceinline__ float pos_inf() {
   float y;

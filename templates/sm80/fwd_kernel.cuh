@@ -28,6 +28,13 @@
 // multiplies per thread and 64-key tile, twice the FP32 work of the thread's 64 scores
 // (llm_d128 -4%); at d <= 64 the vote and branch in the tile loop cost more than the few
 // multiplies they skip (d32 +5-7%, d64 +2.5%; docs/PERF_NOTES.md, sm80 forward step 8).
+//
+// kSplitLoop: the tile loop is compiled once per case of the two tests inside it (the scale folded
+// into Q or not, uniform over the CTA; the tile needs the mask or not, true for a prefix of the
+// tiles), so its body has no branch and ptxas interleaves a tile's score products with its row
+// max, and its exponentials with P V (the SASS of step 9). Registers rise (d32 242 -> 255; it
+// spills at d128 and on sm_80 at d32). Added in session 14 without a GPU to measure it: the
+// heuristic does not take it.
 #pragma once
 
 #include "common/manifest.h"
@@ -49,6 +56,7 @@ struct FwdKnobs {
   static constexpr int kStages[] = {1, 2};
   static constexpr int kMinBlocks[] = {1, 2, 3};
   static constexpr int kLazyRescale[] = {0, 1};
+  static constexpr int kSplitLoop[] = {0, 1};
 };
 
 struct alignas(16) Vec16 { u32 x, y, z, w; };
@@ -65,7 +73,7 @@ __device__ __forceinline__ void copy_chunk(void* dst, const void* src) {
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
           int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kMinBlocks = 1,
-          int kLazyRescale = 0>
+          int kLazyRescale = 0, int kSplitLoop = 0>
 struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -77,6 +85,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 4, "min_blocks must be in [1, 4]");
   static_assert(kLazyRescale == 0 || kLazyRescale == 1, "lazyrescale must be 0 or 1");
+  static_assert(kSplitLoop == 0 || kSplitLoop == 1, "splitloop must be 0 or 1");
   static_assert((kHeadDim * 2) % kQkvAlign == 0, "qkv_align must divide a row of head_dim elements");
   static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
 
@@ -112,8 +121,11 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   /// S = scale * Q K^T + Qb Kb^T for one key tile; with `fold` the scale is already in Q
   /// (folds_scale_into_q) and the two products accumulate as one chain, with no multiply per score
   /// between them (`fold` is uniform over the CTA, so the branch costs one jump per tile).
+  /// `fold` is a bool, or a BoolConstant where the caller decided it outside the tile loop
+  /// (kSplitLoop): then the tile's code has no branch between the two products.
+  template <class Fold>
   static __device__ __forceinline__ void scores(float (&s)[kMTiles][kNTiles][4], u32 sQ, u32 sQb, u32 sK,
-                                                u32 sKb, float scale, bool fold, int lane, int warp_row0) {
+                                                u32 sKb, float scale, Fold fold, int lane, int warp_row0) {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -123,7 +135,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     gemm_nt<Element, kMTiles, kNTiles, kHeadDim, kDStride>(s, sQ + warp_row0 * kDStride * 2, sK, lane);
     if constexpr (kHasBias) {
       // Scale first, then accumulate the bias on top: the bias enters unscaled and exactly.
-      if (!fold) {
+      if (!truth(fold)) {
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
@@ -225,11 +237,12 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     auto load_v = [&](int nb, int buf) {
       KVLoader::load(stage_v(buf), addr_v(buf), gV, p.v_row_stride, nb * kBlockN, p.seqlen_k, tid);
     };
-    // Scores, mask (only on tiles that need it) and the softmax update for key tile nb.
-    auto tile_step = [&](int nb, int buf) {
+    // Scores, mask (only on tiles that need it) and the softmax update for key tile nb. `fold`
+    // and `masked` are run-time bools, or BoolConstants (kSplitLoop).
+    auto tile_step = [&](int nb, int buf, auto fold_t, auto masked_t) {
       const int n0 = nb * kBlockN;
-      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, fold, lane, warp_row0);
-      if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
+      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, fold_t, lane, warp_row0);
+      if (truth(masked_t)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
       softmax.update(s, acc_o, scale_log2);
       pack_a<Element, kMTiles, kNTiles>(pa, s);
     };
@@ -254,23 +267,68 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       if (!(p.scale > 0.f)) transform_q([&](u32 w) { return q_for_nonpositive_scale(w, p.scale); });
     }
 
+    // The tile loop over iterations [it0, it1) (tile nb = n_blocks - 1 - it). With kSplitLoop the
+    // caller runs it once per (fold, masked) pair with both as compile-time constants, so that
+    // the body has no branch between the score products, the mask and the softmax, and ptxas can
+    // interleave one tile's products with its row max and exponentials (with the branches in
+    // place it emits them as separate blocks: docs/PERF_NOTES.md, sm80 forward step 9).
+    auto tile_loop = [&](int it0, int it1, auto fold_t, auto masked_of) {
+      if constexpr (kStages == 1) {
+        for (int it = it0; it < it1; ++it) {
+          const int nb = n_blocks - 1 - it;
+          cp_async_wait<0>();
+          block_sync();  // K[nb] landed; every warp finished P V of the previous tile (V is free)
+          load_v(nb, 0);
+          cp_async_commit();
+          tile_step(nb, 0, fold_t, masked_of(nb));
+          cp_async_wait<0>();
+          block_sync();  // V[nb] landed; every warp finished reading K[nb]
+          if (nb > 0) {
+            load_k(nb - 1, 0);
+            cp_async_commit();
+          }
+          gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(0), lane);
+        }
+      } else {
+        for (int it = it0; it < it1; ++it) {
+          const int nb = n_blocks - 1 - it;
+          const int buf = it & 1;
+          cp_async_wait<1>();
+          block_sync();  // tile `it` landed
+          tile_step(nb, buf, fold_t, masked_of(nb));
+          gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(buf), lane);
+          block_sync();  // every warp is done with buffer `buf`
+          if (it + 2 < n_blocks) {
+            load_k(nb - 2, buf);
+            load_v(nb - 2, buf);
+          }
+          cp_async_commit();
+        }
+      }
+    };
+    // Which tiles need the mask: the key tiles run from last to first, and only the last (ragged)
+    // tile and, under the causal mask, those that cross the diagonal need it, so they are a
+    // prefix of the iterations.
+    auto run_tiles = [&] {
+      if constexpr (kSplitLoop == 1) {
+        int n_masked = 0;
+        while (n_masked < n_blocks && mask.tile_needs_mask(m0, (n_blocks - 1 - n_masked) * kBlockN, kBlockN)) ++n_masked;
+        auto both = [&](auto fold_t) {
+          tile_loop(0, n_masked, fold_t, [](int) { return BoolConstant<true>{}; });
+          tile_loop(n_masked, n_blocks, fold_t, [](int) { return BoolConstant<false>{}; });
+        };
+        if (fold) both(BoolConstant<true>{});
+        else both(BoolConstant<false>{});
+      } else {
+        // One loop; the fold and mask tests are branches inside it (fold is uniform over the CTA).
+        tile_loop(0, n_blocks, fold, [&](int nb) { return mask.tile_needs_mask(m0, nb * kBlockN, kBlockN); });
+      }
+    };
+
     if constexpr (kStages == 1) {
       if (n_blocks > 0) load_k(n_blocks - 1, 0);
       cp_async_commit();
-      for (int nb = n_blocks - 1; nb >= 0; --nb) {
-        cp_async_wait<0>();
-        block_sync();  // K[nb] landed; every warp finished P V of the previous tile (V is free)
-        load_v(nb, 0);
-        cp_async_commit();
-        tile_step(nb, 0);
-        cp_async_wait<0>();
-        block_sync();  // V[nb] landed; every warp finished reading K[nb]
-        if (nb > 0) {
-          load_k(nb - 1, 0);
-          cp_async_commit();
-        }
-        gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(0), lane);
-      }
+      run_tiles();
     } else {
       // Two buffers; group i carries tile i (tile 0 also carries Q). Empty groups keep the
       // "all but the newest group" wait exact at the tail.
@@ -284,20 +342,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         load_v(n_blocks - 2, 1);
       }
       cp_async_commit();
-      for (int it = 0; it < n_blocks; ++it) {
-        const int nb = n_blocks - 1 - it;
-        const int buf = it & 1;
-        cp_async_wait<1>();
-        block_sync();  // tile `it` landed
-        tile_step(nb, buf);
-        gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(buf), lane);
-        block_sync();  // every warp is done with buffer `buf`
-        if (it + 2 < n_blocks) {
-          load_k(nb - 2, buf);
-          load_v(nb - 2, buf);
-        }
-        cp_async_commit();
-      }
+      run_tiles();
     }
     // The epilogue stages O in the Q tile. Each thread's wait covers only its own copies, and the
     // Q rows a warp overwrites were copied by other warps' threads: without this barrier a CTA
