@@ -9,6 +9,8 @@
 #include <thread>
 
 #include "generator/kernel_source.h"
+#include "generator/knobs.h"
+#include "generator/problem_spec.h"
 #include "generator/variants.h"
 #include "runtime/compiler.h"
 
@@ -67,6 +69,29 @@ TEST_CASE("the default variant set (forward and backward) compiles for sm_80 and
       CHECK(ck.resources.registers <= 255);
       CHECK_FALSE(ck.cubin.empty());
     }
+  }
+}
+
+TEST_CASE("the portable forward's splitloop variant of the d32 tiles fits without spilling on Hopper", "[nvrtc][generator]") {
+  // splitloop (sm80/fwd_kernel.cuh) compiles the tile loop once per (fold, masked) case so that
+  // ptxas interleaves the products with the softmax; that takes the d32 128x128 tile from 242 to
+  // 255 registers (docs/PERF_NOTES.md, sm80 forward step 9). The knob is only worth measuring while
+  // it fits: this fails when the loop grows past the register file on the portable d32 keys of
+  // Hopper (sm_90), f16 with a folded scale and bf16 without, causal or not.
+  const Arch arch = Arch::parse("sm_90");
+  for (const char* problem : {"b=2,h=4,n=16384,d=32,r=8", "b=2,h=4,n=16384,d=32,r=8,dtype=bf16",
+                              "b=1,h=50,n=8192,d=32,r=2,mask=causal"}) {
+    const ProblemSpec spec = parse_problem(problem);
+    const ProblemKey key = dense_problem_key(spec, arch);
+    TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
+                                  default_smem_limit(arch));
+    t.set("kSplitLoop", 1);
+    const CompiledKernel ck = compile(generate(KernelSpec{key, t}));
+    INFO(problem << " " << t.str() << ": " << ck.resources.str());
+    CHECK(kernel_family(key) == "sm80");
+    CHECK(ck.resources.complete());
+    CHECK(ck.resources.spill_store_bytes == 0);
+    CHECK(ck.resources.spill_load_bytes == 0);
   }
 }
 
