@@ -1,5 +1,7 @@
 #include "generator/variants.h"
 
+#include <algorithm>
+#include <iterator>
 #include <set>
 #include <span>
 #include <string_view>
@@ -292,6 +294,14 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
 
 }  // namespace
 
+bool portable_ahead_fits(const ProblemKey& key) {
+  constexpr int kRanks[] = {0, 2, 8, 16, 32, 128};
+  return key.direction == Direction::fwd && kernel_family(key) == "sm80" && key.arch.sm == 90 &&
+         key.dtype == DType::f16 && key.head_dim == 32 && key.qkv_align == 16 &&
+         key.bias_align == dense_problem_key(ProblemSpec{.rank = key.rank}, key.arch).bias_align &&
+         std::find(std::begin(kRanks), std::end(kRanks), key.rank) != std::end(kRanks);
+}
+
 TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
   if (key.direction == Direction::bwd)
     return kernel_family(key) == "sm90" ? sm90_bwd_heuristic_tile(key, shape, smem_limit)
@@ -328,7 +338,19 @@ TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::si
   static const std::vector<TileConfig> large_d{TileConfig::parse("bm=128,bn=64,w=8,s=1"),
                                                TileConfig::parse("bm=64,bn=64,w=4,s=1"),
                                                TileConfig::parse("bm=64,bn=32,w=4,s=1")};
-  const auto& prefs = key.head_dim <= 32    ? (shape.seqlen_k <= 512 ? d32_short : d32_long)
+  // d32, f16, long rows on Hopper: the 128x64 tile that scores the next key tile while it
+  // exponentiates this one (ahead=1, 255 registers) interleaves the tensor-core products with the
+  // exponentials inside each warp: seed_n4k -5%, seed_n16k -3% against the 128x128 tile, alibi_gpt2
+  // even, af3_tri's 384 keys +17% (too few tiles to fill the pipeline), bf16 +15% (it spills
+  // there) (H100, 2026-12-07, docs/PERF_NOTES.md sm80 forward step 10). The register file is
+  // full, and ptxas spills on other ranks and alignments, so it is taken only on the keys the
+  // nvrtc test compiles without spills: the rank's widest factor alignment, ranks 0, 2, 8, 16, 32
+  // and 128, either mask.
+  static const std::vector<TileConfig> d32_ahead{TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=2,ahead=1"),
+                                                 TileConfig::parse("bm=128,bn=128,w=4,s=1")};
+  const auto& prefs = key.head_dim <= 32    ? (shape.seqlen_k <= 512 ? d32_short
+                                               : portable_ahead_fits(key) && shape.seqlen_q > 64 ? d32_ahead
+                                                                          : d32_long)
                       : key.head_dim <= 64  ? d64
                       : key.head_dim <= 128 ? mid_d
                                             : large_d;

@@ -58,6 +58,11 @@ std::vector<TileConfig> covering_tiles(const ProblemKey& key, std::size_t smem_l
 /// per head-dim class. Throws Error(unsupported) when nothing fits.
 TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit);
 
+/// Whether the portable forward's look-ahead tile (knob ahead, sm80/fwd_kernel.cuh) is the
+/// heuristic's choice for a key with long rows: Hopper, f16, d32, the ranks and alignments on
+/// which it compiles without spills (tests/generator/default_variants_test.cpp checks them all).
+bool portable_ahead_fits(const ProblemKey& key);
+
 /// Shared memory available to one CTA (opt-in maximum) on an arch when no device is at hand.
 std::size_t default_smem_limit(const Arch& arch);
 

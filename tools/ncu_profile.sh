@@ -4,8 +4,8 @@
 # Writes $OUT/NAME.details.txt (throughput, warp state, launch statistics) and $OUT/NAME.sass.csv
 # (per-SASS-instruction stall samples; `--page source --print-source sass`). The kernel is
 # profiled on its third launch (after the warm-up runs of --time).
-# Written in session 14 (2026-12-07) and not yet run on the GPU machine: the ncu options are those
-# of session 12's profiles (docs/PERF_NOTES.md, step 21), not checked together in this script.
+# First run in session 15 (2026-12-07, H100, seed_n16k, about 40 s): its output, with a per-opcode
+# stall summary of the csv, is bench/probes/ncu_seed_n16k_splitloop_h100_2026-12-07.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-logs}"; mkdir -p "$OUT"

@@ -29,12 +29,13 @@
 // (llm_d128 -4%); at d <= 64 the vote and branch in the tile loop cost more than the few
 // multiplies they skip (d32 +5-7%, d64 +2.5%; docs/PERF_NOTES.md, sm80 forward step 8).
 //
-// kSplitLoop: the tile loop is compiled once per case of the two tests inside it (the scale folded
-// into Q or not, uniform over the CTA; the tile needs the mask or not, true for a prefix of the
-// tiles), so its body has no branch and ptxas interleaves a tile's score products with its row
-// max, and its exponentials with P V (the SASS of step 9). Registers rise (d32 242 -> 255; it
-// spills at d128 and on sm_80 at d32). Added in session 14 without a GPU to measure it: the
-// heuristic does not take it.
+// kAhead: the scores of key tile j + 1 are computed in the same stretch of code as the softmax
+// and P V of tile j (two score buffers, kStages == 2 only). The two are independent, so ptxas
+// interleaves one's tensor-core products with the other's exponentials and FP32 work inside a
+// warp, which in-order issue otherwise runs one after the other (docs/PERF_NOTES.md, sm80
+// forward step 10). K and V are then loaded one tile apart: K(j + 2) and V(j + 1) at the top of
+// iteration j. The score buffers double the score registers, so it suits narrow tiles (d32 with
+// 64-key tiles: 2 x 64 score registers per thread).
 #pragma once
 
 #include "common/manifest.h"
@@ -56,7 +57,7 @@ struct FwdKnobs {
   static constexpr int kStages[] = {1, 2};
   static constexpr int kMinBlocks[] = {1, 2, 3};
   static constexpr int kLazyRescale[] = {0, 1};
-  static constexpr int kSplitLoop[] = {0, 1};
+  static constexpr int kAhead[] = {0, 1};
 };
 
 struct alignas(16) Vec16 { u32 x, y, z, w; };
@@ -73,7 +74,7 @@ __device__ __forceinline__ void copy_chunk(void* dst, const void* src) {
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
           int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kMinBlocks = 1,
-          int kLazyRescale = 0, int kSplitLoop = 0>
+          int kLazyRescale = 0, int kAhead = 0>
 struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -85,7 +86,8 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   static_assert(kStages == 1 || kStages == 2, "stages must be 1 or 2");
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 4, "min_blocks must be in [1, 4]");
   static_assert(kLazyRescale == 0 || kLazyRescale == 1, "lazyrescale must be 0 or 1");
-  static_assert(kSplitLoop == 0 || kSplitLoop == 1, "splitloop must be 0 or 1");
+  static_assert(kAhead == 0 || kAhead == 1, "ahead must be 0 or 1");
+  static_assert(kAhead == 0 || kStages == 2, "ahead needs stages 2 (K and V are loaded one tile apart into two buffers)");
   static_assert((kHeadDim * 2) % kQkvAlign == 0, "qkv_align must divide a row of head_dim elements");
   static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
 
@@ -122,7 +124,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   /// (folds_scale_into_q) and the two products accumulate as one chain, with no multiply per score
   /// between them (`fold` is uniform over the CTA, so the branch costs one jump per tile).
   /// `fold` is a bool, or a BoolConstant where the caller decided it outside the tile loop
-  /// (kSplitLoop): then the tile's code has no branch between the two products.
+  /// (kAhead): then the tile's code has no branch between the two products.
   template <class Fold>
   static __device__ __forceinline__ void scores(float (&s)[kMTiles][kNTiles][4], u32 sQ, u32 sQb, u32 sK,
                                                 u32 sKb, float scale, Fold fold, int lane, int warp_row0) {
@@ -237,12 +239,11 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     auto load_v = [&](int nb, int buf) {
       KVLoader::load(stage_v(buf), addr_v(buf), gV, p.v_row_stride, nb * kBlockN, p.seqlen_k, tid);
     };
-    // Scores, mask (only on tiles that need it) and the softmax update for key tile nb. `fold`
-    // and `masked` are run-time bools, or BoolConstants (kSplitLoop).
-    auto tile_step = [&](int nb, int buf, auto fold_t, auto masked_t) {
+    // Scores, mask (only on tiles that need it) and the softmax update for key tile nb.
+    auto tile_step = [&](int nb, int buf) {
       const int n0 = nb * kBlockN;
-      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, fold_t, lane, warp_row0);
-      if (truth(masked_t)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
+      scores(s, aQ, aQb, addr_k(buf), addr_kb(buf), p.scale, fold, lane, warp_row0);
+      if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(s, mask, m0 + warp_row0, n0, lane);
       softmax.update(s, acc_o, scale_log2);
       pack_a<Element, kMTiles, kNTiles>(pa, s);
     };
@@ -267,68 +268,85 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       if (!(p.scale > 0.f)) transform_q([&](u32 w) { return q_for_nonpositive_scale(w, p.scale); });
     }
 
-    // The tile loop over iterations [it0, it1) (tile nb = n_blocks - 1 - it). With kSplitLoop the
-    // caller runs it once per (fold, masked) pair with both as compile-time constants, so that
-    // the body has no branch between the score products, the mask and the softmax, and ptxas can
-    // interleave one tile's products with its row max and exponentials (with the branches in
-    // place it emits them as separate blocks: docs/PERF_NOTES.md, sm80 forward step 9).
-    auto tile_loop = [&](int it0, int it1, auto fold_t, auto masked_of) {
-      if constexpr (kStages == 1) {
-        for (int it = it0; it < it1; ++it) {
-          const int nb = n_blocks - 1 - it;
-          cp_async_wait<0>();
-          block_sync();  // K[nb] landed; every warp finished P V of the previous tile (V is free)
-          load_v(nb, 0);
-          cp_async_commit();
-          tile_step(nb, 0, fold_t, masked_of(nb));
-          cp_async_wait<0>();
-          block_sync();  // V[nb] landed; every warp finished reading K[nb]
-          if (nb > 0) {
-            load_k(nb - 1, 0);
-            cp_async_commit();
-          }
-          gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(0), lane);
-        }
-      } else {
-        for (int it = it0; it < it1; ++it) {
-          const int nb = n_blocks - 1 - it;
-          const int buf = it & 1;
-          cp_async_wait<1>();
-          block_sync();  // tile `it` landed
-          tile_step(nb, buf, fold_t, masked_of(nb));
-          gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(buf), lane);
-          block_sync();  // every warp is done with buffer `buf`
-          if (it + 2 < n_blocks) {
-            load_k(nb - 2, buf);
-            load_v(nb - 2, buf);
-          }
-          cp_async_commit();
-        }
+    // kAhead: iteration `it` (key tile n_blocks - 1 - it) scores the next tile into the other
+    // buffer while it finishes its own. K(it) sits in buffer it & 1 and is read one iteration
+    // before V(it), which sits in the same buffer: at the top of iteration it, after the barrier,
+    // K(it)'s slot (read by iteration it - 1) and V(it - 1)'s slot (read by P V of iteration
+    // it - 1) are free, and they take K(it + 2) and V(it + 1), one group per iteration. Between
+    // the mask and the end of P V the body has no branch (the fold is a compile-time constant), so
+    // the next tile's products and this tile's softmax share one block of code.
+    auto ahead_loop = [&](auto fold_t) {
+      float s2[kMTiles][kNTiles][4];
+      auto tile_of = [&](int it) { return n_blocks - 1 - it; };
+      auto score = [&](float (&dst)[kMTiles][kNTiles][4], int it) {
+        scores(dst, aQ, aQb, addr_k(it & 1), addr_kb(it & 1), p.scale, fold_t, lane, warp_row0);
+      };
+      // Top of iteration it: V(it) and K(it + 1) landed, the next two loads issued, the mask applied.
+      auto head = [&](float (&cur)[kMTiles][kNTiles][4], int it) {
+        cp_async_wait<0>();
+        block_sync();
+        if (it + 2 < n_blocks) load_k(tile_of(it + 2), it & 1);
+        if (it + 1 < n_blocks) load_v(tile_of(it + 1), (it + 1) & 1);
+        cp_async_commit();
+        const int n0 = tile_of(it) * kBlockN;
+        if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(cur, mask, m0 + warp_row0, n0, lane);
+      };
+      auto finish = [&](float (&cur)[kMTiles][kNTiles][4], int it) {
+        softmax.update(cur, acc_o, scale_log2);
+        pack_a<Element, kMTiles, kNTiles>(pa, cur);
+        gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(it & 1), lane);
+      };
+      auto step = [&](float (&cur)[kMTiles][kNTiles][4], float (&nxt)[kMTiles][kNTiles][4], int it) {
+        head(cur, it);
+        score(nxt, it + 1);
+        finish(cur, it);
+      };
+      auto last = [&](float (&cur)[kMTiles][kNTiles][4], int it) {
+        head(cur, it);
+        finish(cur, it);
+      };
+      // Group 0: Q (and Qb) with K(0); group 1: V(0) and K(1).
+      if (n_blocks > 0) load_k(tile_of(0), 0);
+      cp_async_commit();
+      if (n_blocks > 0) load_v(tile_of(0), 0);
+      if (n_blocks > 1) load_k(tile_of(1), 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+      block_sync();
+      if (n_blocks > 0) score(s, 0);
+      // The buffers alternate, so the loop takes iterations in pairs; the last one scores nothing.
+      int it = 0;
+      for (; it + 2 < n_blocks; it += 2) {
+        step(s, s2, it);
+        step(s2, s, it + 1);
+      }
+      if (it + 1 < n_blocks) {
+        step(s, s2, it);
+        last(s2, it + 1);
+      } else if (it < n_blocks) {
+        last(s, it);
       }
     };
-    // Which tiles need the mask: the key tiles run from last to first, and only the last (ragged)
-    // tile and, under the causal mask, those that cross the diagonal need it, so they are a
-    // prefix of the iterations.
-    auto run_tiles = [&] {
-      if constexpr (kSplitLoop == 1) {
-        int n_masked = 0;
-        while (n_masked < n_blocks && mask.tile_needs_mask(m0, (n_blocks - 1 - n_masked) * kBlockN, kBlockN)) ++n_masked;
-        auto both = [&](auto fold_t) {
-          tile_loop(0, n_masked, fold_t, [](int) { return BoolConstant<true>{}; });
-          tile_loop(n_masked, n_blocks, fold_t, [](int) { return BoolConstant<false>{}; });
-        };
-        if (fold) both(BoolConstant<true>{});
-        else both(BoolConstant<false>{});
-      } else {
-        // One loop; the fold and mask tests are branches inside it (fold is uniform over the CTA).
-        tile_loop(0, n_blocks, fold, [&](int nb) { return mask.tile_needs_mask(m0, nb * kBlockN, kBlockN); });
-      }
-    };
-
-    if constexpr (kStages == 1) {
+    if constexpr (kAhead == 1) {
+      if (fold) ahead_loop(BoolConstant<true>{});
+      else ahead_loop(BoolConstant<false>{});
+    } else if constexpr (kStages == 1) {
       if (n_blocks > 0) load_k(n_blocks - 1, 0);
       cp_async_commit();
-      run_tiles();
+      for (int nb = n_blocks - 1; nb >= 0; --nb) {
+        cp_async_wait<0>();
+        block_sync();  // K[nb] landed; every warp finished P V of the previous tile (V is free)
+        load_v(nb, 0);
+        cp_async_commit();
+        tile_step(nb, 0);
+        cp_async_wait<0>();
+        block_sync();  // V[nb] landed; every warp finished reading K[nb]
+        if (nb > 0) {
+          load_k(nb - 1, 0);
+          cp_async_commit();
+        }
+        gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(0), lane);
+      }
     } else {
       // Two buffers; group i carries tile i (tile 0 also carries Q). Empty groups keep the
       // "all but the newest group" wait exact at the tail.
@@ -342,7 +360,20 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         load_v(n_blocks - 2, 1);
       }
       cp_async_commit();
-      run_tiles();
+      for (int it = 0; it < n_blocks; ++it) {
+        const int nb = n_blocks - 1 - it;
+        const int buf = it & 1;
+        cp_async_wait<1>();
+        block_sync();  // tile `it` landed
+        tile_step(nb, buf);
+        gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(buf), lane);
+        block_sync();  // every warp is done with buffer `buf`
+        if (it + 2 < n_blocks) {
+          load_k(nb - 2, buf);
+          load_v(nb - 2, buf);
+        }
+        cp_async_commit();
+      }
     }
     // The epilogue stages O in the Q tile. Each thread's wait covers only its own copies, and the
     // Q rows a warp overwrites were copied by other warps' threads: without this barrier a CTA
