@@ -273,6 +273,11 @@ TEST_CASE("legality_error reports the template's rule with the values it got", "
         "block_m must be a multiple of 16 * warps (each warp owns whole m16 tiles), got kBlockM = 96, kWarps = 4");
   CHECK_THAT(legality_error(make_key(12, 0, MaskKind::none), TileConfig{}),
              Contains("head_dim must be a multiple of 8") && Contains("got kHeadDim = 12"));
+  // A knob that needs another: the portable forward's look-ahead loop needs the two-stage pipeline.
+  REQUIRE(kernel_family(key) == "sm80");
+  CHECK(legality_error(key, TileConfig::parse("bm=128,bn=64,w=4,s=2,ahead=1")).empty());
+  CHECK_THAT(legality_error(key, TileConfig::parse("bm=128,bn=64,w=4,s=1,ahead=1")),
+             Contains("ahead needs stages 2") && Contains("kStages = 1") && Contains("kAhead = 1"));
   // The device limit is the host's own check, not a template rule.
   CHECK_THAT(legality_error(key, TileConfig{128, 128, 8, 2}, 1024), Contains("over the 1024 bytes a block may use"));
   // The backward's own template rules (its warps own whole m16 tiles of keys and of queries).
