@@ -348,9 +348,8 @@ TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::si
   // and 128, either mask.
   static const std::vector<TileConfig> d32_ahead{TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=2,ahead=1"),
                                                  TileConfig::parse("bm=128,bn=128,w=4,s=1")};
-  const auto& prefs = key.head_dim <= 32    ? (shape.seqlen_k <= 512 ? d32_short
-                                               : portable_ahead_fits(key) && shape.seqlen_q > 64 ? d32_ahead
-                                                                          : d32_long)
+  const bool ahead = portable_ahead_fits(key) && shape.seqlen_q > 64;
+  const auto& prefs = key.head_dim <= 32    ? (shape.seqlen_k <= 512 ? d32_short : ahead ? d32_ahead : d32_long)
                       : key.head_dim <= 64  ? d64
                       : key.head_dim <= 128 ? mid_d
                                             : large_d;
