@@ -313,7 +313,10 @@ TEST_CASE("small problems for the memory and race checkers", "[gpu][sanitize]") 
                            "b=1,h=1,n=130,d=128,r=0,mask=causal", "b=1,h=2,nq=65,nk=200,d=32,r=1,qb=1n1r,kb=bn1r",
                            "b=1,h=1,n=70,d=256,r=128",
                            // Nq - Nk >= block_m: whole CTAs see no key and skip the main loop.
-                           "b=1,h=2,nq=400,nk=100,d=64,r=8,mask=causal"})
+                           "b=1,h=2,nq=400,nk=100,d=64,r=8,mask=causal",
+                           // The portable heuristic's look-ahead loop (d32 f16, Nk > 512, Nq > 64):
+                           // an odd number of key tiles with a ragged last one, and causal.
+                           "b=1,h=1,nq=80,nk=600,d=32,r=8", "b=1,h=1,nq=130,nk=700,d=32,r=2,mask=causal"})
     cases.push_back({parse_problem(text), text});
   run_cases(cases, 1, 200);
   if (query_device(0).arch.a) run_cases(cases, 1, 200, /*portable=*/true);
