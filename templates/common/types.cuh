@@ -21,6 +21,7 @@ template <class Element> struct ElementTraits;
 
 template <> struct ElementTraits<half_t> {
   static constexpr bool kIsF16 = true;
+  static constexpr u32 kOnePair = 0x3c003c00u;  // {1.0, 1.0}
   /// Two fp32 values -> one register holding {lo, hi} as f16 (round to nearest even).
   static __device__ __forceinline__ u32 pack(float lo, float hi) {
     u32 r;
@@ -36,6 +37,7 @@ template <> struct ElementTraits<half_t> {
 
 template <> struct ElementTraits<bf16_t> {
   static constexpr bool kIsF16 = false;
+  static constexpr u32 kOnePair = 0x3f803f80u;  // {1.0, 1.0}
   static __device__ __forceinline__ u32 pack(float lo, float hi) {
     u32 r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));

@@ -36,6 +36,10 @@
 // forward step 10). K and V are then loaded one tile apart: K(j + 2) and V(j + 1) at the top of
 // iteration j. The score buffers double the score registers, so it suits narrow tiles (d32 with
 // 64-key tiles: 2 x 64 score registers per thread).
+//
+// kMmaSum: the softmax's row sums on the tensor cores (P times ones, one more k16 product per
+// m-tile and k16 step of P V, issued among P V's own; sm80/softmax.cuh) instead of one FP32 add
+// per score.
 #pragma once
 
 #include "common/manifest.h"
@@ -58,6 +62,7 @@ struct FwdKnobs {
   static constexpr int kMinBlocks[] = {1, 2, 3};
   static constexpr int kLazyRescale[] = {0, 1};
   static constexpr int kAhead[] = {0, 1};
+  static constexpr int kMmaSum[] = {0, 1};
 };
 
 struct alignas(16) Vec16 { u32 x, y, z, w; };
@@ -74,7 +79,7 @@ __device__ __forceinline__ void copy_chunk(void* dst, const void* src) {
 
 template <class Element, int kHeadDim, int kRank, bool kCausal, int kQkvAlign, int kBiasAlign,
           int kBlockM = 128, int kBlockN = 64, int kWarps = 4, int kStages = 1, int kMinBlocks = 1,
-          int kLazyRescale = 0, int kAhead = 0>
+          int kLazyRescale = 0, int kAhead = 0, int kMmaSum = 0>
 struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using Knobs = FwdKnobs;
 
@@ -87,6 +92,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   static_assert(kMinBlocks >= 1 && kMinBlocks <= 4, "min_blocks must be in [1, 4]");
   static_assert(kLazyRescale == 0 || kLazyRescale == 1, "lazyrescale must be 0 or 1");
   static_assert(kAhead == 0 || kAhead == 1, "ahead must be 0 or 1");
+  static_assert(kMmaSum == 0 || kMmaSum == 1, "mmasum must be 0 or 1");
   static_assert(kAhead == 0 || kStages == 2, "ahead needs stages 2 (K and V are loaded one tile apart into two buffers)");
   static_assert((kHeadDim * 2) % kQkvAlign == 0, "qkv_align must divide a row of head_dim elements");
   static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
@@ -118,7 +124,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using KVLoader = TileLoader<Element, kBlockN, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
   using QbLoader = TileLoader<Element, kBlockM, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
   using KbLoader = TileLoader<Element, kBlockN, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
-  using Softmax = OnlineSoftmax<kMTiles, kNTiles, kDTiles, false, kLazyRescale == 1>;
+  using Softmax = OnlineSoftmax<kMTiles, kNTiles, kDTiles, false, kLazyRescale == 1, kMmaSum == 1>;
 
   /// S = scale * Q K^T + Qb Kb^T for one key tile; with `fold` the scale is already in Q
   /// (folds_scale_into_q) and the two products accumulate as one chain, with no multiply per score
@@ -239,6 +245,11 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     auto load_v = [&](int nb, int buf) {
       KVLoader::load(stage_v(buf), addr_v(buf), gV, p.v_row_stride, nb * kBlockN, p.seqlen_k, tid);
     };
+    // O += P V for the packed probabilities `pa` (and with kMmaSum the row sums beside it).
+    auto pv = [&](u32 v_addr) {
+      gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride, kMmaSum == 1>(acc_o, pa, v_addr, lane,
+                                                                               softmax.sum_acc);
+    };
     // Scores, mask (only on tiles that need it) and the softmax update for key tile nb.
     auto tile_step = [&](int nb, int buf) {
       const int n0 = nb * kBlockN;
@@ -294,7 +305,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       auto finish = [&](float (&cur)[kMTiles][kNTiles][4], int it) {
         softmax.update(cur, acc_o, scale_log2);
         pack_a<Element, kMTiles, kNTiles>(pa, cur);
-        gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(it & 1), lane);
+        pv(addr_v(it & 1));
       };
       auto step = [&](float (&cur)[kMTiles][kNTiles][4], float (&nxt)[kMTiles][kNTiles][4], int it) {
         head(cur, it);
@@ -345,7 +356,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
           load_k(nb - 1, 0);
           cp_async_commit();
         }
-        gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(0), lane);
+        pv(addr_v(0));
       }
     } else {
       // Two buffers; group i carries tile i (tile 0 also carries Q). Empty groups keep the
@@ -366,7 +377,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         cp_async_wait<1>();
         block_sync();  // tile `it` landed
         tile_step(nb, buf);
-        gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride>(acc_o, pa, addr_v(buf), lane);
+        pv(addr_v(buf));
         block_sync();  // every warp is done with buffer `buf`
         if (it + 2 < n_blocks) {
           load_k(nb - 2, buf);

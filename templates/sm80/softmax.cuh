@@ -37,11 +37,20 @@ __device__ __forceinline__ u32 q_for_nonpositive_scale(u32 w, float scale) {
 // max of random or biased scores rarely jumps that far, so the O *= corr multiplies (D / 4 per
 // thread and row each tile: twice the thread's scores at d128 with 64-key tiles) are mostly
 // skipped. The result is the same function: O, the row sum and the LSE all refer to the kept max.
-template <int kMTiles, int kNTiles, int kDTiles, bool kSelectMax = false, bool kLazyRescale = false>
+// kMmaSum: the row sums come from the tensor cores instead of one FADD per score: the packed
+// 16-bit P (the A operand of P V) times a B fragment of ones, accumulated in fp32 beside O inside
+// the P V product (gemm_rs with kSums, on sum_acc), so the denominator sums exactly the
+// probabilities that P V multiplies, and the quad reduction at the end goes away (each row's full
+// sum lands in every column of the product).
+template <int kMTiles, int kNTiles, int kDTiles, bool kSelectMax = false, bool kLazyRescale = false,
+          bool kMmaSum = false>
 struct OnlineSoftmax {
   static constexpr float kRescaleLog2 = 8.f;
   float row_max[kMTiles][2];  // raw units
   float row_sum[kMTiles][2];  // this thread's partial sum; reduced over the quad at the end
+  // kMmaSum: the sums as an m16n8 accumulator (c0 is row g's sum, c2 row g + 8's; all 8 columns
+  // hold the same sums). Only c0 and c2 are rescaled and read.
+  float sum_acc[kMTiles][4];  // untouched (and so not allocated) without kMmaSum
 
   static __device__ __forceinline__ float larger(float a, float b) {
     if constexpr (kSelectMax)
@@ -58,6 +67,12 @@ struct OnlineSoftmax {
         row_max[mt][h] = neg_inf();
         row_sum[mt][h] = 0.f;
       }
+    if constexpr (kMmaSum) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sum_acc[mt][e] = 0.f;
+    }
   }
 
   /// Fold one tile of scores into the running max and sum, turn `s` into probabilities
@@ -102,9 +117,9 @@ struct OnlineSoftmax {
         for (int nt = 0; nt < kNTiles; ++nt) {
           s[mt][nt][2 * h] = fast_exp2(s[mt][nt][2 * h] * scale_log2 - m_scaled);
           s[mt][nt][2 * h + 1] = fast_exp2(s[mt][nt][2 * h + 1] * scale_log2 - m_scaled);
-          sum += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+          if constexpr (!kMmaSum) sum += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
         }
-        row_sum[mt][h] = row_sum[mt][h] * corr[mt][h] + sum;
+        if constexpr (!kMmaSum) row_sum[mt][h] = row_sum[mt][h] * corr[mt][h] + sum;
       }
     }
     return kLazyRescale ? moved : true;
@@ -117,6 +132,13 @@ struct OnlineSoftmax {
       for (int dt = 0; dt < kDTiles; ++dt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) o[mt][dt][e] *= corr[mt][e >> 1];
+    if constexpr (kMmaSum) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        sum_acc[mt][0] *= corr[mt][0];
+        sum_acc[mt][2] *= corr[mt][1];
+      }
+    }
   }
 
   /// Complete the row sums across the quad. Afterwards inv_sum() and lse() are final.
@@ -124,7 +146,7 @@ struct OnlineSoftmax {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) row_sum[mt][h] = quad_sum(row_sum[mt][h]);
+      for (int h = 0; h < 2; ++h) row_sum[mt][h] = kMmaSum ? sum_acc[mt][2 * h] : quad_sum(row_sum[mt][h]);
   }
 
   /// 1 / row sum, or 0 for a row that saw no key (its output is then 0).

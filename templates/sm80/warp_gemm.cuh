@@ -7,7 +7,9 @@
 //             a contraction that is not a multiple of 16).
 //   gemm_rs:  acc[MT][NT] += A B     A: register fragments (MT x KK k16 steps), B: KK*16 rows of
 //             NT*8 columns of a row-major shared tile, read transposed by ldmatrix.trans (NT may
-//             be odd: the last n8 tile is read with x2).
+//             be odd: the last n8 tile is read with x2). With kSums, also sums[MT] += A ones:
+//             each row's sum of A (in every column of the m16n8 result), one more k16 product
+//             per m-tile and k16 step, issued among the others so its chain is no longer.
 //   pack_a:   fp32 C-layout tile -> 16-bit A fragments (the C layout of two adjacent n8 tiles is
 //             the A layout of one k16 step).
 #pragma once
@@ -59,8 +61,10 @@ __device__ __forceinline__ void gemm_nt(float (&acc)[MT][NT][4], u32 sA, u32 sB,
   }
 }
 
-template <class Element, int MT, int KK, int NT, int kStride>
-__device__ __forceinline__ void gemm_rs(float (&acc)[MT][NT][4], const u32 (&a)[MT][KK][4], u32 sB, int lane) {
+template <class Element, int MT, int KK, int NT, int kStride, bool kSums = false>
+__device__ __forceinline__ void gemm_rs(float (&acc)[MT][NT][4], const u32 (&a)[MT][KK][4], u32 sB, int lane,
+                                        float (*sums)[4] = nullptr) {
+  constexpr u32 kOnes = ElementTraits<Element>::kOnePair;
   constexpr int kRowBytes = kStride * 2;
   const u32 b_lane = sB + ((lane & 7) + ((lane >> 3) & 1) * 8) * kRowBytes + (lane >> 4) * 16;
   const u32 b2_lane = sB + (lane & 15) * kRowBytes;
@@ -81,6 +85,10 @@ __device__ __forceinline__ void gemm_rs(float (&acc)[MT][NT][4], const u32 (&a)[
       ldmatrix_x2_trans(b, b2_lane + kk * 16 * kRowBytes + (NT - 1) * 16);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) Mma<Element>::k16(acc[mt][NT - 1], a[mt][kk], b[0], b[1]);
+    }
+    if constexpr (kSums) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) Mma<Element>::k16(sums[mt], a[mt][kk], kOnes, kOnes);
     }
   }
 }
