@@ -294,12 +294,29 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
 
 }  // namespace
 
-bool portable_ahead_fits(const ProblemKey& key) {
-  constexpr int kRanks[] = {0, 2, 8, 16, 32, 128};
+namespace {
+
+/// Hopper (sm_90, the portable family), f16, d32 with 16-byte Q/K/V rows and the rank's widest
+/// factor alignment, one of `ranks`: the keys the d32 register-bound tiles are measured and
+/// compiled for.
+template <std::size_t N>
+bool hopper_f16_d32_key(const ProblemKey& key, const int (&ranks)[N]) {
   return key.direction == Direction::fwd && kernel_family(key) == "sm80" && key.arch.sm == 90 &&
          key.dtype == DType::f16 && key.head_dim == 32 && key.qkv_align == 16 &&
          key.bias_align == dense_problem_key(ProblemSpec{.rank = key.rank}, key.arch).bias_align &&
-         std::find(std::begin(kRanks), std::end(kRanks), key.rank) != std::end(kRanks);
+         std::find(std::begin(ranks), std::end(ranks), key.rank) != std::end(ranks);
+}
+
+}  // namespace
+
+bool portable_ahead_fits(const ProblemKey& key) {
+  constexpr int kRanks[] = {0, 2, 8, 16, 32, 128};
+  return hopper_f16_d32_key(key, kRanks);
+}
+
+bool portable_ahead_mmasum_fits(const ProblemKey& key) {
+  constexpr int kRanks[] = {0, 16, 32};
+  return hopper_f16_d32_key(key, kRanks);
 }
 
 TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit) {
@@ -346,10 +363,27 @@ TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::si
   // full, and ptxas spills on other ranks and alignments, so it is taken only on the keys the
   // nvrtc test compiles without spills: the rank's widest factor alignment, ranks 0, 2, 8, 16, 32
   // and 128, either mask.
+  //
+  // On the same keys the row sums can come from the tensor cores (mmasum=1: P times ones inside
+  // P V, one FADD per score fewer; H100, 2026-12-07, docs/PERF_NOTES.md sm80 forward step 11):
+  //  - past 8192 keys without a mask the 128x128 one-stage tile with mmasum is fastest (seed_n16k
+  //    1.18 against 1.21 ms for the ahead tile, rank 16 1.28 against 1.31; at 8192 keys the three
+  //    are even, at 4096 and below the ahead tile wins). The line sits on a shape-bucket boundary
+  //    (generator/shape_bucket.h), so every shape of a bucket gets the same tile;
+  //  - the ahead tile takes mmasum as well on the ranks where it still compiles without spills
+  //    (0, 16, 32: 0.5-2% on every row measured; ranks 2, 8 and 128 spill 8-60 bytes with it).
   static const std::vector<TileConfig> d32_ahead{TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=2,ahead=1"),
                                                  TileConfig::parse("bm=128,bn=128,w=4,s=1")};
+  static const std::vector<TileConfig> d32_ahead_mmasum{
+      TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=2,ahead=1,mmasum=1"),
+      TileConfig::parse("bm=128,bn=128,w=4,s=1,mmasum=1")};
+  static const std::vector<TileConfig> d32_wide_mmasum{TileConfig::parse("bm=128,bn=128,w=4,s=1,mmasum=1"),
+                                                       TileConfig::parse("bm=128,bn=64,w=4,s=2")};
   const bool ahead = portable_ahead_fits(key) && shape.seqlen_q > 64;
-  const auto& prefs = key.head_dim <= 32    ? (shape.seqlen_k <= 512 ? d32_short : ahead ? d32_ahead : d32_long)
+  const auto& d32_hopper = key.mask == MaskKind::none && shape.seqlen_k > 8192 ? d32_wide_mmasum
+                           : portable_ahead_mmasum_fits(key)                    ? d32_ahead_mmasum
+                                                                                : d32_ahead;
+  const auto& prefs = key.head_dim <= 32    ? (shape.seqlen_k <= 512 ? d32_short : ahead ? d32_hopper : d32_long)
                       : key.head_dim <= 64  ? d64
                       : key.head_dim <= 128 ? mid_d
                                             : large_d;

@@ -63,6 +63,11 @@ TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::si
 /// which it compiles without spills (tests/generator/default_variants_test.cpp checks them all).
 bool portable_ahead_fits(const ProblemKey& key);
 
+/// Of those keys, the ones on which the ahead tile also takes mmasum (the row sums on the tensor
+/// cores) without spills. On every key portable_ahead_fits() admits, the heuristic's tile for
+/// more than 8192 keys without a mask is the 128x128 tile with mmasum (spill-free on all of them).
+bool portable_ahead_mmasum_fits(const ProblemKey& key);
+
 /// Shared memory available to one CTA (opt-in maximum) on an arch when no device is at hand.
 std::size_t default_smem_limit(const Arch& arch);
 

@@ -72,33 +72,47 @@ TEST_CASE("the default variant set (forward and backward) compiles for sm_80 and
   }
 }
 
-TEST_CASE("the portable heuristic takes the ahead tile only where it compiles without spills", "[nvrtc][generator]") {
+TEST_CASE("the portable heuristic takes the ahead and mmasum tiles only where they compile without spills",
+          "[nvrtc][generator]") {
   // ahead (sm80/fwd_kernel.cuh) keeps two score tiles live so that the next tile's products
   // interleave with this tile's softmax; the 128x64 d32 tile then fills the register file (255)
   // and ptxas spills on some ranks and alignments (docs/PERF_NOTES.md, sm80 forward step 10).
-  // Every key that portable_ahead_fits() admits is compiled here, both masks: it must be spill-free.
+  // mmasum (the row sums on the tensor cores) adds an accumulator per m-tile, on the ahead tile
+  // and on the 128x128 tile the heuristic takes past 8192 keys without a mask (step 11).
+  // Every key and shape on which the heuristic takes either is compiled here: it must be spill-free.
   const Arch arch = Arch::parse("sm_90");
-  int taken = 0;
-  for (int rank = 0; rank <= 128; ++rank)
-    for (const char* mask : {"none", "causal"}) {
-      const ProblemSpec spec = parse_problem(fmt::format("b=2,h=4,n=4096,d=32,r={},mask={}", rank, mask));
-      const ProblemKey key = dense_problem_key(spec, arch);
-      const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
-                                          default_smem_limit(arch));
-      CHECK(t.get("kAhead") == (portable_ahead_fits(key) ? 1 : 0));
-      if (t.get("kAhead") != 1) continue;
-      ++taken;
-      const CompiledKernel ck = compile(generate(KernelSpec{key, t}));
-      INFO(key.str() << " " << t.str() << ": " << ck.resources.str());
-      CHECK(kernel_family(key) == "sm80");
-      CHECK(ck.resources.complete());
-      CHECK(ck.resources.spill_store_bytes == 0);
-      CHECK(ck.resources.spill_load_bytes == 0);
-    }
-  CHECK(taken == 12);
-  // Not taken: bf16 (it spills there), sm_80 (not measured), short key or query sequences.
+  int taken = 0, taken_mmasum = 0;
+  for (int n : {4096, 16384})
+    for (int rank = 0; rank <= 128; ++rank)
+      for (const char* mask : {"none", "causal"}) {
+        const ProblemSpec spec = parse_problem(fmt::format("b=2,h=4,n={},d=32,r={},mask={}", n, rank, mask));
+        const ProblemKey key = dense_problem_key(spec, arch);
+        const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
+                                            default_smem_limit(arch));
+        const bool wide = n > 8192 && spec.mask == MaskKind::none;
+        INFO(key.str() << " n=" << n << ": " << t.str());
+        CHECK(t.get("kAhead") == (portable_ahead_fits(key) && !wide ? 1 : 0));
+        CHECK(t.get("kMmaSum") == (portable_ahead_fits(key) && (wide || portable_ahead_mmasum_fits(key)) ? 1 : 0));
+        if (t.get("kAhead") != 1 && t.get("kMmaSum") != 1) continue;
+        // The 4096-key tiles of the causal keys repeat at 16384: compiled once.
+        if (n == 16384 && !wide) continue;
+        ++taken;
+        taken_mmasum += t.get("kMmaSum").value_or(0);
+        const CompiledKernel ck = compile(generate(KernelSpec{key, t}));
+        INFO(ck.resources.str());
+        CHECK(kernel_family(key) == "sm80");
+        CHECK(ck.resources.complete());
+        CHECK(ck.resources.spill_store_bytes == 0);
+        CHECK(ck.resources.spill_load_bytes == 0);
+      }
+  CHECK(taken == 18);
+  CHECK(taken_mmasum == 12);
+  // Not taken: bf16 (it spills there), sm_80 (not measured), short key or query sequences, ranks
+  // outside the measured set.
   for (const auto& [problem, arch_name] :
-       {std::pair{"b=2,h=4,n=4096,d=32,r=8,dtype=bf16", "sm_90"}, std::pair{"b=2,h=4,n=4096,d=32,r=8", "sm_80"},
+       {std::pair{"b=2,h=4,n=4096,d=32,r=8,dtype=bf16", "sm_90"}, std::pair{"b=2,h=4,n=16384,d=32,r=8,dtype=bf16", "sm_90"},
+        std::pair{"b=2,h=4,n=4096,d=32,r=8", "sm_80"}, std::pair{"b=2,h=4,n=16384,d=32,r=8", "sm_80"},
+        std::pair{"b=2,h=4,n=16384,d=32,r=20", "sm_90"},
         std::pair{"b=256,h=4,n=384,d=32,r=16", "sm_90"}, std::pair{"b=2,h=4,nq=64,nk=4096,d=32,r=8", "sm_90"}}) {
     const ProblemSpec spec = parse_problem(problem);
     const Arch a = Arch::parse(arch_name);
@@ -106,6 +120,7 @@ TEST_CASE("the portable heuristic takes the ahead tile only where it compiles wi
                                         default_smem_limit(a));
     INFO(problem << " on " << arch_name << ": " << t.str());
     CHECK(t.get("kAhead") == 0);
+    CHECK(t.get("kMmaSum") == 0);
   }
 }
 

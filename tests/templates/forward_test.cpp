@@ -74,6 +74,25 @@ TEST_CASE("the portable family matches the fp64 reference on Hopper too", "[gpu]
   run_cases(forward_matrix(), worker_count(), 96, /*portable=*/true);
 }
 
+TEST_CASE("the portable heuristic's long-row d32 tiles match the fp64 reference", "[gpu][forward][portable]") {
+  // On Hopper the portable heuristic takes, for f16 d32 keys past 512 keys, the look-ahead tile
+  // (with the tensor-core row sums on ranks 0, 16 and 32) and past 8192 keys without a mask the
+  // 128x128 tile with the tensor-core row sums (generator/variants.cpp). The matrix above stops
+  // at 4096 keys, so these reach the last one; ragged key ends, Nq != Nk, the scale both folded
+  // (r > 0) and not (r = 0, a negative scale), broadcast factors.
+  if (!query_device(0).arch.a) {
+    WARN("the device runs the portable family by default; these tiles are Hopper's only");
+    return;
+  }
+  std::vector<Case> cases;
+  for (const char* s : {"b=1,h=2,nq=200,nk=9000,d=32,r=16", "b=2,h=1,nq=130,nk=8193,d=32,r=8,qb=1n1r,kb=bn1r",
+                        "b=1,h=2,nq=150,nk=9001,d=32,r=0", "b=1,h=1,nq=100,nk=8500,d=32,r=0,scale=-0.5",
+                        "b=1,h=2,nq=70,nk=8200,d=32,r=128", "b=1,h=2,nq=1000,nk=1200,d=32,r=32,mask=causal",
+                        "b=1,h=2,nq=300,nk=5000,d=32,r=16"})
+    cases.push_back(Case{parse_problem(s), s});
+  run_cases(cases, worker_count(), 96, /*portable=*/true);
+}
+
 TEST_CASE("negative and zero softmax scales match the reference in both families", "[gpu][forward][scale]") {
   // A negative scale reverses the order of the scores. Folded into exp2 as is, a masked score
   // (-inf) would become +inf and the raw row max the smallest exponent, which overflows once
@@ -316,7 +335,7 @@ TEST_CASE("small problems for the memory and race checkers", "[gpu][sanitize]") 
                            "b=1,h=2,nq=400,nk=100,d=64,r=8,mask=causal",
                            // The portable heuristic's look-ahead loop (d32 f16, Nk > 512, Nq > 64):
                            // an odd number of key tiles with a ragged last one, and causal.
-                           "b=1,h=1,nq=80,nk=600,d=32,r=8", "b=1,h=1,nq=130,nk=700,d=32,r=2,mask=causal"})
+                           "b=1,h=1,nq=80,nk=600,d=32,r=16", "b=1,h=1,nq=130,nk=700,d=32,r=2,mask=causal"})
     cases.push_back({parse_problem(text), text});
   run_cases(cases, 1, 200);
   if (query_device(0).arch.a) run_cases(cases, 1, 200, /*portable=*/true);
