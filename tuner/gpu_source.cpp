@@ -160,11 +160,21 @@ GpuSource::GpuSource(const DeviceInfo& device, const ProblemSpec& problem, std::
     // Twice the L2: with its hashed set mapping, writing exactly L2 bytes leaves some lines behind.
     scratch_ = DeviceBuffer(std::max<std::size_t>(std::size_t(l2) * 2, std::size_t(1) << 20));
   }
+  try {
+    heuristic_ = heuristic_tile(key_, ShapeInfo{problem.batch * problem.heads, problem.seqlen_q, problem.seqlen_k},
+                                device_.max_smem_per_block_optin);
+  } catch (const Error&) {
+    // No heuristic tile fits this device: every candidate is judged alike.
+  }
   slots_.resize(tiles_.size());
   for (auto& s : slots_) s = std::make_unique<Slot>();
 }
 
 GpuSource::~GpuSource() = default;
+
+bool spill_pruned(const KernelResources& resources, bool heuristic_tile) {
+  return resources.spills() && !heuristic_tile;
+}
 
 void GpuSource::set_tiles(std::vector<TileConfig> tiles) {
   for (const auto& s : slots_)
@@ -247,7 +257,7 @@ std::vector<Verdict> GpuSource::prepare(const std::vector<std::size_t>& candidat
       s.verdict.outcome = Outcome::not_supported;
       s.verdict.reason = std::move(why);
     };
-    if (r.spills()) {
+    if (spill_pruned(r, heuristic_ && tiles_[i] == *heuristic_)) {
       reject(fmt::format("spills registers ({} bytes stored, {} loaded): slower than a tile that fits",
                          r.spill_store_bytes, r.spill_load_bytes));
       continue;

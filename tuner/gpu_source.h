@@ -1,7 +1,7 @@
 // GpuSource: the MeasurementSource of a real tuning run on one device.
 //
 //   prepare: generate -> legality and shared memory (not_supported) -> NVRTC on a bounded pool
-//            (compile_failed) -> ptxas report: spills, static + dynamic smem over the device limit,
+//            (compile_failed) -> ptxas report: spills (spill_pruned), static + dynamic smem over the device limit,
 //            registers x threads over an SM (not_supported) -> load, occupancy 0 (launch_failed /
 //            not_supported) -> check_forward on `checks` different input sets with poisoned
 //            outputs (incorrect): a race or an unwritten tile fails at least one of them. A backward
@@ -48,6 +48,14 @@ struct GpuSourceOptions {
   Direction direction = Direction::fwd;
 };
 
+/// Whether the ptxas report alone rules a candidate out for spilling registers: every spilling
+/// tile is pruned (slower than one that fits, as a rule) except the heuristic's own tile, which is
+/// what an untuned call runs. Some heuristic tiles park a few bytes on the stack and were measured
+/// fastest regardless (the backward's at 250-255 registers; docs/PERF_NOTES.md); pruning them would
+/// leave the side-by-side comparison in tune() nothing to compare, and a tuned key could end up
+/// slower than an untuned one.
+bool spill_pruned(const KernelResources& resources, bool heuristic_tile);
+
 /// Timing of `launch` with `before_each` run untimed ahead of every timed run: one event pair
 /// per run, so whatever before_each enqueues is never counted. Median, min, max in milliseconds.
 Timing time_each_ms(const std::function<void()>& launch, CUstream stream, int warmup, int repeats,
@@ -86,6 +94,7 @@ class GpuSource final : public MeasurementSource {
 
   DeviceInfo device_;
   ProblemKey key_;
+  std::optional<TileConfig> heuristic_;  // what an untuned call of this key and shape runs (spill_pruned)
   std::vector<TileConfig> tiles_;
   GpuSourceOptions options_;
   unsigned compile_threads_ = 1;

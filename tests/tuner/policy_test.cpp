@@ -14,6 +14,7 @@
 #include "generator/variants.h"
 #include "runtime/context_impl.h"
 #include "tuner/default_hooks.h"
+#include "tuner/gpu_source.h"
 #include "tuner/store_records.h"
 #include "tuner/tune.h"
 
@@ -348,4 +349,25 @@ TEST_CASE("tuning records keep every prepared candidate; the problem of a key", 
   CHECK(p.head_dim == key.head_dim);
   CHECK(p.rank == key.rank);
   CHECK(p.broadcast_bits() == key.broadcast);
+}
+
+TEST_CASE("static pruning: spilling candidates out, the heuristic's own tile kept", "[cpu][policy]") {
+  // tune() compares its winner with the heuristic's tile side by side and stores the faster, so a
+  // tuned key is never slower than an untuned one. Some heuristic tiles park a few bytes on the
+  // stack (the backward's at 250-255 registers); were they pruned like any spilling candidate,
+  // that comparison would have nothing to time.
+  KernelResources clean;
+  clean.registers = 255;
+  clean.spill_store_bytes = 0;
+  clean.spill_load_bytes = 0;
+  KernelResources parked = clean;
+  parked.spill_store_bytes = 8;
+  parked.spill_load_bytes = 8;
+  KernelResources load_only = clean;
+  load_only.spill_load_bytes = 4;
+  CHECK_FALSE(tuner::spill_pruned(clean, false));
+  CHECK_FALSE(tuner::spill_pruned(clean, true));
+  CHECK(tuner::spill_pruned(parked, false));
+  CHECK(tuner::spill_pruned(load_only, false));
+  CHECK_FALSE(tuner::spill_pruned(parked, true));
 }
