@@ -5,10 +5,13 @@
 # knobs are appended to each case's base tile, the heuristic's choice on an H100 (session 7); a
 # later knob of the same name wins ("-" alone: the dispatcher's own tile).
 # Prints "case label ms" per run; two rounds. PORTABLE=1: the portable family (--portable) with
-# its own heuristic's tiles as the bases; CASES="2 7": only those cases (line numbers below).
+# its own heuristic's tiles as the bases; CASES="2 7": only those cases (line numbers below);
+# FLUSH=1: every timed run after an overwrite of twice the L2 (check --flush-l2), as
+# bench/peers.py and the tuner time, instead of back to back with warm inputs.
 cd "$(dirname "$0")/.."
 flags=()
 [ "${PORTABLE:-0}" = 1 ] && flags=(--portable)
+[ "${FLUSH:-0}" = 1 ] && flags+=(--flush-l2)
 n=0
 while read -r p base pbase; do
   n=$((n + 1))

@@ -112,3 +112,13 @@ TEST_CASE("flashbias tune rejects bad options before touching a GPU", "[cpu][tun
   CHECK(r.status == 0);
   CHECK_THAT(r.output, Contains("--strategy") && Contains("--budget") && Contains("--json") && Contains("--file"));
 }
+
+TEST_CASE("flashbias check --flush-l2 needs a timing, and says so before touching a GPU", "[cpu][tuner][cli]") {
+  using test::run_cli;
+  auto r = run_cli("", "check -p n=128,d=64 --flush-l2");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("--flush-l2 applies to timings"));
+  r = run_cli("", "check --help");
+  CHECK(r.status == 0);
+  CHECK_THAT(r.output, Contains("--flush-l2") && Contains("twice the L2"));
+}

@@ -13,7 +13,9 @@
 #include "runtime/compiler.h"
 #include "runtime/launch_plan.h"
 #include "runtime/loaded_kernel.h"
+#include "runtime/driver_api.h"
 #include "runtime/validate.h"
+#include "tuner/gpu_source.h"
 
 namespace flashbias::cli {
 
@@ -29,6 +31,37 @@ struct CheckOptions {
   bool backward = false;
   bool time_only = false;
   bool portable = false;
+  bool flush_l2 = false;
+};
+
+/// Median milliseconds of `launch` (spread: max - min). Back to back by default, so the inputs
+/// stay in L2 from one run to the next; with a flush buffer, each run follows an overwrite of twice
+/// the L2 (untimed), as the tuner and bench/peers.py (Triton's do_bench) time: every run then
+/// reads its inputs from DRAM and writes back the flush's dirty lines as it evicts them.
+class Timer {
+ public:
+  explicit Timer(bool flush_l2, int device_ordinal) {
+    if (!flush_l2) return;
+    const driver::Api& d = driver::api();
+    CUdevice dev = 0;
+    driver::check(d.cuDeviceGet(&dev, device_ordinal), "cuDeviceGet");
+    int l2 = 0;
+    driver::check(d.cuDeviceGetAttribute(&l2, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, dev),
+                  "cuDeviceGetAttribute(L2_CACHE_SIZE)");
+    scratch_ = DeviceBuffer(std::max<std::size_t>(std::size_t(l2) * 2, std::size_t(1) << 20));
+  }
+  double operator()(const std::function<void()>& launch, int warmup, int repeats, double* spread = nullptr) {
+    if (scratch_.bytes() == 0) return time_ms(launch, nullptr, warmup, repeats, spread);
+    const tuner::Timing t = tuner::time_each_ms(launch, nullptr, warmup, repeats, [&] {
+      driver::check(driver::api().cuMemsetD32(scratch_.ptr(), ++value_, scratch_.bytes() / 4), "cuMemsetD32 (L2 flush)");
+    });
+    if (spread) *spread = t.max_ms - t.min_ms;
+    return t.median_ms;
+  }
+
+ private:
+  DeviceBuffer scratch_;
+  unsigned value_ = 0;  // varies, so that no write can be skipped as unchanged
 };
 }  // namespace
 
@@ -52,10 +85,17 @@ void add_check(CLI::App& app, int& rc) {
                 "with --backward: time forward + backward without the fp64 comparison (benchmark-sized problems; "
                 "prints TIMED, not PASS)");
   cmd->add_flag("--time", o->time, "also time each kernel (CUDA events, median of 30 after 5 warm-up runs)");
+  cmd->add_flag("--flush-l2", o->flush_l2,
+                "with --time or --time-only: overwrite twice the L2 before every timed run (as the tuner and "
+                "bench/peers.py time), instead of timing runs back to back with warm inputs");
   cmd->add_flag("--portable", o->portable,
                 "run the portable sm80 kernel family even on sm_90a (where the dispatcher picks the wgmma/TMA one)");
   cmd->callback([o, &rc] {
+    if (o->flush_l2 && !o->time && !o->time_only)
+      throw Error(ErrorCode::invalid_argument,
+                  "--flush-l2 applies to timings: add --time (or --time-only with --backward)");
     GpuSession session(o->device, o->portable);
+    Timer timer(o->flush_l2, o->device);
     std::uint64_t seed =
         o->seed ? o->seed : std::uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
     bool all_pass = true;
@@ -95,8 +135,8 @@ void add_check(CLI::App& app, int& rc) {
             const BackwardArgs ba = problem.backward_args();
             ctx.forward(fa, nullptr);
             double spread = 0;
-            const double ms = time_ms([&] { ctx.forward(fa, nullptr); backward(ba); }, nullptr, 3, 10, &spread);
-            const double bwd_ms = time_ms([&] { backward(ba); }, nullptr, 3, 10);
+            const double ms = timer([&] { ctx.forward(fa, nullptr); backward(ba); }, 3, 10, &spread);
+            const double bwd_ms = timer([&] { backward(ba); }, 3, 10);
             fmt::print("{} backward [{}] TIMED (no reference check): fwd+bwd {:.4f} ms (spread {:.4f}), backward "
                        "alone {:.4f} ms\n",
                        to_string(spec), tile_name, ms, spread, bwd_ms);
@@ -110,8 +150,8 @@ void add_check(CLI::App& app, int& rc) {
             const ForwardArgs fa = problem.forward_args();
             const BackwardArgs ba = problem.backward_args();
             double spread = 0;
-            const double ms = time_ms([&] { ctx.forward(fa, nullptr); backward(ba); }, nullptr, 5, 30, &spread);
-            const double bwd_ms = time_ms([&] { backward(ba); }, nullptr, 5, 30);
+            const double ms = timer([&] { ctx.forward(fa, nullptr); backward(ba); }, 5, 30, &spread);
+            const double bwd_ms = timer([&] { backward(ba); }, 5, 30);
             timing = fmt::format("  fwd+bwd time {:.4f} ms (spread {:.4f}), backward alone {:.4f} ms\n", ms, spread,
                                  bwd_ms);
           }
@@ -131,7 +171,7 @@ void add_check(CLI::App& app, int& rc) {
           if (o->time) {
             const ForwardArgs args = problem.forward_args();
             double spread = 0;
-            const double ms = time_ms([&] { launch(args); }, nullptr, 5, 30, &spread);
+            const double ms = timer([&] { launch(args); }, 5, 30, &spread);
             timing = fmt::format("  time {:.4f} ms (spread {:.4f}), {:.1f} TFLOP/s\n", ms, spread,
                                  spec.forward_flops() / (ms * 1e-3) / 1e12);
           }
