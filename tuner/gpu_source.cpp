@@ -60,6 +60,21 @@ void require_compatible(const ProblemKey& want, const ProblemKey& have) {
 
 }  // namespace
 
+L2Flush::L2Flush(int device_ordinal) {
+  const driver::Api& d = driver::api();
+  CUdevice dev = 0;
+  driver::check(d.cuDeviceGet(&dev, device_ordinal), "cuDeviceGet");
+  int l2 = 0;
+  driver::check(d.cuDeviceGetAttribute(&l2, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, dev),
+                "cuDeviceGetAttribute(L2_CACHE_SIZE)");
+  scratch_ = DeviceBuffer(std::max<std::size_t>(std::size_t(l2) * 2, std::size_t(1) << 20));
+}
+
+void L2Flush::operator()() {
+  // The value varies so that no hardware write-combining can skip it.
+  driver::check(driver::api().cuMemsetD32(scratch_.ptr(), ++value_, scratch_.bytes() / 4), "cuMemsetD32 (L2 flush)");
+}
+
 Timing time_each_ms(const std::function<void()>& launch, CUstream stream, int warmup, int repeats,
                     const std::function<void()>& before_each) {
   if (repeats < 1) throw Error(ErrorCode::invalid_argument, fmt::format("repeats = {} must be at least 1", repeats));
@@ -150,16 +165,7 @@ GpuSource::GpuSource(const DeviceInfo& device, const ProblemSpec& problem, std::
     fwd_plan_->launch_forward(problems_.front()->forward_args(), nullptr);
     driver::check(driver::api().cuCtxSynchronize(), "cuCtxSynchronize (tuning forward)", ErrorCode::launch_failed);
   }
-  if (options_.flush_l2) {
-    const driver::Api& d = driver::api();
-    CUdevice dev = 0;
-    driver::check(d.cuDeviceGet(&dev, device_.ordinal), "cuDeviceGet");
-    int l2 = 0;
-    driver::check(d.cuDeviceGetAttribute(&l2, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, dev),
-                  "cuDeviceGetAttribute(L2_CACHE_SIZE)");
-    // Twice the L2: with its hashed set mapping, writing exactly L2 bytes leaves some lines behind.
-    scratch_ = DeviceBuffer(std::max<std::size_t>(std::size_t(l2) * 2, std::size_t(1) << 20));
-  }
+  if (options_.flush_l2) flush_.emplace(device_.ordinal);
   try {
     heuristic_ = heuristic_tile(key_, ShapeInfo{problem.batch * problem.heads, problem.seqlen_q, problem.seqlen_k},
                                 device_.max_smem_per_block_optin);
@@ -392,7 +398,7 @@ std::optional<double> GpuSource::estimate_seconds(std::size_t i, int repeats) co
   if (!s.kernel_ms) return std::nullopt;
   // Per run: the kernel, the flush (a memset at roughly 1 TB/s, conservatively), and ~50 us of
   // event and launch overhead; warm-up runs have no flush.
-  const double flush_s = double(scratch_.bytes()) / 1e12;
+  const double flush_s = flush_ ? double(flush_->bytes()) / 1e12 : 0.0;
   return *s.kernel_ms / 1e3 * double(repeats + options_.warmup) + double(repeats) * (flush_s + 50e-6);
 }
 
@@ -406,15 +412,7 @@ Timing GpuSource::time(std::size_t i, int repeats) {
   const ForwardArgs args = problems_.front()->forward_args();
   const LaunchPlan& plan = *s.plan;
   std::function<void()> flush;
-  if (scratch_.bytes() > 0) {
-    const driver::Api& d = driver::api();
-    flush = [&] {
-      // Ordered before the start event on the legacy stream; the value varies so that no
-      // hardware write-combining can skip it.
-      static unsigned value = 0;
-      driver::check(d.cuMemsetD32(scratch_.ptr(), ++value, scratch_.bytes() / 4), "cuMemsetD32 (L2 flush)");
-    };
-  }
+  if (flush_) flush = [&] { (*flush_)(); };  // ordered before the start event on the legacy stream
   if (backward_) {
     const BackwardArgs bargs = problems_.front()->backward_args(bwd_workspace_[0].get(), bwd_workspace_[0].bytes());
     void* ws = bwd_workspace_[0].get();

@@ -56,6 +56,21 @@ struct GpuSourceOptions {
 /// slower than an untuned one.
 bool spill_pruned(const KernelResources& resources, bool heuristic_tile);
 
+/// Twice the device's L2 (at least 1 MiB), overwritten by each call with a value that changes
+/// from call to call, so that the next timed run starts with cold caches (as a layer in a real
+/// network does) and its inputs come from DRAM. Twice: with the L2's hashed set mapping, writing
+/// exactly its size leaves some lines behind. Needs the device's context current.
+class L2Flush {
+ public:
+  explicit L2Flush(int device_ordinal);
+  void operator()();
+  std::size_t bytes() const { return scratch_.bytes(); }
+
+ private:
+  DeviceBuffer scratch_;
+  unsigned value_ = 0;
+};
+
 /// Timing of `launch` with `before_each` run untimed ahead of every timed run: one event pair
 /// per run, so whatever before_each enqueues is never counted. Median, min, max in milliseconds.
 Timing time_each_ms(const std::function<void()>& launch, CUstream stream, int warmup, int repeats,
@@ -105,7 +120,7 @@ class GpuSource final : public MeasurementSource {
   std::vector<std::unique_ptr<DeviceProblem>> bwd_checks_;
   std::unique_ptr<LaunchPlan> fwd_plan_;
   std::vector<DeviceBuffer> bwd_workspace_;  // [0]: the timing problem, then one per check
-  DeviceBuffer scratch_;                                  // L2 flush target
+  std::optional<L2Flush> flush_;                          // options_.flush_l2
   std::vector<std::unique_ptr<Slot>> slots_;
   std::int64_t start_ns_ = 0;
 };

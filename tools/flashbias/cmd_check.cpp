@@ -4,6 +4,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 
 #include "commands.h"
 #include "generator/problem_spec.h"
@@ -13,7 +14,6 @@
 #include "runtime/compiler.h"
 #include "runtime/launch_plan.h"
 #include "runtime/loaded_kernel.h"
-#include "runtime/driver_api.h"
 #include "runtime/validate.h"
 #include "tuner/gpu_source.h"
 
@@ -40,28 +40,18 @@ struct CheckOptions {
 /// reads its inputs from DRAM and writes back the flush's dirty lines as it evicts them.
 class Timer {
  public:
-  explicit Timer(bool flush_l2, int device_ordinal) {
-    if (!flush_l2) return;
-    const driver::Api& d = driver::api();
-    CUdevice dev = 0;
-    driver::check(d.cuDeviceGet(&dev, device_ordinal), "cuDeviceGet");
-    int l2 = 0;
-    driver::check(d.cuDeviceGetAttribute(&l2, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, dev),
-                  "cuDeviceGetAttribute(L2_CACHE_SIZE)");
-    scratch_ = DeviceBuffer(std::max<std::size_t>(std::size_t(l2) * 2, std::size_t(1) << 20));
+  Timer(bool flush_l2, int device_ordinal) {
+    if (flush_l2) flush_.emplace(device_ordinal);
   }
   double operator()(const std::function<void()>& launch, int warmup, int repeats, double* spread = nullptr) {
-    if (scratch_.bytes() == 0) return time_ms(launch, nullptr, warmup, repeats, spread);
-    const tuner::Timing t = tuner::time_each_ms(launch, nullptr, warmup, repeats, [&] {
-      driver::check(driver::api().cuMemsetD32(scratch_.ptr(), ++value_, scratch_.bytes() / 4), "cuMemsetD32 (L2 flush)");
-    });
+    if (!flush_) return time_ms(launch, nullptr, warmup, repeats, spread);
+    const tuner::Timing t = tuner::time_each_ms(launch, nullptr, warmup, repeats, [&] { (*flush_)(); });
     if (spread) *spread = t.max_ms - t.min_ms;
     return t.median_ms;
   }
 
  private:
-  DeviceBuffer scratch_;
-  unsigned value_ = 0;  // varies, so that no write can be skipped as unchanged
+  std::optional<tuner::L2Flush> flush_;
 };
 }  // namespace
 
