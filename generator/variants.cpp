@@ -374,7 +374,8 @@ TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::si
   //    (0, 16, 32: 0.5-2% on every row measured). On ranks 2, 8 and 128 ptxas parks 4-20 bytes
   //    of loop-invariant values on the stack; ranks 2 and 8 measured faster even so (seed_n4k
   //    0.0841 against 0.0847 ms, alibi_gpt2 1.05 against 1.07), but the forward's heuristic and
-  //    the tuner (which rejects any spilling candidate) stay with tiles that compile clean.
+  //    the tuner (which rejects every spilling candidate but the heuristic's own) stay with tiles that
+  //    compile clean.
   static const std::vector<TileConfig> d32_ahead{TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=2,ahead=1"),
                                                  TileConfig::parse("bm=128,bn=128,w=4,s=1")};
   static const std::vector<TileConfig> d32_ahead_mmasum{
