@@ -59,6 +59,8 @@ FwdParams make_fwd_params(const ForwardArgs& a, int block_m) {
   p.seqlen_k = static_cast<int>(a.seqlen_k);
   p.num_m_blocks = static_cast<int>((a.seqlen_q + block_m - 1) / block_m);
   p.scale = effective_scale(a);
+  p.m_blocks_div = make_fast_divisor(static_cast<unsigned>(p.num_m_blocks));
+  p.heads_div = make_fast_divisor(static_cast<unsigned>(p.heads));
   return p;
 }
 

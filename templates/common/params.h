@@ -29,6 +29,31 @@ FLASHBIAS_HOST_DEVICE constexpr bool folds_scale_into_q(bool f16, int rank, floa
   return f16 && rank > 0 && ((scale >= 0.015625f && scale <= 1.f) || (scale <= -0.015625f && scale >= -1.f));
 }
 
+/// Division by a divisor the host knows, as one multiply-high, one add and one shift instead of
+/// the thirty-odd instructions of a run-time integer division (the forward's block decode runs
+/// two per CTA). Exact for every dividend and divisor in [1, 2^31) with a dividend >= 0: with
+/// s = ceil(log2 d) and m = floor(2^32 (2^s - d) / d) + 1, n / d = (hi32(n m) + n) >> s, and the
+/// sum stays below 2^32 because hi32(n m) < n < 2^31.
+struct FastDivisor {
+  unsigned int divisor;
+  unsigned int multiplier;
+  unsigned int shift;
+};
+
+/// The FastDivisor of `d` (1 <= d < 2^31; the host validates the sizes it divides by).
+FLASHBIAS_HOST_DEVICE constexpr FastDivisor make_fast_divisor(unsigned int d) {
+  unsigned int s = 0;
+  while (s < 31 && (1u << s) < d) ++s;
+  const unsigned long long m = ((1ull << 32) * ((1ull << s) - d)) / d + 1;
+  return FastDivisor{d, static_cast<unsigned int>(m), s};
+}
+
+/// n / div.divisor for 0 <= n < 2^31 (the 64-bit product's high word compiles to one IMAD.HI).
+FLASHBIAS_HOST_DEVICE constexpr unsigned int fast_divide(unsigned int n, FastDivisor div) {
+  const unsigned int hi = static_cast<unsigned int>((static_cast<unsigned long long>(n) * div.multiplier) >> 32);
+  return (hi + n) >> div.shift;
+}
+
 /// Forward parameters. Strides are in elements; the last dimension of every tensor is contiguous.
 struct FwdParams {
   const void* q;
@@ -52,6 +77,8 @@ struct FwdParams {
   int seqlen_k;
   int num_m_blocks;  // ceil(seqlen_q / block_m)
   float scale;       // softmax scale, applied to Q K^T only (the bias enters unscaled)
+  FastDivisor m_blocks_div;  // num_m_blocks and heads as divisors: the block decode of both
+  FastDivisor heads_div;     // forward families (grid <= 2^31 - 1 CTAs, runtime/validate.h)
 };
 
 /// A CUtensorMap (TMA descriptor) as the kernel receives it: 128 opaque bytes, aligned like the

@@ -98,6 +98,18 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   static_assert(kRank == 0 || (kRank * 2) % kBiasAlign == 0, "bias_align must divide a row of rank elements");
 
   static constexpr int kThreads = kWarps * 32;
+  // The trims of the per-CTA work (sm80 forward step 14 of docs/PERF_NOTES.md): the block decode
+  // by FastDivisor, the Q rewrite in 16-byte vectors over the head_dim columns, and the walked
+  // (TileWalk) loads of the whole key tiles. They matter where rows are short and a CTA runs
+  // few key tiles. The look-ahead tiles (kAhead) serve the long rows, where the per-CTA part is
+  // about 2% of the work, and they sit at the 255-register cap: there these changes move
+  // ptxas's allocation into spills (d32 ranks 2 and 8, causal), so they keep the plain forms.
+  static constexpr bool kLeanPrologue = kAhead == 0;
+  // Walked key-tile loads: the two-buffer loop, and the one-buffer loop up to d64. The one-buffer
+  // loop at wider heads keeps the checked loads: there the walk's pointers beside the base
+  // pointer of V (live for its first, partial tile inside the loop) spill (d128, 255 registers),
+  // and its long tiles make the loads' address math a small part anyway.
+  static constexpr bool kWalk = kLeanPrologue && (kStages == 2 || kHeadDim <= 64);
   static constexpr int kMinBlocksPerSm = kMinBlocks;
   static constexpr bool kHasBias = kRank > 0;
   static constexpr int kRankPad = round_up(kRank, 8);
@@ -124,6 +136,9 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   using KVLoader = TileLoader<Element, kBlockN, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
   using QbLoader = TileLoader<Element, kBlockM, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
   using KbLoader = TileLoader<Element, kBlockN, kRank, kRankPad, kRStride, kBiasAlign, kThreads>;
+  using KVWalk = TileWalk<Element, kBlockN, kHeadDim, kHeadDim, kDStride, kQkvAlign, kThreads>;
+  // (Without a bias the Kb walk is declared but never used: placeholder widths keep it valid.)
+  using KbWalk = TileWalk<Element, kBlockN, kHasBias ? kRank : 8, kHasBias ? kRankPad : 8, kRStride, kBiasAlign, kThreads>;
   using Softmax = OnlineSoftmax<kMTiles, kNTiles, kDTiles, false, kLazyRescale == 1, kMmaSum == 1>;
 
   /// S = scale * Q K^T + Qb Kb^T for one key tile; with `fold` the scale is already in Q
@@ -189,10 +204,17 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     // Tile scheduler: m-blocks of one (batch, head) are adjacent so they share K/V in L2; causal
     // grids start each head with its heaviest (last) m-block to shorten the tail.
     const int bid = int(block_idx());
-    int m_block = bid % p.num_m_blocks;
-    const int bh = bid / p.num_m_blocks;
+    int bh, b, m_block;
+    if constexpr (kLeanPrologue) {
+      bh = int(fast_divide(u32(bid), p.m_blocks_div));  // bid / num_m_blocks, from host constants
+      m_block = bid - bh * p.num_m_blocks;
+      b = int(fast_divide(u32(bh), p.heads_div));
+    } else {
+      m_block = bid % p.num_m_blocks;
+      bh = bid / p.num_m_blocks;
+      b = bh / p.heads;
+    }
     if (kCausal) m_block = p.num_m_blocks - 1 - m_block;
-    const int b = bh / p.heads;
     const int h = bh - b * p.heads;
     const int m0 = m_block * kBlockM;
 
@@ -237,14 +259,34 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
     auto addr_k = [&](int buf) { return aStage0 + buf * kStageElems * 2; };
     auto addr_kb = [&](int buf) { return aStage0 + (buf * kStageElems + kKElems) * 2; };
     auto addr_v = [&](int buf) { return aStage0 + (buf * kStageElems + kKElems + kKbElems) * 2; };
-    auto load_k = [&](int nb, int buf) {
+    // Bounds-checked loads of key tile nb (any tile; rows past the sequence become zeros).
+    auto load_k_checked = [&](int nb, int buf) {
       KVLoader::load(stage_k(buf), addr_k(buf), gK, p.k_row_stride, nb * kBlockN, p.seqlen_k, tid);
       if constexpr (kHasBias)
         KbLoader::load(stage_kb(buf), addr_kb(buf), gKb, p.kb_row_stride, nb * kBlockN, p.seqlen_k, tid);
     };
-    auto load_v = [&](int nb, int buf) {
+    auto load_v_checked = [&](int nb, int buf) {
       KVLoader::load(stage_v(buf), addr_v(buf), gV, p.v_row_stride, nb * kBlockN, p.seqlen_k, tid);
     };
+    // Key tiles are loaded last to first, and only the first one (n_blocks - 1) may end past the
+    // sequence. With kWalk it takes the checked loads and every tile after it, whole, is walked
+    // (TileWalk: a running pointer per thread, stepped back one tile per load).
+    KVWalk walk_k, walk_v;
+    KbWalk walk_kb;
+    if constexpr (kWalk) {
+      const int row0 = (n_blocks >= 2 ? n_blocks - 2 : 0) * kBlockN;
+      walk_k.start(gK, p.k_row_stride, row0, tid);
+      walk_v.start(gV, p.v_row_stride, row0, tid);
+      if constexpr (kHasBias) walk_kb.start(gKb, p.kb_row_stride, row0, tid);
+    }
+    auto load_k_last = [&](int buf) { load_k_checked(n_blocks - 1, buf); };
+    auto load_v_last = [&](int buf) { load_v_checked(n_blocks - 1, buf); };
+    // The next whole tile, n_blocks - 2 first, then one tile further down per call.
+    auto load_k_next = [&](int buf) {
+      walk_k.load_and_step_back(stage_k(buf), addr_k(buf), p.k_row_stride, tid);
+      if constexpr (kHasBias) walk_kb.load_and_step_back(stage_kb(buf), addr_kb(buf), p.kb_row_stride, tid);
+    };
+    auto load_v_next = [&](int buf) { walk_v.load_and_step_back(stage_v(buf), addr_v(buf), p.v_row_stride, tid); };
     // O += P V for the packed probabilities `pa` (and with kMmaSum the row sums beside it).
     auto pv = [&](u32 v_addr) {
       gemm_rs<Element, kMTiles, kBlockN / 16, kDTiles, kDStride, kMmaSum == 1>(acc_o, pa, v_addr, lane,
@@ -269,8 +311,30 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       cp_async_commit();
       cp_async_wait<0>();
       block_sync();
-      u32* const words = reinterpret_cast<u32*>(sQ);
-      for (int i = tid; i < kQElems / 2; i += kThreads) words[i] = f(words[i]);
+      if constexpr (!kLeanPrologue) {
+        u32* const words = reinterpret_cast<u32*>(sQ);
+        for (int i = tid; i < kQElems / 2; i += kThreads) words[i] = f(words[i]);
+        block_sync();
+        return;
+      }
+      // 16 bytes at a time, over the head_dim columns only (not the row padding): a fixed trip
+      // count of 128-bit shared loads and stores around the per-word conversion.
+      // Unsigned indices: the row and column of vector i = it * kThreads + tid then reduce to a
+      // per-thread base and constant offsets when kThreads is a multiple of the row's vectors.
+      constexpr u32 kVecsPerRow = kHeadDim / 8;
+      constexpr u32 kVecs = kBlockM * kVecsPerRow;
+#pragma unroll
+      for (u32 it = 0; it < ceil_div(kVecs, u32(kThreads)); ++it) {
+        const u32 i = it * kThreads + u32(tid);
+        if (kVecs % kThreads != 0 && i >= kVecs) break;
+        Vec16* const v = reinterpret_cast<Vec16*>(sQ + (i / kVecsPerRow) * kDStride + (i % kVecsPerRow) * 8);
+        Vec16 w = *v;
+        w.x = f(w.x);
+        w.y = f(w.y);
+        w.z = f(w.z);
+        w.w = f(w.w);
+        *v = w;
+      }
       block_sync();
     };
     if constexpr (kHasBias) {
@@ -296,8 +360,8 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       auto head = [&](float (&cur)[kMTiles][kNTiles][4], int it) {
         cp_async_wait<0>();
         block_sync();
-        if (it + 2 < n_blocks) load_k(tile_of(it + 2), it & 1);
-        if (it + 1 < n_blocks) load_v(tile_of(it + 1), (it + 1) & 1);
+        if (it + 2 < n_blocks) load_k_checked(tile_of(it + 2), it & 1);
+        if (it + 1 < n_blocks) load_v_checked(tile_of(it + 1), (it + 1) & 1);
         cp_async_commit();
         const int n0 = tile_of(it) * kBlockN;
         if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(cur, mask, m0 + warp_row0, n0, lane);
@@ -317,10 +381,10 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         finish(cur, it);
       };
       // Group 0: Q (and Qb) with K(0); group 1: V(0) and K(1).
-      if (n_blocks > 0) load_k(tile_of(0), 0);
+      if (n_blocks > 0) load_k_last(0);
       cp_async_commit();
-      if (n_blocks > 0) load_v(tile_of(0), 0);
-      if (n_blocks > 1) load_k(tile_of(1), 1);
+      if (n_blocks > 0) load_v_last(0);
+      if (n_blocks > 1) load_k_checked(tile_of(1), 1);
       cp_async_commit();
       cp_async_wait<1>();
       block_sync();
@@ -342,18 +406,20 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       if (fold) ahead_loop(BoolConstant<true>{});
       else ahead_loop(BoolConstant<false>{});
     } else if constexpr (kStages == 1) {
-      if (n_blocks > 0) load_k(n_blocks - 1, 0);
+      if (n_blocks > 0) load_k_checked(n_blocks - 1, 0);
       cp_async_commit();
       for (int nb = n_blocks - 1; nb >= 0; --nb) {
         cp_async_wait<0>();
         block_sync();  // K[nb] landed; every warp finished P V of the previous tile (V is free)
-        load_v(nb, 0);
+        if (!kWalk || nb == n_blocks - 1) load_v_checked(nb, 0);
+        else load_v_next(0);
         cp_async_commit();
         tile_step(nb, 0);
         cp_async_wait<0>();
         block_sync();  // V[nb] landed; every warp finished reading K[nb]
         if (nb > 0) {
-          load_k(nb - 1, 0);
+          if constexpr (kWalk) load_k_next(0);
+          else load_k_checked(nb - 1, 0);
           cp_async_commit();
         }
         pv(addr_v(0));
@@ -362,13 +428,13 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       // Two buffers; group i carries tile i (tile 0 also carries Q). Empty groups keep the
       // "all but the newest group" wait exact at the tail.
       if (n_blocks > 0) {
-        load_k(n_blocks - 1, 0);
-        load_v(n_blocks - 1, 0);
+        load_k_last(0);
+        load_v_last(0);
       }
       cp_async_commit();
       if (n_blocks > 1) {
-        load_k(n_blocks - 2, 1);
-        load_v(n_blocks - 2, 1);
+        load_k_next(1);
+        load_v_next(1);
       }
       cp_async_commit();
       for (int it = 0; it < n_blocks; ++it) {
@@ -380,8 +446,8 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         pv(addr_v(buf));
         block_sync();  // every warp is done with buffer `buf`
         if (it + 2 < n_blocks) {
-          load_k(nb - 2, buf);
-          load_v(nb - 2, buf);
+          load_k_next(buf);
+          load_v_next(buf);
         }
         cp_async_commit();
       }

@@ -68,5 +68,57 @@ struct TileLoader {
   }
 };
 
+/// Whole tiles of one tensor loaded in order towards row 0, as the forward visits its key tiles
+/// (last to first): each thread keeps a running source pointer and steps it back by one tile per
+/// load, so a tile costs its copies and a few adds, not the row products, bounds tests and
+/// selects of TileLoader::load (which the forward keeps for the tile that may end past the
+/// sequence). Every row of a walked tile must be valid.
+template <class Element, int kRows, int kColsValid, int kColsPad, int kStride, int kAlign, int kThreads>
+struct TileWalk {
+  using Loader = TileLoader<Element, kRows, kColsValid, kColsPad, kStride, kAlign, kThreads>;
+  static constexpr int kElemsPerChunk = Loader::kElemsPerChunk;
+  static constexpr int kChunksPerRow = Loader::kChunksPerRow;
+  static constexpr int kRowsPerPass = Loader::kRowsPerPass;
+
+  // Row-aligned tiles: this thread's first chunk of the next tile. Otherwise: the tile's row 0.
+  const Element* src;
+
+  /// Point at the tile whose first row is `row0` of `g` (row stride `row_stride` elements).
+  __device__ __forceinline__ void start(const Element* g, long long row_stride, int row0, int tid) {
+    if constexpr (Loader::kRowAligned)
+      src = g + (long long)(row0 + tid / kChunksPerRow) * row_stride + (tid % kChunksPerRow) * kElemsPerChunk;
+    else
+      src = g + (long long)row0 * row_stride;
+  }
+
+  /// Copy the tile `src` points at into the shared tile at `s` / `s_addr` (zero padding columns),
+  /// then step back one tile.
+  __device__ __forceinline__ void load_and_step_back(Element* s, u32 s_addr, long long row_stride, int tid) {
+    if constexpr (Loader::kRowAligned) {
+      const int r0 = tid / kChunksPerRow;
+      const int c = (tid % kChunksPerRow) * kElemsPerChunk;
+      const bool valid = c < kColsValid;
+#pragma unroll
+      for (int it = 0; it < ceil_div(kRows, kRowsPerPass); ++it) {
+        const int r = r0 + it * kRowsPerPass;
+        if (kRows % kRowsPerPass != 0 && r >= kRows) break;
+        const Element* chunk = src + it * ((long long)kRowsPerPass * row_stride);
+        Loader::copy(s, s_addr, r * kStride + c, valid ? chunk : src, valid);
+      }
+    } else {
+#pragma unroll
+      for (int it = 0; it < Loader::kIters; ++it) {
+        const int i = it * kThreads + tid;
+        if (Loader::kChunks % kThreads != 0 && i >= Loader::kChunks) break;
+        const int r = i / kChunksPerRow;
+        const int c = (i % kChunksPerRow) * kElemsPerChunk;
+        const bool valid = c < kColsValid;
+        Loader::copy(s, s_addr, r * kStride + c, valid ? src + (long long)r * row_stride + c : src, valid);
+      }
+    }
+    src -= kRows * row_stride;
+  }
+};
+
 }  // namespace sm80
 }  // namespace flashbias

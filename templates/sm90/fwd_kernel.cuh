@@ -562,10 +562,10 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     const int wg = warp >> 2;
 
     const int bid = int(block_idx());
-    int m_block = bid % p.num_m_blocks;
-    const int bh = bid / p.num_m_blocks;
+    const int bh = int(fast_divide(u32(bid), p.m_blocks_div));  // bid / num_m_blocks, from host constants
+    int m_block = bid - bh * p.num_m_blocks;
     if (kCausal) m_block = p.num_m_blocks - 1 - m_block;  // heaviest first
-    const int b = bh / p.heads;
+    const int b = int(fast_divide(u32(bh), p.heads_div));
     const int h = bh - b * p.heads;
     const int m0 = m_block * kBlockM;
     const sm80::Mask<kCausal> mask{p.seqlen_k, p.seqlen_k - p.seqlen_q};

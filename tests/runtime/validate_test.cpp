@@ -308,6 +308,8 @@ TEST_CASE("make_fwd_params fills FwdParams from validated arguments", "[cpu][run
   p = make_fwd_params(a, 64);
   CHECK(p.scale == 0.25f);
   CHECK(p.num_m_blocks == 3);
+  CHECK(p.m_blocks_div.divisor == 3u);
+  CHECK(p.heads_div.divisor == 3u);
   CHECK(fwd_grid_size(a, 64) == 3u * 2u * 3u);
   CHECK(fwd_grid_size(a, 128) == 2u * 2u * 3u);
 

@@ -179,12 +179,15 @@ TEST_CASE("row maxima that climb over the key tiles match the reference in both 
   }
 }
 
-TEST_CASE("every legal tile configuration computes the same function", "[gpu][forward][tiles]") {
-  // Odd sizes and a rank that needs the k8 tail, with masking; each legal tile is loaded directly.
+namespace {
+
+/// Every legal tile of `problem` (both masks, the given dtypes), each loaded directly and checked
+/// against fp64.
+void check_every_tile(const char* problem_text, std::initializer_list<DType> dtypes) {
   for (const DeviceInfo& dev : family_devices())
-  for (DType dt : {DType::f16, DType::bf16})
+  for (DType dt : dtypes)
     for (MaskKind m : {MaskKind::none, MaskKind::causal}) {
-      ProblemSpec p = parse_problem("b=1,h=2,nq=300,nk=259,d=72,r=3");
+      ProblemSpec p = parse_problem(problem_text);
       p.dtype = dt;
       p.mask = m;
       DeviceProblem problem(p, fresh_seed());
@@ -205,6 +208,20 @@ TEST_CASE("every legal tile configuration computes the same function", "[gpu][fo
         CHECK(r.pass);
       }
     }
+}
+
+}  // namespace
+
+TEST_CASE("every legal tile configuration computes the same function", "[gpu][forward][tiles]") {
+  // Odd sizes and a rank that needs the k8 tail (narrow copies: 9 chunks per row of 72), masked.
+  check_every_tile("b=1,h=2,nq=300,nk=259,d=72,r=3", {DType::f16, DType::bf16});
+}
+
+TEST_CASE("every legal d32 tile computes the same function", "[gpu][forward][tiles]") {
+  // Whole-row copies (TileWalk's running pointers in every loop kind), key counts that end
+  // inside a tile and on one, fewer query rows than keys, the folded scale (fp16).
+  check_every_tile("b=2,h=3,nq=200,nk=333,d=32,r=16", {DType::f16});
+  check_every_tile("b=1,h=2,nq=129,nk=256,d=32,r=8", {DType::f16});
 }
 
 TEST_CASE("the sm90 plan encodes TMA descriptors once per set of tensors", "[gpu][forward][tma]") {
@@ -335,7 +352,10 @@ TEST_CASE("small problems for the memory and race checkers", "[gpu][sanitize]") 
                            "b=1,h=2,nq=400,nk=100,d=64,r=8,mask=causal",
                            // The portable heuristic's look-ahead loop (d32 f16, Nk > 512, Nq > 64):
                            // an odd number of key tiles with a ragged last one, and causal.
-                           "b=1,h=1,nq=80,nk=600,d=32,r=16", "b=1,h=1,nq=130,nk=700,d=32,r=2,mask=causal"})
+                           "b=1,h=1,nq=80,nk=600,d=32,r=16", "b=1,h=1,nq=130,nk=700,d=32,r=2,mask=causal",
+                           // The one-stage 128x128 tile of long d32 rows off the look-ahead keys
+                           // (bf16): walked key loads inside the one-buffer loop, ragged end.
+                           "b=1,h=1,nq=100,nk=600,d=32,r=8,dtype=bf16"})
     cases.push_back({parse_problem(text), text});
   run_cases(cases, 1, 200);
   if (query_device(0).arch.a) run_cases(cases, 1, 200, /*portable=*/true);
