@@ -112,8 +112,8 @@ TEST_CASE("the portable heuristic takes the ahead and mmasum tiles only where th
   for (const auto& [problem, arch_name] :
        {std::pair{"b=2,h=4,n=4096,d=32,r=8,dtype=bf16", "sm_90"}, std::pair{"b=2,h=4,n=16384,d=32,r=8,dtype=bf16", "sm_90"},
         std::pair{"b=2,h=4,n=4096,d=32,r=8", "sm_80"}, std::pair{"b=2,h=4,n=16384,d=32,r=8", "sm_80"},
-        std::pair{"b=2,h=4,n=16384,d=32,r=20", "sm_90"},
-        std::pair{"b=256,h=4,n=384,d=32,r=16", "sm_90"}, std::pair{"b=2,h=4,nq=64,nk=4096,d=32,r=8", "sm_90"}}) {
+        std::pair{"b=2,h=4,n=16384,d=32,r=20", "sm_90"}, std::pair{"b=256,h=4,n=384,d=32,r=16", "sm_80"},
+        std::pair{"b=2,h=4,nq=64,nk=4096,d=32,r=8", "sm_90"}}) {
     const ProblemSpec spec = parse_problem(problem);
     const Arch a = Arch::parse(arch_name);
     const TileConfig t = heuristic_tile(dense_problem_key(spec, a), ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
@@ -122,6 +122,33 @@ TEST_CASE("the portable heuristic takes the ahead and mmasum tiles only where th
     CHECK(t.get("kAhead") == 0);
     CHECK(t.get("kMmaSum") == 0);
   }
+}
+
+TEST_CASE("the short-row d32 tile on Hopper sums rows on the tensor cores without spilling", "[nvrtc][generator]") {
+  // Rows of at most 512 keys (af3_tri's 384) take the 128x64 two-stage tile at 3 CTAs per SM, with
+  // mmasum on sm_90 (docs/PERF_NOTES.md, sm80 forward step 14): both dtypes, both masks, and
+  // ranks with every factor-copy width (1 and 3: 2 bytes; 2: 4 bytes; the rest 16).
+  const Arch arch = Arch::parse("sm_90");
+  for (const char* dtype : {"f16", "bf16"})
+    for (const char* mask : {"none", "causal"})
+      for (int rank : {0, 1, 2, 3, 8, 16, 32, 128}) {
+        const ProblemSpec spec =
+            parse_problem(fmt::format("b=256,h=4,n=384,d=32,r={},mask={},dtype={}", rank, mask, dtype));
+        const ProblemKey key = dense_problem_key(spec, arch);
+        const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
+                                            default_smem_limit(arch));
+        INFO(key.str() << ": " << t.str());
+        CHECK(t.get("kMmaSum") == 1);
+        CHECK(t.get("kAhead") == 0);
+        CHECK(t.block_n == 64);
+        CHECK(t.get("kMinBlocks") == 3);
+        const CompiledKernel ck = compile(generate(KernelSpec{key, t}));
+        INFO(ck.resources.str());
+        CHECK(ck.resources.complete());
+        CHECK(ck.resources.registers <= 168);  // 3 CTAs of 128 threads per SM
+        CHECK(ck.resources.spill_store_bytes == 0);
+        CHECK(ck.resources.spill_load_bytes == 0);
+      }
 }
 
 }  // namespace flashbias
