@@ -314,26 +314,25 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       if constexpr (!kLeanPrologue) {
         u32* const words = reinterpret_cast<u32*>(sQ);
         for (int i = tid; i < kQElems / 2; i += kThreads) words[i] = f(words[i]);
-        block_sync();
-        return;
-      }
-      // 16 bytes at a time, over the head_dim columns only (not the row padding): a fixed trip
-      // count of 128-bit shared loads and stores around the per-word conversion.
-      // Unsigned indices: the row and column of vector i = it * kThreads + tid then reduce to a
-      // per-thread base and constant offsets when kThreads is a multiple of the row's vectors.
-      constexpr u32 kVecsPerRow = kHeadDim / 8;
-      constexpr u32 kVecs = kBlockM * kVecsPerRow;
+      } else {
+        // 16 bytes at a time, over the head_dim columns only (not the row padding): a fixed trip
+        // count of 128-bit shared loads and stores around the per-word conversion. Unsigned
+        // indices: the row and column of vector i = it * kThreads + tid then reduce to a
+        // per-thread base and constant offsets when kThreads is a multiple of the row's vectors.
+        constexpr u32 kVecsPerRow = kHeadDim / 8;
+        constexpr u32 kVecs = kBlockM * kVecsPerRow;
 #pragma unroll
-      for (u32 it = 0; it < ceil_div(kVecs, u32(kThreads)); ++it) {
-        const u32 i = it * kThreads + u32(tid);
-        if (kVecs % kThreads != 0 && i >= kVecs) break;
-        Vec16* const v = reinterpret_cast<Vec16*>(sQ + (i / kVecsPerRow) * kDStride + (i % kVecsPerRow) * 8);
-        Vec16 w = *v;
-        w.x = f(w.x);
-        w.y = f(w.y);
-        w.z = f(w.z);
-        w.w = f(w.w);
-        *v = w;
+        for (u32 it = 0; it < ceil_div(kVecs, u32(kThreads)); ++it) {
+          const u32 i = it * kThreads + u32(tid);
+          if (kVecs % kThreads != 0 && i >= kVecs) break;
+          Vec16* const v = reinterpret_cast<Vec16*>(sQ + (i / kVecsPerRow) * kDStride + (i % kVecsPerRow) * 8);
+          Vec16 w = *v;
+          w.x = f(w.x);
+          w.y = f(w.y);
+          w.z = f(w.z);
+          w.w = f(w.w);
+          *v = w;
+        }
       }
       block_sync();
     };
