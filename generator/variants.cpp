@@ -325,7 +325,8 @@ TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::si
                                         : bwd_heuristic_tile(key, shape, smem_limit);
   if (kernel_family(key) == "sm90") return sm90_fwd_heuristic_tile(key, shape, smem_limit);
   // Preference lists per head-dim class, best first, from the sweep of every legal tile on the
-  // benchmark shapes (H100, 2026-11-24, docs/PERF_NOTES.md step 6); a tuned winner overrides them.
+  // benchmark shapes (H100, 2026-11-24, docs/PERF_NOTES.md, sm80 forward step 7); a tuned winner
+  // overrides them.
   //  - d <= 32, long rows: 128x128 tiles, 4 warps of 32 rows, one K/V stage (242 registers, 2 CTAs
   //    per SM): wide key tiles halve the per-tile barriers and row reductions. Best on seed_n4k,
   //    seed_n16k and alibi_gpt2.
