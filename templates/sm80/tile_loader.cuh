@@ -80,15 +80,19 @@ struct TileWalk {
   static constexpr int kChunksPerRow = Loader::kChunksPerRow;
   static constexpr int kRowsPerPass = Loader::kRowsPerPass;
 
-  // Row-aligned tiles: this thread's first chunk of the next tile. Otherwise: the tile's row 0.
+  // Row-aligned tiles: this thread's first chunk of the next tile (column 0 of its row when its
+  // chunk lies in the padding columns: it copies zeros, and cp.async still gets an address inside
+  // the tensor, as TileLoader::load gives it). Otherwise: the tile's row 0.
   const Element* src;
 
   /// Point at the tile whose first row is `row0` of `g` (row stride `row_stride` elements).
   __device__ __forceinline__ void start(const Element* g, long long row_stride, int row0, int tid) {
-    if constexpr (Loader::kRowAligned)
-      src = g + (long long)(row0 + tid / kChunksPerRow) * row_stride + (tid % kChunksPerRow) * kElemsPerChunk;
-    else
+    if constexpr (Loader::kRowAligned) {
+      const int c = (tid % kChunksPerRow) * kElemsPerChunk;
+      src = g + (long long)(row0 + tid / kChunksPerRow) * row_stride + (c < kColsValid ? c : 0);
+    } else {
       src = g + (long long)row0 * row_stride;
+    }
   }
 
   /// Copy the tile `src` points at into the shared tile at `s` / `s_addr` (zero padding columns),
@@ -102,8 +106,7 @@ struct TileWalk {
       for (int it = 0; it < ceil_div(kRows, kRowsPerPass); ++it) {
         const int r = r0 + it * kRowsPerPass;
         if (kRows % kRowsPerPass != 0 && r >= kRows) break;
-        const Element* chunk = src + it * ((long long)kRowsPerPass * row_stride);
-        Loader::copy(s, s_addr, r * kStride + c, valid ? chunk : src, valid);
+        Loader::copy(s, s_addr, r * kStride + c, src + it * ((long long)kRowsPerPass * row_stride), valid);
       }
     } else {
 #pragma unroll

@@ -355,7 +355,10 @@ TEST_CASE("small problems for the memory and race checkers", "[gpu][sanitize]") 
                            "b=1,h=1,nq=80,nk=600,d=32,r=16", "b=1,h=1,nq=130,nk=700,d=32,r=2,mask=causal",
                            // The one-stage 128x128 tile of long d32 rows off the look-ahead keys
                            // (bf16): walked key loads inside the one-buffer loop, ragged end.
-                           "b=1,h=1,nq=100,nk=600,d=32,r=8,dtype=bf16"})
+                           "b=1,h=1,nq=100,nk=600,d=32,r=8,dtype=bf16",
+                           // Short d32 rows (the walked two-stage loop) with a rank-2 factor:
+                           // 4-byte copies with zero-filled padding columns.
+                           "b=1,h=2,nq=100,nk=300,d=32,r=2"})
     cases.push_back({parse_problem(text), text});
   run_cases(cases, 1, 200);
   if (query_device(0).arch.a) run_cases(cases, 1, 200, /*portable=*/true);
