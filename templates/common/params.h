@@ -40,8 +40,10 @@ struct FastDivisor {
   unsigned int shift;
 };
 
-/// The FastDivisor of `d` (1 <= d < 2^31; the host validates the sizes it divides by).
+/// The FastDivisor of `d` (1 <= d < 2^31; the host validates the sizes it divides by). d = 0,
+/// which no validated launch has, gives the identity instead of a division by zero.
 FLASHBIAS_HOST_DEVICE constexpr FastDivisor make_fast_divisor(unsigned int d) {
+  if (d == 0) return FastDivisor{0, 0, 0};
   unsigned int s = 0;
   while (s < 31 && (1u << s) < d) ++s;
   const unsigned long long m = ((1ull << 32) * ((1ull << s) - d)) / d + 1;
