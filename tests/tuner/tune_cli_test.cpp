@@ -110,7 +110,8 @@ TEST_CASE("flashbias tune rejects bad options before touching a GPU", "[cpu][tun
   CHECK_THAT(r.output, Contains("--budget 100000 is outside"));
   r = run_cli("", "tune --help");
   CHECK(r.status == 0);
-  CHECK_THAT(r.output, Contains("--strategy") && Contains("--budget") && Contains("--json") && Contains("--file"));
+  CHECK_THAT(r.output, Contains("--strategy") && Contains("--budget") && Contains("--json") && Contains("--file") &&
+                           Contains("--portable"));
 }
 
 TEST_CASE("flashbias check --flush-l2 needs a timing, and says so before touching a GPU", "[cpu][tuner][cli]") {

@@ -48,6 +48,29 @@ TEST_CASE("a tuned winner is used by the next process without compiling", "[gpu]
   CHECK_THAT(miss.output, Contains("cache-only") && Contains("d128"));
 }
 
+TEST_CASE("tune --portable tunes the portable family, and check --portable uses its winner", "[gpu][tuner][portable]") {
+  using test::run_cli;
+  cache::test::TempDir dir;
+  const std::string env = "FLASHBIAS_CACHE_DIR='" + dir.path().string() + "'";
+  const std::string problem = "b=1,h=2,n=256,d=32,r=8";
+
+  auto tuned = run_cli(env, "tune --portable --json --strategy halving --budget 120 -p " + problem, true);
+  INFO(tuned.output);
+  REQUIRE(tuned.status == 0);
+  const nlohmann::json report = nlohmann::json::parse(tuned.output).at(0);
+  REQUIRE(report["winner"].is_string());
+  CHECK(report["stored"] == true);
+  // A portable key names the plain arch (sm_90, never sm_90a): the sm80 family's tiles.
+  const std::string key = report["key"].get<std::string>();
+  CHECK(key.find("a_fwd_") == std::string::npos);
+
+  auto checked = run_cli(env + " FLASHBIAS_LOG=info", "check --portable -p " + problem, true);
+  INFO(checked.output);
+  CHECK(checked.status == 0);
+  CHECK_THAT(checked.output, Contains("tuning hit " + key) && Contains(report["winner"].get<std::string>()) &&
+                                 Contains("PASS"));
+}
+
 TEST_CASE("the backward is tuned by the same tuner and its winner serves the next process", "[gpu][tuner][backward]") {
   using test::run_cli;
   cache::test::TempDir dir;

@@ -27,6 +27,7 @@ struct TuneCliOptions {
   int device = 0;
   bool json = false;
   bool backward = false;
+  bool portable = false;
   long long check_rows = 96;
 };
 
@@ -146,6 +147,9 @@ void add_tune(CLI::App& app, int& rc) {
   cmd->add_option("--check-rows", o->check_rows, "query rows compared with the reference per check (sampled)")
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "print the reports (every candidate) as JSON on stdout");
+  cmd->add_flag("--portable", o->portable,
+                "tune the portable sm80 kernel family even on sm_90a (its keys name sm_90, and a context with "
+                "ContextOptions::portable, or check --portable, finds the winners)");
   cmd->add_flag("--backward", o->backward,
                 "tune the backward kernels of each problem instead (checked on small problems of the same key: all "
                 "five gradients against fp64; timed on the problem's own shape)");
@@ -153,7 +157,8 @@ void add_tune(CLI::App& app, int& rc) {
     o->args.budget = budget->count() ? std::optional<double>(o->budget) : std::nullopt;
     // Everything that can be wrong with the request fails here, before any GPU work.
     const tuner::TuneRequest req = tuner::resolve_tune_args(o->args);
-    const DeviceInfo device = query_device(o->device);
+    DeviceInfo device = query_device(o->device);
+    if (o->portable) device.arch.a = false;  // as ContextOptions::portable does
     activate_primary_context(o->device);
     std::shared_ptr<cache::Store> store = tuner::default_store();
     if (!store) std::fprintf(stderr, "flashbias: warning: FLASHBIAS_CACHE=off: tuning results will not be stored\n");
