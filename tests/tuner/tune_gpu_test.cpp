@@ -12,19 +12,30 @@
 using namespace flashbias;
 using Catch::Matchers::Contains;
 
+namespace {
+
+/// `flashbias tune <flags> --json --strategy halving --budget 120 -p <problem>` into the store
+/// `env` names; its one report, checked to carry a stored winner that passed.
+nlohmann::json tune_one(const std::string& env, const std::string& flags, const std::string& problem) {
+  auto tuned = test::run_cli(env, "tune " + flags + " --json --strategy halving --budget 120 -p " + problem, true);
+  INFO(tuned.output);
+  REQUIRE(tuned.status == 0);
+  nlohmann::json report = nlohmann::json::parse(tuned.output).at(0);
+  REQUIRE(report["winner"].is_string());
+  CHECK(report["stored"] == true);
+  CHECK(report["counts"]["passed"].get<int>() >= 1);
+  return report;
+}
+
+}  // namespace
+
 TEST_CASE("a tuned winner is used by the next process without compiling", "[gpu][tuner]") {
   using test::run_cli;
   cache::test::TempDir dir;
   const std::string env = "FLASHBIAS_CACHE_DIR='" + dir.path().string() + "'";
   const std::string problem = "b=1,h=2,n=256,d=64,r=8";
 
-  auto tuned = run_cli(env, "tune --json --strategy halving --budget 120 -p " + problem, true);
-  INFO(tuned.output);
-  REQUIRE(tuned.status == 0);
-  const nlohmann::json report = nlohmann::json::parse(tuned.output).at(0);
-  REQUIRE(report["winner"].is_string());
-  CHECK(report["stored"] == true);
-  CHECK(report["counts"]["passed"].get<int>() >= 1);
+  const nlohmann::json report = tune_one(env, "", problem);
   // Every prepared candidate is in the stored run, not just the winner.
   CHECK(report["run"]["candidates"].size() >= std::size_t(report["counts"]["passed"].get<int>()));
 
@@ -54,17 +65,13 @@ TEST_CASE("tune --portable tunes the portable family, and check --portable uses 
   const std::string env = "FLASHBIAS_CACHE_DIR='" + dir.path().string() + "'";
   const std::string problem = "b=1,h=2,n=256,d=32,r=8";
 
-  auto tuned = run_cli(env, "tune --portable --json --strategy halving --budget 120 -p " + problem, true);
-  INFO(tuned.output);
-  REQUIRE(tuned.status == 0);
-  const nlohmann::json report = nlohmann::json::parse(tuned.output).at(0);
-  REQUIRE(report["winner"].is_string());
-  CHECK(report["stored"] == true);
+  const nlohmann::json report = tune_one(env, "--portable", problem);
   // A portable key names the plain arch (sm_90, never sm_90a): the sm80 family's tiles.
   const std::string key = report["key"].get<std::string>();
   CHECK(key.find("a_fwd_") == std::string::npos);
 
-  auto checked = run_cli(env + " FLASHBIAS_LOG=info", "check --portable -p " + problem, true);
+  // The log (stderr) names the tuning hit; the check's line (stdout) its verdict.
+  auto checked = run_cli(env + " FLASHBIAS_LOG=info", "check --portable -p " + problem);
   INFO(checked.output);
   CHECK(checked.status == 0);
   CHECK_THAT(checked.output, Contains("tuning hit " + key) && Contains(report["winner"].get<std::string>()) &&
@@ -77,14 +84,8 @@ TEST_CASE("the backward is tuned by the same tuner and its winner serves the nex
   const std::string env = "FLASHBIAS_CACHE_DIR='" + dir.path().string() + "'";
   const std::string problem = "b=1,h=4,n=512,d=64,r=8,mask=causal,qb=1n1r";
 
-  auto tuned = run_cli(env, "tune --backward --json --strategy halving --budget 120 -p " + problem, true);
-  INFO(tuned.output);
-  REQUIRE(tuned.status == 0);
-  const nlohmann::json report = nlohmann::json::parse(tuned.output).at(0);
-  REQUIRE(report["winner"].is_string());
-  CHECK(report["stored"] == true);
+  const nlohmann::json report = tune_one(env, "--backward", problem);
   CHECK_THAT(report["key"].get<std::string>(), Contains("_bwd_"));
-  CHECK(report["counts"]["passed"].get<int>() >= 1);
   CHECK(report["counts"]["incorrect"].get<int>() == 0);
 
   // The next process checks the backward with the stored winner (decide_tile logs its source).
