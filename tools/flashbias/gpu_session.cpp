@@ -4,6 +4,7 @@
 #include "generator/kernel_source.h"
 #include "generator/variants.h"
 #include "runtime/compiler.h"
+#include "runtime/context_impl.h"
 #include "runtime/loaded_kernel.h"
 #include "runtime/validate.h"
 #include "tuner/harness.h"
@@ -27,9 +28,11 @@ std::function<void(const ForwardArgs&)> GpuSession::launcher(const ForwardArgs& 
   const ProblemKey key = validate_forward(args, device_);
   if (!tile) {
     if (chosen) {
+      // The tile the dispatcher will take: a stored winner when the store has one for this key
+      // and bucket, else the heuristic's (the Context's own choice, so the report names what runs).
       chosen->key = key;
-      chosen->tile = heuristic_tile(key, ShapeInfo{args.batch * args.heads, args.seqlen_q, args.seqlen_k},
-                                    device_.max_smem_per_block_optin);
+      const ShapeInfo shape{args.batch * args.heads, args.seqlen_q, args.seqlen_k};
+      chosen->tile = context_->impl().choose_tile(key, shape);
     }
     Context* ctx = context_.get();
     return [ctx](const ForwardArgs& a) { ctx->forward(a, nullptr); };
