@@ -247,6 +247,11 @@ void ContextImpl::forward(const ForwardArgs& args, CUstream stream) {
   plan->launch_forward(args, stream);
 }
 
+const LaunchPlan& ContextImpl::dispatch_plan(const ProblemKey& key, const ShapeInfo& shape) {
+  driver::ScopedContext scope(primary_);
+  return lookup(key, shape);
+}
+
 const LaunchPlan& ContextImpl::lookup(const ProblemKey& key, const ShapeInfo& shape) {
   const DispatchKey dkey = dispatch_key(key, shape);
   {

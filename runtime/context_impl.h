@@ -137,6 +137,10 @@ class ContextImpl {
   /// The tile a dispatch miss would choose for (key, shape), by policy and hooks.
   TileConfig choose_tile(const ProblemKey& key, const ShapeInfo& shape);
 
+  /// The plan forward() dispatches (key, shape) to: the dispatch map's entry, made on a miss as a
+  /// call makes it, so a later forward() of that shape is a hit (tools name the tile with it).
+  const LaunchPlan& dispatch_plan(const ProblemKey& key, const ShapeInfo& shape);
+
   /// Install hooks; call before sharing the Context between threads (not synchronised with forward).
   void set_hooks(ContextHooks hooks) { hooks_ = std::move(hooks); }
 

@@ -11,6 +11,7 @@
 #include "runtime/context_impl.h"
 #include "runtime/driver_api.h"
 #include "runtime/loaded_kernel.h"
+#include "runtime/validate.h"
 #include "tuner/harness.h"
 
 namespace flashbias {
@@ -97,6 +98,26 @@ TEST_CASE("Context::forward matches the reference; repeated calls are hits", "[g
     CHECK(after.compiles == before.compiles);
   }
   CHECK(impl.stats().compiles == 3);
+  driver::check(driver::api().cuCtxSynchronize(), "cuCtxSynchronize");
+}
+
+TEST_CASE("dispatch_plan is the plan forward runs, and makes its first call a hit", "[gpu][runtime][context]") {
+  activate_primary_context(0);
+  Context context;
+  ContextImpl& impl = context.impl();
+  DeviceProblem problem(parse_problem("b=2,h=3,nq=100,nk=300,d=32,r=8"), 4321);
+  const ForwardArgs args = problem.forward_args();
+  const ProblemKey key = validate_forward(args, impl.device());
+  const LaunchPlan& plan = impl.dispatch_plan(key, ShapeInfo{args.batch * args.heads, args.seqlen_q, args.seqlen_k});
+  CHECK(plan.spec().key == key);
+  const ContextStats before = impl.stats();
+  CHECK(before.dispatch_misses == 1);
+  const CheckResult r = check_forward(problem, [&](const ForwardArgs& a) { context.forward(a, nullptr); }, 100);
+  INFO(r.str());
+  CHECK(r.pass);
+  const ContextStats after = impl.stats();
+  CHECK(after.dispatch_misses == 1);
+  CHECK(after.compiles == before.compiles);
   driver::check(driver::api().cuCtxSynchronize(), "cuCtxSynchronize");
 }
 

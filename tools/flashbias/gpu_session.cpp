@@ -27,12 +27,11 @@ std::function<void(const ForwardArgs&)> GpuSession::launcher(const ForwardArgs& 
                                                              KernelSpec* chosen) {
   const ProblemKey key = validate_forward(args, device_);
   if (!tile) {
+    // The spec the dispatcher runs (a stored winner when the store has one for this key and
+    // bucket, else the heuristic's): its own plan, made now, so the first call is a hit.
     if (chosen) {
-      // The tile the dispatcher will take: a stored winner when the store has one for this key
-      // and bucket, else the heuristic's (the Context's own choice, so the report names what runs).
-      chosen->key = key;
       const ShapeInfo shape{args.batch * args.heads, args.seqlen_q, args.seqlen_k};
-      chosen->tile = context_->impl().choose_tile(key, shape);
+      *chosen = context_->impl().dispatch_plan(key, shape).spec();
     }
     Context* ctx = context_.get();
     return [ctx](const ForwardArgs& a) { ctx->forward(a, nullptr); };
