@@ -279,8 +279,6 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       walk_v.start(gV, p.v_row_stride, row0, tid);
       if constexpr (kHasBias) walk_kb.start(gKb, p.kb_row_stride, row0, tid);
     }
-    auto load_k_last = [&](int buf) { load_k_checked(n_blocks - 1, buf); };
-    auto load_v_last = [&](int buf) { load_v_checked(n_blocks - 1, buf); };
     // The next whole tile, n_blocks - 2 first, then one tile further down per call.
     auto load_k_next = [&](int buf) {
       walk_k.load_and_step_back(stage_k(buf), addr_k(buf), p.k_row_stride, tid);
@@ -380,9 +378,9 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         finish(cur, it);
       };
       // Group 0: Q (and Qb) with K(0); group 1: V(0) and K(1).
-      if (n_blocks > 0) load_k_last(0);
+      if (n_blocks > 0) load_k_checked(n_blocks - 1, 0);
       cp_async_commit();
-      if (n_blocks > 0) load_v_last(0);
+      if (n_blocks > 0) load_v_checked(n_blocks - 1, 0);
       if (n_blocks > 1) load_k_checked(tile_of(1), 1);
       cp_async_commit();
       cp_async_wait<1>();
@@ -425,8 +423,8 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       // Two buffers; group i carries tile i (tile 0 also carries Q). Empty groups keep the
       // "all but the newest group" wait exact at the tail.
       if (n_blocks > 0) {
-        load_k_last(0);
-        load_v_last(0);
+        load_k_checked(n_blocks - 1, 0);
+        load_v_checked(n_blocks - 1, 0);
       }
       cp_async_commit();
       if (n_blocks > 1) {
