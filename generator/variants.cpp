@@ -99,6 +99,23 @@ std::vector<TileConfig> covering_tiles(const ProblemKey& key, std::size_t smem_l
   return out;
 }
 
+int knob_distance(const ProblemKey& key, const TileConfig& a, const TileConfig& b) {
+  int d = 0;
+  for (const auto& [name, values] : knob_space(key).all) d += a.get(name) != b.get(name) ? 1 : 0;
+  return d;
+}
+
+std::vector<TileConfig> nearest_first(const ProblemKey& key, std::vector<TileConfig> tiles, const TileConfig& center) {
+  std::vector<std::pair<int, std::size_t>> order;
+  order.reserve(tiles.size());
+  for (std::size_t i = 0; i < tiles.size(); ++i) order.emplace_back(knob_distance(key, tiles[i], center), i);
+  std::sort(order.begin(), order.end());  // by distance, then by given position
+  std::vector<TileConfig> out;
+  out.reserve(tiles.size());
+  for (const auto& [d, i] : order) out.push_back(std::move(tiles[i]));
+  return out;
+}
+
 namespace {
 
 /// The first of `prefs` (best first, each passed through `adjust`) that is legal for `key` within

@@ -54,6 +54,16 @@ std::vector<TileConfig> enumerate_tiles(const ProblemKey& key, std::size_t smem_
 /// compile and run when all legal tiles would take too long.
 std::vector<TileConfig> covering_tiles(const ProblemKey& key, std::size_t smem_limit);
 
+/// How many knobs of `key`'s template (KnobSpace::all) hold different values in `a` and `b`
+/// (an unset knob counts as its template default).
+int knob_distance(const ProblemKey& key, const TileConfig& a, const TileConfig& b);
+
+/// `tiles` nearest `center` first: ordered by knob_distance to `center` (0 for `center` itself),
+/// ties kept in their given order. The tuner compiles candidates in this order, so that a budget
+/// that stops it part way has covered the tiles around the heuristic's instead of one corner of
+/// the knob product.
+std::vector<TileConfig> nearest_first(const ProblemKey& key, std::vector<TileConfig> tiles, const TileConfig& center);
+
 /// The built-in choice for keys nobody tuned: the first legal entry of a short preference list
 /// per head-dim class. Throws Error(unsupported) when nothing fits.
 TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::size_t smem_limit);

@@ -92,10 +92,10 @@ TuneReport tune(const ProblemSpec& problem, const DeviceInfo& device, cache::Sto
   }
   report.key = source->key();
   report.heuristic = heuristic_tile(report.key, shape, device.max_smem_per_block_optin);
-  // The heuristic's tile first: a budget that runs out while candidates are still being compiled
-  // has then at least checked the tile an untuned call would run.
-  if (auto h = std::find(tiles.begin(), tiles.end(), report.heuristic); h != tiles.end())
-    std::rotate(tiles.begin(), h, h + 1);
+  // The heuristic's tile first, then its neighbours by the number of knobs that differ: a budget
+  // that runs out while candidates are still being compiled has then checked the tile an untuned
+  // call would run and the tiles around it, not one corner of the knob product.
+  tiles = nearest_first(report.key, std::move(tiles), report.heuristic);
   source->set_tiles(tiles);
   log(LogLevel::info, "tuning {} bucket {} on {}: {} candidates, strategy {}", report.key.str(), report.bucket.str(),
       device.name, tiles.size(), strategy->name());

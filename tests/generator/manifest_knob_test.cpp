@@ -382,3 +382,49 @@ TEST_CASE("TileConfig spells and parses every knob of the manifest", "[cpu][mani
     }
   }
 }
+
+TEST_CASE("nearest_first orders tiles by how many knobs differ from the centre", "[cpu][manifest]") {
+  for (const ProblemKey& key : {make_key(32, 16, MaskKind::none), make_key(64, 3, MaskKind::causal, DType::bf16, 16, 2)}) {
+    INFO(key.str());
+    const std::vector<TileConfig> tiles = enumerate_tiles(key, default_smem_limit(key.arch));
+    REQUIRE(tiles.size() > 10);
+    const TileConfig center = heuristic_tile(key, ShapeInfo{1024, 384, 384}, default_smem_limit(key.arch));
+    const std::vector<TileConfig> ordered = nearest_first(key, tiles, center);
+
+    // A permutation of the input, the centre first.
+    REQUIRE(ordered.size() == tiles.size());
+    std::vector<std::string> a, b;
+    for (const auto& t : tiles) a.push_back(t.str());
+    for (const auto& t : ordered) b.push_back(t.str());
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    CHECK(a == b);
+    REQUIRE(std::find(tiles.begin(), tiles.end(), center) != tiles.end());
+    CHECK(ordered.front() == center);
+    CHECK(knob_distance(key, center, center) == 0);
+
+    // Distances never fall; within one distance the enumeration order stands.
+    int neighbours = 0;
+    for (std::size_t i = 1; i < ordered.size(); ++i) {
+      const int d0 = knob_distance(key, ordered[i - 1], center), d1 = knob_distance(key, ordered[i], center);
+      CHECK(d0 <= d1);
+      if (d0 == d1) {
+        const auto p0 = std::find(tiles.begin(), tiles.end(), ordered[i - 1]);
+        const auto p1 = std::find(tiles.begin(), tiles.end(), ordered[i]);
+        CHECK(p0 < p1);
+      }
+      neighbours += d1 == 1;
+    }
+    // Every legal tile one knob away is among the first, and the knob counted is the one changed.
+    CHECK(neighbours > 0);
+    for (const auto& [name, values] : knob_space(key).all)
+      for (int v : values) {
+        TileConfig t = center;
+        t.set(name, v);
+        const auto at = std::find(ordered.begin(), ordered.end(), t);
+        if (at == ordered.end()) continue;  // illegal for this key
+        CHECK(knob_distance(key, t, center) == (t == center ? 0 : 1));
+        CHECK(at - ordered.begin() <= neighbours);
+      }
+  }
+}

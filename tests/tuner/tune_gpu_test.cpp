@@ -14,10 +14,10 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-/// `flashbias tune <flags> --json --strategy halving --budget 120 -p <problem>` into the store
+/// `flashbias tune <flags> --json --strategy halving --budget 40 -p <problem>` into the store
 /// `env` names; its one report, checked to carry a stored winner that passed.
 nlohmann::json tune_one(const std::string& env, const std::string& flags, const std::string& problem) {
-  auto tuned = test::run_cli(env, "tune " + flags + " --json --strategy halving --budget 120 -p " + problem, true);
+  auto tuned = test::run_cli(env, "tune " + flags + " --json --strategy halving --budget 40 -p " + problem, true);
   INFO(tuned.output);
   REQUIRE(tuned.status == 0);
   nlohmann::json report = nlohmann::json::parse(tuned.output).at(0);
