@@ -405,12 +405,14 @@ TileConfig heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std::si
   const auto& d32_hopper = key.mask == MaskKind::none && shape.seqlen_k > 8192 ? d32_wide_mmasum
                            : portable_ahead_mmasum_fits(key)                    ? d32_ahead_mmasum
                                                                                 : d32_ahead;
-  // Short d32 rows on Hopper: the same 128x64 tile with the row sums on the tensor cores (af3_tri
-  // 0.1149-0.1152 against 0.1159-0.1162 ms, H100, 2026-12-07, docs/PERF_NOTES.md sm80 forward
-  // step 14). It compiles without spills at every rank and alignment (156-168 registers).
-  static const std::vector<TileConfig> d32_short_mmasum{
-      TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=3,mmasum=1"), TileConfig::parse("bm=128,bn=64,w=4,s=2"),
-      TileConfig::parse("bm=64,bn=64,w=4,s=1")};
+  // Short d32 rows on Hopper: 32-key tiles with the row sums on the tensor cores, four CTAs (16
+  // warps) per SM against three for the 128x64 tile (af3_tri 0.1128-0.1139 against 0.1157-0.1168
+  // ms, H100, 2026-12-07; the portable tune's pick; docs/PERF_NOTES.md sm80 forward step 16).
+  // minblocks=4 holds every rank, alignment, dtype and mask to 128 registers without spills (the
+  // nvrtc test of the short-row tile); without it some keys take 129-137 and fit three CTAs.
+  static const std::vector<TileConfig> d32_short_mmasum{TileConfig::parse("bm=128,bn=32,w=4,s=2,minblocks=4,mmasum=1"),
+                                                        TileConfig::parse("bm=128,bn=64,w=4,s=2,minblocks=3,mmasum=1"),
+                                                        TileConfig::parse("bm=64,bn=64,w=4,s=1")};
   const auto& d32_rows_short = key.arch.sm == 90 ? d32_short_mmasum : d32_short;
   const auto& prefs = key.head_dim <= 32    ? (shape.seqlen_k <= 512 ? d32_rows_short : ahead ? d32_hopper : d32_long)
                       : key.head_dim <= 64  ? d64

@@ -59,7 +59,7 @@ struct FwdKnobs {
   static constexpr int kBlockN[] = {32, 64, 128};
   static constexpr int kWarps[] = {4, 8};
   static constexpr int kStages[] = {1, 2};
-  static constexpr int kMinBlocks[] = {1, 2, 3};
+  static constexpr int kMinBlocks[] = {1, 2, 3, 4};
   static constexpr int kLazyRescale[] = {0, 1};
   static constexpr int kAhead[] = {0, 1};
   static constexpr int kMmaSum[] = {0, 1};
