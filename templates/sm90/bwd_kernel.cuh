@@ -666,10 +666,15 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         reg_fence(sum[0][0]);
         reg_fence(sum[0][1]);
       };
+      // With the bias, P Kb (the dQb correction) is issued behind dP, and waited for before dS is
+      // packed, so that P's packed copy is free again by then (the register peak). With TMA loads
+      // and ranks up to 16 (kLateKbarWait) dS's arithmetic waits for dP only, the older group,
+      // and runs while P Kb is in flight. That holds P's copy longer (5-9 more registers): with
+      // cp.async copies it spills 4-40 bytes at d64 (ranks 1-3, under the 168-register cap of
+      // three CTAs), and at d32 rank 32 it crosses that line (164 to 171 registers).
+      constexpr bool kLateKbarWait = kTma != 0 && kRank <= 16;
+      u32 pa[1][kHasBias ? kKeyStep / 16 : 1][4];
       if constexpr (kHasBias) {
-        // P Kb (the dQb correction) joins dP in flight, so that P's packed copy is free again
-        // before dS is packed (the register peak).
-        u32 pa[1][kKeyStep / 16][4];
         sm80::pack_a<Element, 1, kKeyStepTiles>(pa, s);
         wgmma_fence();
 #pragma unroll
@@ -678,9 +683,13 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         wgmma_commit();
         fence_regs(s);
         row_sums(psum, s);
-        wgmma_wait<0>();  // dP and P Kb
-        fence_regs(kbar);
-        fence_regs(pa);
+        if constexpr (kLateKbarWait) {
+          wgmma_wait<1>();  // dP
+        } else {
+          wgmma_wait<0>();  // dP and P Kb
+          fence_regs(kbar);
+          fence_regs(pa);
+        }
       } else {
         row_sums(psum, s);
         wgmma_wait<0>();  // dP
@@ -691,6 +700,12 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       for (int i = 0; i < kKeyStepTiles; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[0][i][e] = s[0][i][e] * (dp[0][i][e] - delta[0][e >> 1]);
+      if constexpr (kHasBias && kLateKbarWait) {
+        fence_regs(dp);   // dS formed before the wait
+        wgmma_wait<0>();  // P Kb
+        fence_regs(kbar);
+        fence_regs(pa);
+      }
       u32 dsa[1][kKeyStep / 16][4];
       sm80::pack_a<Element, 1, kKeyStepTiles>(dsa, dp);
       u32 dsa_lo[1][kKeyStep / 16][4];
