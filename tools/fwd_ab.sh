@@ -34,5 +34,5 @@ b=1,h=50,n=8192,d=32,r=2,mask=causal bm=192,bn=192,w=16,s=2,pvoverlap=0 bm=128,b
 b=4,h=16,n=4096,d=64,r=16 bm=192,bn=128,w=16,s=3,pvoverlap=2,pingpong=1 bm=128,bn=64,w=4,s=2
 b=2,h=16,n=8192,d=128,r=16 bm=128,bn=128,w=12,s=2,maxselect=1 bm=128,bn=64,w=4,s=1,minblocks=2
 b=2,h=16,n=8192,d=128,r=16,mask=causal bm=128,bn=128,w=12,s=2,pvoverlap=0,pingpong=1 bm=128,bn=64,w=4,s=1,minblocks=2
-b=256,h=4,n=384,d=32,r=16 bm=64,bn=64,w=8,s=3,minblocks=4,pvoverlap=0 bm=128,bn=64,w=4,s=2,minblocks=3
+b=256,h=4,n=384,d=32,r=16 bm=64,bn=64,w=8,s=3,minblocks=4,pvoverlap=0 bm=128,bn=32,w=4,s=2,minblocks=4,mmasum=1
 CASES_END
