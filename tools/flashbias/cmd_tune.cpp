@@ -141,8 +141,9 @@ void add_tune(CLI::App& app, int& rc) {
   cmd->add_option("--strategy-option", o->args.strategy_options,
                   "strategy option name=value (repeatable): exhaustive: repeats; halving: eta, min_repeats, "
                   "max_repeats");
-  auto* budget = cmd->add_option("--budget", o->budget, "seconds per key, compilation included (0 = unlimited); candidates are compiled nearest the "
-                     "heuristic's tile first, so a short budget covers the tiles around it")
+  auto* budget = cmd->add_option("--budget", o->budget,
+                                 "seconds per key, compilation included (0 = unlimited); candidates are compiled "
+                                 "nearest the heuristic's tile first, so a short budget covers the tiles around it")
                      ->capture_default_str();
   cmd->add_option("--device", o->device, "CUDA device ordinal")->capture_default_str();
   cmd->add_option("--check-rows", o->check_rows, "query rows compared with the reference per check (sampled)")
