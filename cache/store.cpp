@@ -1,12 +1,14 @@
 #include "cache/store.h"
 
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <fcntl.h>
 #include <mutex>
+#include <thread>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -412,6 +414,29 @@ void inspect_existing(const fs::path& file, const StoreOptions& options) {
   if (options.check != OpenCheck::none) ::unlink(needs_check_marker(file).c_str());
 }
 
+// PRAGMA journal_mode = WAL on a file that may still be in rollback mode: the switch needs the
+// file's exclusive lock. Where this connection holds a shared lock while another holds the
+// reserved lock and waits for the exclusive one (processes opening a new file at once: one
+// creating the schema, one switching), SQLite answers SQLITE_BUSY at once, without the busy
+// handler, since waiting would deadlock; the statement holds no lock after the failure. So the
+// switch is retried until `timeout` (the store's busy timeout) has passed. Returns the journal
+// mode the file ends in. (Seen once in CI: 8 processes creating one database, one of them
+// failing with "database is locked".)
+std::string set_wal_mode(sqlite3* db, std::string_view path, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    try {
+      Stmt s(db, "PRAGMA journal_mode = WAL", path);
+      s.step();
+      return s.text(0);
+    } catch (const Error&) {
+      const int code = sqlite3_extended_errcode(db) & 0xff;
+      if ((code != SQLITE_BUSY && code != SQLITE_LOCKED) || std::chrono::steady_clock::now() >= deadline) throw;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
 // Open and prepare a writable file. Throws Unwritable, CorruptDatabase or Error.
 std::unique_ptr<Store::Impl> open_file_rw(const fs::path& file, const StoreOptions& options, const WarningSink& warn) {
   auto impl = std::make_unique<Store::Impl>();
@@ -453,9 +478,7 @@ std::unique_ptr<Store::Impl> open_file_rw(const fs::path& file, const StoreOptio
     // WAL: readers never block the writer and the writer never blocks readers, so processes that
     // tune and processes that only look up kernels share one file.
     {
-      Stmt s(db, "PRAGMA journal_mode = WAL", impl->path);
-      s.step();
-      const std::string mode = s.text(0);
+      const std::string mode = set_wal_mode(db, impl->path, options.busy_timeout);
       if (mode != "wal") {
         warn(fmt::format("flashbias cache {}: WAL mode unavailable (journal mode is '{}'); concurrent "
                          "processes will wait for each other more",
