@@ -420,6 +420,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
         pv(addr_v(0));
       }
     } else {
+      static_assert(kWalk, "the two-buffer loop loads its whole key tiles through the walks started above");
       // Two buffers; group i carries tile i (tile 0 also carries Q). Empty groups keep the
       // "all but the newest group" wait exact at the tail.
       if (n_blocks > 0) {
