@@ -28,6 +28,13 @@ inline constexpr const char* kBwdEntryDkdv = "flashbias_bwd_dkdv";  ///< dK, dV,
 inline constexpr const char* kBwdEntryDq = "flashbias_bwd_dq";      ///< dQ, dQb per query block
 inline constexpr const char* kBwdEntryPrep = "flashbias_bwd_prep";  ///< Delta = rowsum(dO * O)
 inline constexpr const char* kBwdEntryReduce = "flashbias_bwd_reduce";  ///< sums over broadcast dims
+/// dkdv and dq whose factor gradients take the 16-bit dS alone, without its residual (fp16 with a
+/// bias, both families: bwd_has_hi_entries). The launch takes them where factor_grads_need_lo
+/// (runtime/launch_plan.h) says the residual is not needed.
+inline constexpr const char* kBwdEntryDkdvHi = "flashbias_bwd_dkdv_hi";
+inline constexpr const char* kBwdEntryDqHi = "flashbias_bwd_dq_hi";
+/// Whether a backward module of `key` carries kBwdEntryDkdvHi and kBwdEntryDqHi.
+bool bwd_has_hi_entries(const ProblemKey& key);
 
 /// Shared memory of the backward's two tiled kernels for (key, tile).
 struct BwdSmem {

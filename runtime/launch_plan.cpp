@@ -284,6 +284,10 @@ BwdWorkspaceLayout bwd_workspace_layout(const BackwardArgs& a, bool sm90_family)
   return w;
 }
 
+bool factor_grads_need_lo(const BackwardArgs& a) {
+  return a.rank > 0 && (a.dtype != DType::f16 || a.seqlen_q < 64 || a.seqlen_k < 64);
+}
+
 BwdParams make_bwd_params(const BackwardArgs& a, const TileConfig& tile, int slices, void* workspace,
                           const BwdWorkspaceLayout& w) {
   BwdParams p{};
@@ -373,10 +377,18 @@ LaunchPlan::LaunchPlan(std::shared_ptr<const LoadedKernel> kernel, const KernelS
     bwd_dq_ = kernel_->module_function(kBwdEntryDq, smem.dq);
     bwd_prep_ = kernel_->module_function(kBwdEntryPrep, 0);
     bwd_reduce_ = kernel_->module_function(kBwdEntryReduce, 0);
-    if (kernel_->max_active_blocks_per_sm(bwd_dq_, smem.dq) == 0) {
-      throw Error(ErrorCode::unsupported,
-                  fmt::format("kernel {} entry {} cannot be resident on this device ({} threads, {} bytes dynamic smem)",
-                              spec_.str(), kBwdEntryDq, kernel_->threads(), smem.dq));
+    if (bwd_has_hi_entries(spec_.key)) {
+      bwd_dkdv_hi_ = kernel_->module_function(kBwdEntryDkdvHi, smem.dkdv);
+      bwd_dq_hi_ = kernel_->module_function(kBwdEntryDqHi, smem.dq);
+    }
+    for (const auto& [f, name, bytes] : {std::tuple{bwd_dq_, kBwdEntryDq, smem.dq},
+                                         std::tuple{bwd_dkdv_hi_, kBwdEntryDkdvHi, smem.dkdv},
+                                         std::tuple{bwd_dq_hi_, kBwdEntryDqHi, smem.dq}}) {
+      if (f != nullptr && kernel_->max_active_blocks_per_sm(f, bytes) == 0) {
+        throw Error(ErrorCode::unsupported,
+                    fmt::format("kernel {} entry {} cannot be resident on this device ({} threads, {} bytes dynamic smem)",
+                                spec_.str(), name, kernel_->threads(), bytes));
+      }
     }
   }
 }
@@ -441,8 +453,12 @@ void LaunchPlan::launch_backward(const BackwardArgs& args, void* workspace, CUst
   kernel_->launch_function(bwd_prep_, kBwdEntryPrep, prep_grid, 0, stream, kernel_params);
   // dq before dkdv: dq measures each row's Delta from its own P and dP (delta_dq), and dkdv uses
   // that (templates/sm80/bwd_kernel.cuh, "Delta").
-  kernel_->launch_function(bwd_dq_, kBwdEntryDq, dq_grid, bwd_dq_smem_, stream, tiled_params);
-  kernel_->launch_function(kernel_->function(), kBwdEntryDkdv, dkdv_grid, bwd_dkdv_smem_, stream, tiled_params);
+  // Where the factor gradients do without the residual of the 16-bit dS, the entries that skip it.
+  const bool hi = bwd_dq_hi_ != nullptr && !factor_grads_need_lo(args);
+  kernel_->launch_function(hi ? bwd_dq_hi_ : bwd_dq_, hi ? kBwdEntryDqHi : kBwdEntryDq, dq_grid, bwd_dq_smem_,
+                           stream, tiled_params);
+  kernel_->launch_function(hi ? bwd_dkdv_hi_ : kernel_->function(), hi ? kBwdEntryDkdvHi : kBwdEntryDkdv, dkdv_grid,
+                           bwd_dkdv_smem_, stream, tiled_params);
   if (params.dqb_accum != nullptr || params.dkb_accum != nullptr) {
     std::int64_t total = 0;
     if (params.dqb_accum)

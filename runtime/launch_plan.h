@@ -55,6 +55,14 @@ struct BwdWorkspaceLayout {
 /// (the region is then reserved whether or not it is used).
 BwdWorkspaceLayout bwd_workspace_layout(const BackwardArgs& args, bool sm90_family = true);
 
+/// Whether the factor gradients of `args` need the residual of the 16-bit dS (the backward
+/// launches its kBwdEntryDkdvHi and kBwdEntryDqHi entries where not):
+/// with a bias, for bf16, and for fp16 when the queries or the keys number under 64. There the
+/// rows' zero sums cancel (shared factors on a row of one query or of two or three keys: up to
+/// 5e-3 from 16-bit dS alone); from 64 queries and 64 keys on, 16-bit dS alone adds at most 5e-4
+/// (fp64 simulation, bench/probes/factor_grad_lo_sim.py; docs/PERF_NOTES.md, sm90 step 23).
+bool factor_grads_need_lo(const BackwardArgs& args);
+
 /// BwdParams for validated arguments, a tile and a workspace of `layout` (bwd_workspace_layout(args)).
 BwdParams make_bwd_params(const BackwardArgs& args, const TileConfig& tile, int slices, void* workspace,
                           const BwdWorkspaceLayout& layout);
@@ -89,6 +97,10 @@ class LaunchPlan {
   CUfunction bwd_dq_ = nullptr;
   CUfunction bwd_prep_ = nullptr;
   CUfunction bwd_reduce_ = nullptr;
+  // dkdv and dq without the factor gradients' residual product (kBwdEntryDkdvHi, kBwdEntryDqHi;
+  // null where the module has none), launched where factor_grads_need_lo is false.
+  CUfunction bwd_dkdv_hi_ = nullptr;
+  CUfunction bwd_dq_hi_ = nullptr;
   std::size_t bwd_dkdv_smem_ = 0;
   std::size_t bwd_dq_smem_ = 0;
   int bwd_slices_ = 1;

@@ -155,7 +155,10 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
   static constexpr int kSlices = kSplit + (kBiasSlice ? 1 : 0);
   // The factor gradients sum dS over a whole sequence, and sum_j dS_ij = 0 exactly, so they cancel:
   // dS rounded to 16 bits alone costs them up to ~1e-2 relative error on a short row. They take dS
-  // as hi + lo / kLoScale (two products into two accumulators): about 22 bits of dS.
+  // as hi + lo / kLoScale (two products into two accumulators): about 22 bits of dS. That is
+  // needed on rows of few queries or keys; fp16 problems of 64 or more of both run the entries
+  // instantiated with kLo = false, which take the 16-bit dS alone (at most 5e-4 more error there:
+  // bench/probes/factor_grad_lo_sim.py; the host picks: factor_grads_need_lo).
   static constexpr float kLoScale = 2048.f;
 
   // Shared memory, in bytes. dkdv: K | V | Kb, then per stage Q | dO | Qb | lse | delta (fp32).
@@ -451,6 +454,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
   static constexpr int kKvMt = kKvWarpRows / 16;
   static constexpr int kQCols = kBlockM / 8;
 
+  template <bool kLo = true>
   static __device__ void dkdv(const BwdParams& p) {
     extern __shared__ BwdSmemWord smem_raw[];
     Element* const sK = reinterpret_cast<Element*>(smem_raw);
@@ -576,9 +580,11 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
       if constexpr (kHasBias) {
         if (sl.bias) {
           gemm_rs<Element, kKvMt, kQCols / 2, kRankPad / 8, kRStride>(acc_dkb, dsa, aQb(buf), lane);
-          u32 dsa_lo[kKvMt][kQCols / 2][4];
-          pack_a_residual<Element, kKvMt, kQCols>(dsa_lo, dsa, dpt, kLoScale);
-          gemm_rs<Element, kKvMt, kQCols / 2, kRankPad / 8, kRStride>(acc_dkb_lo, dsa_lo, aQb(buf), lane);
+          if constexpr (kLo) {
+            u32 dsa_lo[kKvMt][kQCols / 2][4];
+            pack_a_residual<Element, kKvMt, kQCols>(dsa_lo, dsa, dpt, kLoScale);
+            gemm_rs<Element, kKvMt, kQCols / 2, kRankPad / 8, kRStride>(acc_dkb_lo, dsa_lo, aQb(buf), lane);
+          }
         }
       }
     });
@@ -604,6 +610,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
   static constexpr int kQMt = kQWarpRows / 16;
   static constexpr int kKCols = kBlockN / 8;
 
+  template <bool kLo = true>
   static __device__ void dq(const BwdParams& p) {
     extern __shared__ BwdSmemWord smem_raw[];
     Element* const sQ = reinterpret_cast<Element*>(smem_raw);
@@ -744,9 +751,11 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
       if constexpr (kHasBias) {
         if (sl.bias) {
           gemm_rs<Element, kQMt, kKCols / 2, kRankPad / 8, kRStride>(acc_dqb, dsa, aKb(buf), lane);
-          u32 dsa_lo[kQMt][kKCols / 2][4];
-          pack_a_residual<Element, kQMt, kKCols>(dsa_lo, dsa, dp, kLoScale);
-          gemm_rs<Element, kQMt, kKCols / 2, kRankPad / 8, kRStride>(acc_dqb_lo, dsa_lo, aKb(buf), lane);
+          if constexpr (kLo) {
+            u32 dsa_lo[kQMt][kKCols / 2][4];
+            pack_a_residual<Element, kQMt, kKCols>(dsa_lo, dsa, dp, kLoScale);
+            gemm_rs<Element, kQMt, kKCols / 2, kRankPad / 8, kRStride>(acc_dqb_lo, dsa_lo, aKb(buf), lane);
+          }
         }
       }
     });

@@ -24,7 +24,11 @@
 //         element is summed by one thread in a fixed order, so the results are bitwise identical
 //         run to run.
 // Factor gradients take dS as hi + lo / kLoScale (two products), as in the portable family: the
-// rows of dS sum to zero, so 16-bit dS alone would cost them ~1e-2 relative error.
+// rows of dS sum to zero, so on rows of few queries or keys with shared factors 16-bit dS alone
+// would cost them up to ~5e-3 relative error. fp16 problems of 64 or more queries and keys skip
+// lo (the entries instantiated with kLo = false; the host picks them): there 16-bit dS alone adds
+// at most 5e-4 (fp64 simulation, bench/probes/factor_grad_lo_sim.py), and the residual is about
+// half of a d32 step's FP32 work.
 //
 // Loads, two forms (the kTma knob):
 //   kTma 0: every thread copies its share of the next tile with cp.async (16-byte units, zero fill
@@ -392,6 +396,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   static __device__ void reduce(const BwdParams& p) { Portable::reduce(p); }
 
   // ---------------------------------------------------------------------------------------------
+  template <bool kLo = true>
   static __device__ void dkdv(const Sm90BwdParams& prm) {
     const BwdParams& p = prm.p;
     const u32 smem = smem_base();
@@ -427,6 +432,9 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     }
     const int m_end = ceil_div(p.seqlen_q, kStep);
     const float s_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
+    // dKb takes the residual of the 16-bit dS as a second product (kLo; the host picks the
+    // entry: factor_grads_need_lo in runtime/launch_plan.cpp).
+    constexpr bool factor_lo = kHasBias && kLo;
 
     float dk[1][kDTiles][4], dv[1][kDTiles][4];
     float dkb[1][kRTiles][4], dkb_lo[1][kRTiles][4];
@@ -499,7 +507,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       u32 dsa[1][kStep / 16][4];
       sm80::pack_a<Element, 1, kStepTiles>(dsa, dpt);
       u32 dsa_lo[1][kStep / 16][4];
-      if constexpr (kHasBias) sm80::pack_a_residual<Element, 1, kStepTiles>(dsa_lo, dsa, dpt, kLoScale);
+      if constexpr (factor_lo) sm80::pack_a_residual<Element, 1, kStepTiles>(dsa_lo, dsa, dpt, kLoScale);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kStep / 16; ++kk) {
@@ -507,7 +515,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         if constexpr (kHasBias) {
           const SmemUnits qb_at = uQb(buf) + u32(kk * kRRowBytes);  // 16 rows of kRRowBytes
           gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dkb[0][0][0], dsa[0][kk], qb_at);
-          gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dkb_lo[0][0][0], dsa_lo[0][kk], qb_at);
+          if constexpr (factor_lo) gemm_rs<Element, kRK, kChunkR, kStepChunkR>(&dkb_lo[0][0][0], dsa_lo[0][kk], qb_at);
         }
       }
       wgmma_commit();
@@ -518,7 +526,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       fence_regs(dkb_lo);
       fence_regs(pa);
       fence_regs(dsa);
-      if constexpr (kHasBias) fence_regs(dsa_lo);
+      if constexpr (factor_lo) fence_regs(dsa_lo);
     };
 
     if constexpr (kTma) {
@@ -582,6 +590,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
   }
 
   // ---------------------------------------------------------------------------------------------
+  template <bool kLo = true>
   static __device__ void dq(const Sm90BwdParams& prm) {
     const BwdParams& p = prm.p;
     const u32 smem = smem_base();
@@ -611,6 +620,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
     const int key_end = mask.key_end(m0, kBlockM);
     const int n_blocks = key_end > 0 ? ceil_div(key_end, kKeyStep) : 0;
     const float s_log2 = kHasBias ? kLog2e : p.scale * kLog2e;
+    constexpr bool factor_lo = kHasBias && kLo;  // as in dkdv
 
     // This thread's rows: wm0 + warp * 16 + g + 8 * hh.
     float lse2[2], delta[1][2];
@@ -709,7 +719,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       u32 dsa[1][kKeyStep / 16][4];
       sm80::pack_a<Element, 1, kKeyStepTiles>(dsa, dp);
       u32 dsa_lo[1][kKeyStep / 16][4];
-      if constexpr (kHasBias) sm80::pack_a_residual<Element, 1, kKeyStepTiles>(dsa_lo, dsa, dp, kLoScale);
+      if constexpr (factor_lo) sm80::pack_a_residual<Element, 1, kKeyStepTiles>(dsa_lo, dsa, dp, kLoScale);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kKeyStep / 16; ++kk) {
@@ -717,7 +727,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
         if constexpr (kHasBias) {
           const SmemUnits kb_at = uKb(buf) + u32(kk * kRRowBytes);  // 16 rows of kRRowBytes
           gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&dqb[0][0][0], dsa[0][kk], kb_at);
-          gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&dqb_lo[0][0][0], dsa_lo[0][kk], kb_at);
+          if constexpr (factor_lo) gemm_rs<Element, kRK, kChunkR, kKeyChunkR>(&dqb_lo[0][0][0], dsa_lo[0][kk], kb_at);
         }
       }
       wgmma_commit();
@@ -730,7 +740,7 @@ struct FLASHBIAS_KERNEL("bwd", "sm90") BwdKernel {
       fence_regs(dqb);
       fence_regs(dqb_lo);
       fence_regs(dsa);
-      if constexpr (kHasBias) fence_regs(dsa_lo);
+      if constexpr (factor_lo) fence_regs(dsa_lo);
     };
 
     if constexpr (kTma) {

@@ -112,7 +112,24 @@ TEST_CASE("the sm90 backward takes head dims in [32, 128] (32 with TMA factors) 
   CHECK(bwd_smem_bytes(narrow, split_steps).dq > bwd_smem_bytes(narrow, same_steps).dq);
   const KernelSource src = generate(KernelSpec{key, t});
   CHECK_THAT(src.source, Catch::Contains("#include \"sm90/bwd_kernel.cuh\""));
-  CHECK(src.entries.size() == 4);
+  // fp16 with a bias: dkdv and dq also without the factor gradients' residual product.
+  REQUIRE(key.dtype == DType::f16);
+  REQUIRE(key.rank > 0);
+  CHECK(src.entries == std::vector<std::string>{kBwdEntryDkdv, kBwdEntryDq, kBwdEntryPrep, kBwdEntryReduce,
+                                                kBwdEntryDkdvHi, kBwdEntryDqHi});
+  CHECK_THAT(src.source, Catch::Contains("Kernel::template dkdv<false>(params)") &&
+                             Catch::Contains("Kernel::template dq<false>(params)"));
+  CHECK(bwd_has_hi_entries(key));
+  ProblemKey other = key;
+  other.dtype = DType::bf16;  // bf16 keeps the residual everywhere
+  CHECK_FALSE(bwd_has_hi_entries(other));
+  CHECK(generate(KernelSpec{other, t}).entries.size() == 4);
+  other = key;
+  other.rank = 0;  // no factor gradients
+  CHECK_FALSE(bwd_has_hi_entries(other));
+  other = key;
+  other.arch.a = false;  // the portable family has them too
+  CHECK(bwd_has_hi_entries(other));
   CHECK(src.threads == 256);
   CHECK_THAT(legality_error(key, TileConfig::parse("bm=128,bn=64,w=8,s=2,step=64"), 0),
              Catch::Contains("block_m and block_n must be equal"));

@@ -195,4 +195,24 @@ TEST_CASE("make_bwd_params fills BwdParams and zeroes broadcast gradient strides
   CHECK(p.scale == Approx(0.125));
 }
 
+TEST_CASE("the factor gradients take the residual of the 16-bit dS on bf16 and on rows under 64", "[cpu][runtime][backward]") {
+  // docs/PERF_NOTES.md, sm90 step 23: fp16 problems of 64 or more queries and keys do without it.
+  BackwardArgs a = valid_args();
+  a.seqlen_q = 64;
+  a.seqlen_k = 64;
+  CHECK_FALSE(factor_grads_need_lo(a));
+  a.seqlen_q = 63;
+  CHECK(factor_grads_need_lo(a));
+  a.seqlen_q = 4096;
+  a.seqlen_k = 3;
+  CHECK(factor_grads_need_lo(a));
+  a.seqlen_k = 4096;
+  CHECK_FALSE(factor_grads_need_lo(a));
+  a.dtype = DType::bf16;
+  CHECK(factor_grads_need_lo(a));
+  a.dtype = DType::f16;
+  a.rank = 0;
+  CHECK_FALSE(factor_grads_need_lo(a));  // no factor gradients at all
+}
+
 }  // namespace flashbias
