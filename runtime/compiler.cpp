@@ -133,6 +133,7 @@ CompiledKernel compile(const KernelSource& source) {
     worst(a.stack_frame_bytes, r.stack_frame_bytes);
     worst(a.static_smem_bytes, r.static_smem_bytes);
     if (r.barriers >= 0) a.barriers = std::max(a.barriers, r.barriers);
+    a.wgmma_serialized = a.wgmma_serialized || r.wgmma_serialized;
   }
   out.compile_ms = ms;
   out.nvrtc_version = api.version();

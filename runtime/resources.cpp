@@ -71,8 +71,9 @@ constexpr std::uint8_t kEiattrRegcount = 0x2f;
 }  // namespace
 
 std::string KernelResources::str() const {
-  return fmt::format("regs={} spill_st={} spill_ld={} stack={} smem={} bar={}", registers, spill_store_bytes,
-                     spill_load_bytes, stack_frame_bytes, static_smem_bytes, barriers);
+  return fmt::format("regs={} spill_st={} spill_ld={} stack={} smem={} bar={}{}", registers, spill_store_bytes,
+                     spill_load_bytes, stack_frame_bytes, static_smem_bytes, barriers,
+                     wgmma_serialized ? " wgmma_serialized" : "");
 }
 
 std::optional<KernelResources> parse_ptxas_report(std::string_view log, std::string_view entry) {
@@ -92,6 +93,18 @@ std::optional<KernelResources> parse_ptxas_report(std::string_view log, std::str
   const std::string_view block = log.substr(start, stop == std::string_view::npos ? log.npos : stop - start);
 
   KernelResources r;
+  // ptxas notes a serialised wgmma pipeline anywhere in the log (before the entry's block), e.g.
+  //   ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are
+  //   serialized due to ... in the function 'k'
+  const std::string quoted = fmt::format("function '{}'", entry);
+  for (std::size_t pos = 0; pos < log.size();) {
+    const std::string_view line = line_at(log, pos, &pos);
+    if (line.find("wgmma.mma_async instructions are serialized") != std::string_view::npos &&
+        line.find(quoted) != std::string_view::npos) {
+      r.wgmma_serialized = true;
+      break;
+    }
+  }
   const std::string own_properties = fmt::format("Function properties for {}", entry);
   bool next_is_own = false;
   bool seen_properties = false;

@@ -25,13 +25,18 @@ struct KernelResources {
   int stack_frame_bytes = -1;  ///< the entry's own frame
   int static_smem_bytes = -1;  ///< __shared__ declarations (dynamic shared memory not included)
   int barriers = -1;           ///< named barriers used
+  /// ptxas serialised the entry's wgmma.mma_async instructions (each one waited for before the
+  /// next issues: its "Potential Performance Loss" notes C7510-C7516, for lack of registers or
+  /// for a register use inside a wgmma pipeline stage). Read from the compile log only: false for
+  /// a kernel loaded from the cache or a bundle.
+  bool wgmma_serialized = false;
 
   bool complete() const {
     return registers >= 0 && spill_store_bytes >= 0 && spill_load_bytes >= 0 && stack_frame_bytes >= 0 &&
            static_smem_bytes >= 0;
   }
   bool spills() const { return spill_store_bytes > 0 || spill_load_bytes > 0; }
-  std::string str() const;  ///< "regs=96 spill_st=0 spill_ld=0 stack=0 smem=0 bar=1"
+  std::string str() const;  ///< "regs=96 spill_st=0 spill_ld=0 stack=0 smem=0 bar=1" (+ " wgmma_serialized")
   bool operator==(const KernelResources&) const = default;
 };
 

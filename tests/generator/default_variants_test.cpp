@@ -67,6 +67,9 @@ TEST_CASE("the default variant set (forward and backward) compiles for sm_80 and
         CHECK(ck.resources.spill_load_bytes <= 64);
       }
       CHECK(ck.resources.registers <= 255);
+      // A serialised wgmma pipeline (sm_90a) costs far more than a spill, and only ptxas's log
+      // tells of it.
+      CHECK_FALSE(ck.resources.wgmma_serialized);
       CHECK_FALSE(ck.cubin.empty());
     }
   }

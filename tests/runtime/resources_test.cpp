@@ -77,6 +77,24 @@ TEST_CASE("ptxas report: entries are told apart, callee spills count", "[cpu][ru
   CHECK_FALSE(parse_ptxas_report("", "k").has_value());
 }
 
+TEST_CASE("ptxas report: a serialised wgmma pipeline is told per entry", "[cpu][runtime][resources]") {
+  const std::string log = std::string(
+      "ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized due to "
+      "non wgmma instructions defining accumulator registers of a wgmma between start and end of the pipeline "
+      "stage in the function 'other'\n"
+      "ptxas info    : (C7512) Potential Performance Loss: wgmma.mma_async instructions are serialized due to "
+      "insufficient register resources for the function 'other2'\n") + kReportTwoEntries;
+  const auto k = parse_ptxas_report(log, "k");
+  const auto other = parse_ptxas_report(log, "other");
+  REQUIRE(k.has_value());
+  REQUIRE(other.has_value());
+  CHECK_FALSE(k->wgmma_serialized);
+  CHECK(other->wgmma_serialized);
+  CHECK(other->str() == "regs=8 spill_st=0 spill_ld=0 stack=0 smem=0 bar=0 wgmma_serialized");
+  CHECK(k->registers == 24);  // the notes do not disturb the rest of the report
+  CHECK_FALSE(parse_ptxas_report(kReportTwoEntries, "other")->wgmma_serialized);
+}
+
 TEST_CASE("ptxas report with unrecognised lines leaves fields unknown", "[cpu][runtime][resources]") {
   const auto r = parse_ptxas_report("ptxas info    : Compiling entry function 'k' for 'sm_80'\nsomething else\n", "k");
   REQUIRE(r.has_value());

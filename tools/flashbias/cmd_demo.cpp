@@ -59,10 +59,12 @@ int compile_report(unsigned jobs) {
     const CompiledKernel& ck = *compiled[i];
     fmt::print("{:<8} {:<24} {:<18} {:>5} {:>8} {:>9} {:>8} {:>8.0f}\n", job.arch.name(), job.v.name, job.tile.str(),
                ck.resources.registers, ck.resources.spill_store_bytes, ck.smem_bytes, ck.cubin.size(), ck.compile_ms);
-    if (ck.resources.spills()) ++failures;
+    if (ck.resources.spills() || ck.resources.wgmma_serialized) ++failures;
+    if (ck.resources.wgmma_serialized) fmt::print("{:<8} {:<24} ptxas serialised its wgmma instructions\n", "", "");
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  fmt::print("{} variants compiled in {:.1f} s, {} with spills or errors\n", todo.size(), secs, failures);
+  fmt::print("{} variants compiled in {:.1f} s, {} with spills, serialised wgmma or errors\n", todo.size(), secs,
+             failures);
   return failures ? 1 : 0;
 }
 

@@ -109,6 +109,16 @@ void add_gen(CLI::App& app, int& rc) {
     fmt::print("cubin      {} bytes (NVRTC {})\n", ck.cubin.size(), ck.nvrtc_version);
     fmt::print("compile    {:.0f} ms\n", ck.compile_ms);
     if (ck.resources.spills()) fmt::print("warning: the kernel spills registers to local memory\n");
+    if (ck.resources.wgmma_serialized) {
+      fmt::print("warning: ptxas serialised wgmma instructions:\n");
+      for (std::size_t pos = 0; pos < ck.log.size();) {
+        std::size_t end = ck.log.find('\n', pos);
+        if (end == std::string::npos) end = ck.log.size();
+        const std::string_view line = std::string_view(ck.log).substr(pos, end - pos);
+        if (line.find("instructions are serialized") != std::string_view::npos) fmt::print("  {}\n", line);
+        pos = end + 1;
+      }
+    }
     rc = 0;
   });
 }
