@@ -20,9 +20,9 @@ def f16(x):
     return x.astype(np.float16).astype(np.float64)
 
 
-def case(rng, B, H, Nq, Nk, D, R, causal, qb_shared, kb_shared):
-    """Relative L2 of dKb and dQb from fp16 dS alone. *_shared: the factor is one tensor for every
-    batch and head (layout 1n1r), so its gradient sums over them."""
+def attention(rng, B, H, Nq, Nk, D, R, causal, qb_shared, kb_shared):
+    """Random fp16 inputs as the tests draw them, and the exact forward: (do, v, qbf, kbf, p, o).
+    *_shared: the factor is one tensor for every batch and head (layout 1n1r)."""
     q, do = (f16(rng.standard_normal((B, H, Nq, D))) for _ in range(2))
     k, v = (f16(rng.standard_normal((B, H, Nk, D))) for _ in range(2))
     qb = f16(rng.standard_normal((1 if qb_shared else B, 1 if qb_shared else H, Nq, R)) / np.sqrt(R))
@@ -36,7 +36,13 @@ def case(rng, B, H, Nq, Nk, D, R, causal, qb_shared, kb_shared):
     p = np.exp(s - np.where(np.isfinite(m), m, 0))
     l = p.sum(-1, keepdims=True)
     p = p / np.where(l > 0, l, 1)
-    o = p @ v
+    return do, v, qbf, kbf, p, p @ v
+
+
+def case(rng, B, H, Nq, Nk, D, R, causal, qb_shared, kb_shared):
+    """Relative L2 of dKb and dQb from fp16 dS alone (shared factors: gradients summed over batch
+    and heads)."""
+    do, v, qbf, kbf, p, o = attention(rng, B, H, Nq, Nk, D, R, causal, qb_shared, kb_shared)
     ds = p * (do @ v.transpose(0, 1, 3, 2) - (do * o).sum(-1, keepdims=True))
 
     def reduce(x, shared):
