@@ -100,5 +100,7 @@ __device__ __forceinline__ float neg_inf() {
 __device__ __forceinline__ float max_(float a, float b) { return fmaxf(a, b); }
 template <class T> __host__ __device__ constexpr T ceil_div(T a, T b) { return (a + b - 1) / b; }
 template <class T> __host__ __device__ constexpr T round_up(T a, T b) { return ceil_div(a, b) * b; }
+/// A compile-time int as a value, for generic lambdas whose array extents depend on it.
+template <int N> struct IntConstant { static constexpr int value = N; };
 
 }  // namespace flashbias

@@ -722,16 +722,21 @@ struct FLASHBIAS_KERNEL("bwd", "sm80") BwdKernel {
         if (sl.bias) {  // P Kb now, while dP's accumulators are not live yet
           u32 pa[kQMt][kKCols / 2][4];
           pack_a<Element, kQMt, kKCols>(pa, s);
-          // 32 factor columns at a time: a wide factor's whole row would not fit next to P.
-          constexpr int kChunk = kRTiles < 4 ? kRTiles : 4;
-          static_assert(kRTiles % kChunk == 0, "rank tiles come in whole chunks");
-#pragma unroll
-          for (int c = 0; c < kRTiles; c += kChunk) {
-            float kbar[kQMt][kChunk][4];
+          // 32 factor columns at a time: a wide factor's whole row would not fit next to P. The
+          // rank's last n8 tiles (kRTiles % 4 of them: ranks 33-56, 65-88, 97-120) form a
+          // narrower chunk of their own.
+          auto kbar_chunk = [&](auto width, int c) {
+            constexpr int kWidth = decltype(width)::value;
+            float kbar[kQMt][kWidth][4];
             for_each_acc(kbar, [&](int mt, int nt, int e, float& v) { v = kbar_at(mt, c + nt, e); });
-            gemm_rs<Element, kQMt, kKCols / 2, kChunk, kRStride>(kbar, pa, aKb(buf) + c * 16, lane);
+            gemm_rs<Element, kQMt, kKCols / 2, kWidth, kRStride>(kbar, pa, aKb(buf) + c * 16, lane);
             for_each_acc(kbar, [&](int mt, int nt, int e, float& v) { kbar_at(mt, c + nt, e) = v; });
-          }
+          };
+          constexpr int kChunk = kRTiles < 4 ? kRTiles : 4;
+          constexpr int kWhole = kRTiles / kChunk * kChunk;
+#pragma unroll
+          for (int c = 0; c < kWhole; c += kChunk) kbar_chunk(IntConstant<kChunk>{}, c);
+          if constexpr (kWhole < kRTiles) kbar_chunk(IntConstant<kRTiles - kWhole>{}, kWhole);
         }
       }
       float dp[kQMt][kKCols][4];
