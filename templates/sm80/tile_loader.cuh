@@ -46,15 +46,29 @@ struct TileLoader {
         src += pass_stride;
       }
     } else {
-#pragma unroll
-      for (int it = 0; it < kIters; ++it) {
+      const auto one = [&](int it) {
         const int i = it * kThreads + tid;
-        if (kChunks % kThreads != 0 && i >= kChunks) break;
         const int r = i / kChunksPerRow;
         const int c = (i % kChunksPerRow) * kElemsPerChunk;
         const bool valid = (row0 + r < rows_valid) && (c < kColsValid);
         // An invalid chunk still needs a mapped source address for cp.async: use the tile base.
         copy(s, s_addr, r * kStride + c, valid ? g + (long long)(row0 + r) * row_stride + c : g, valid);
+      };
+      if constexpr (kIters <= 8) {
+#pragma unroll
+        for (int it = 0; it < kIters; ++it) {
+          if (kChunks % kThreads != 0 && it * kThreads + tid >= kChunks) break;
+          one(it);
+        }
+      } else {
+        // Many passes (narrow rows whose chunks do not tile the threads, e.g. odd ranks of 120
+        // padded columns: 60 two-byte copies per thread): unrolled whole they hoisted every
+        // pass's address and spilled kilobytes in the backward (compile scan, session 21).
+#pragma unroll 1
+        for (int it = 0; it < kIters; ++it) {
+          if (kChunks % kThreads != 0 && it * kThreads + tid >= kChunks) break;
+          one(it);
+        }
       }
     }
   }
