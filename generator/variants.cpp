@@ -161,7 +161,17 @@ TileConfig bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape, std
                                             TileConfig::parse("bm=32,bn=32,w=2,s=1,split=2")};
   static const std::vector<TileConfig> d256{TileConfig::parse("bm=64,bn=64,w=4,s=1,split=4"),
                                             TileConfig::parse("bm=32,bn=32,w=2,s=1,split=4")};
-  const auto& prefs = key.head_dim <= 32 ? d32 : key.head_dim <= 64 ? d64 : key.head_dim <= 128 ? d128 : d256;
+  // d32, ranks over 32: dQb and dKb hold rank / 2 fp32 accumulators per thread and m16 tile, and
+  // the two-warp tile (32 rows per warp) spilled 0.8-8 KB (rank 128: 8.2 KB). Four warps of 16
+  // rows: b=2,h=8,n=2048,r=128 fwd+bwd 1.08 -> 0.82 ms (H100, session 21). Not at d64 and d128:
+  // there the spill-free alternatives (split head dims, 32-row tiles) were not measured faster
+  // (d128 rank 128 with split 2: 2.47 against 1.93 ms for the spilling 64x64 tile).
+  static const std::vector<TileConfig> d32_wide_rank{TileConfig::parse("bm=64,bn=64,w=4,s=2"),
+                                                     TileConfig::parse("bm=32,bn=32,w=2,s=1")};
+  const auto& prefs = key.head_dim <= 32    ? (key.rank > 32 ? d32_wide_rank : d32)
+                      : key.head_dim <= 64  ? d64
+                      : key.head_dim <= 128 ? d128
+                                            : d256;
   (void)shape;
   return first_legal(key, prefs, smem_limit);
 }
