@@ -222,8 +222,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     constexpr int kDataUnitsPerRow = (kRank + 7) / 8;  // 16-byte units that hold factor columns
     constexpr int kUnits = kRows * kDataUnitsPerRow;
     constexpr int kVec = kBiasAlign / 2;  // elements per cp.async
-#pragma unroll
-    for (int u0 = 0; u0 < kUnits; u0 += 32) {
+    const auto copy_units = [&](int u0) {
       const int u = u0 + lane;
       if (kUnits % 32 == 0 || u < kUnits) {
         const int r = u / kDataUnitsPerRow;
@@ -237,6 +236,16 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
         for (int e = 0; e < 8; e += kVec)
           if (ju * 8 + e < kRank) cp_async<kBiasAlign>(dst + off + e * 2, row + e, valid);
       }
+    };
+    // Unrolled whole, a long copy (high rank, tall tile) keeps every unit's address live and
+    // spilled under the producer's 32 registers (hundreds of bytes at ranks 66-100); past eight
+    // units per lane it is a loop.
+    if constexpr (kUnits <= 8 * 32) {
+#pragma unroll
+      for (int u0 = 0; u0 < kUnits; u0 += 32) copy_units(u0);
+    } else {
+#pragma unroll 1
+      for (int u0 = 0; u0 < kUnits; u0 += 32) copy_units(u0);
     }
   }
 
@@ -441,15 +450,32 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       if (!(p.scale > 0.f))
         transform_q_rows(smem_ptr, wg, tid_wg, [&](u32 w) { return sm80::q_for_nonpositive_scale(w, p.scale); });
     }
-    for (int it = 0; it < n_blocks; ++it) {
+    // Key tiles wholly right of this warpgroup's causal diagonal contribute nothing. The loop
+    // visits the tiles right to left, so they are its first ones. Under kPvOverlap 2 they are
+    // consumed (and take their turn) in a loop of their own: skipped inside the main loop, their
+    // path made ptxas serialise every wgmma of the kernel (its C7515 note, d64 causal; 0.433 ->
+    // 0.380 ms on b=4,h=16,n=4096,d=64,r=16, H100). The other product orders keep the skip in
+    // the main loop (alibi_gpt2 ran 0.3-1.3% slower with the separate loop).
+    constexpr bool kSkipLoop = kCausal && kPvOverlap == 2;
+    int it = 0;
+    if constexpr (kSkipLoop) {
+      for (; it < n_blocks; ++it) {
+        if (!((n_blocks - 1 - it) * kBlockN > row0 + 63 + mask.diag_offset)) break;
+        const int st = it % kStages;
+        mbar_wait(bar_full(st), u32(it / kStages) & 1u);
+        release(st);
+        turn_begin();
+        turn_end(it);
+      }
+    }
+    for (; it < n_blocks; ++it) {
       const int nb = n_blocks - 1 - it;
       const int n0 = nb * kBlockN;
       const int st = it % kStages;
       mbar_wait(bar_full(st), u32(it / kStages) & 1u);
       const u32 sK = sStage0 + st * kStageBytes;
       const u32 sKb = sK + 2 * kKBytes;
-      // A key tile wholly right of this warpgroup's causal diagonal contributes nothing.
-      if (kCausal && n0 > row0 + 63 + mask.diag_offset) {
+      if (kCausal && !kSkipLoop && n0 > row0 + 63 + mask.diag_offset) {
         release(st);
         turn_begin();
         turn_end(it);

@@ -156,4 +156,74 @@ TEST_CASE("the short-row d32 tile on Hopper sums rows on the tensor cores withou
       }
 }
 
+TEST_CASE("the Hopper forward's heuristic tiles copy 4- and 8-byte factor rows without spilling", "[nvrtc][generator]") {
+  // Factor rows that TMA cannot address but cp.async can (even ranks that are not multiples of 8)
+  // are copied by the producer warp under its setmaxnreg budget of 32 registers. Unrolled whole,
+  // the copies of wide factors spilled 280-770 bytes (ranks 66 and 100, d32 to d128; session 21).
+  // Odd ranks (2-byte rows, copied through the lanes' registers) still spill at d64 and d128 and
+  // are serialised at d64: docs/PERF_NOTES.md, sm90 forward step 27.
+  const Arch arch = Arch::parse("sm_90a");
+  std::vector<std::pair<std::string, KernelSpec>> jobs;
+  for (int d : {32, 64, 128, 256})
+    for (int rank : {2, 34, 66, 100, 114})
+      for (const char* mask : {"none", "causal"}) {
+        if (d != 64 && std::string(mask) == "causal") continue;
+        const std::string text = fmt::format("b=2,h=16,n=8192,d={},r={},mask={}", d, rank, mask);
+        const ProblemSpec spec = parse_problem(text);
+        const ProblemKey key = dense_problem_key(spec, arch);
+        const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
+                                            default_smem_limit(arch));
+        jobs.push_back({text, KernelSpec{key, t}});
+      }
+  const unsigned width = std::max(1u, std::thread::hardware_concurrency());
+  for (std::size_t begin = 0; begin < jobs.size(); begin += width) {
+    std::vector<std::future<CompiledKernel>> batch;
+    for (std::size_t i = begin; i < std::min(jobs.size(), begin + width); ++i)
+      batch.push_back(std::async(std::launch::async, [spec = jobs[i].second] { return compile(generate(spec)); }));
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const auto& [text, spec] = jobs[begin + i];
+      const CompiledKernel ck = batch[i].get();
+      INFO(text << " " << spec.str() << ": " << ck.resources.str());
+      CHECK(kernel_family(spec.key) == "sm90");
+      CHECK((spec.key.bias_align == 4 || spec.key.bias_align == 8));
+      CHECK(ck.resources.complete());
+      CHECK(ck.resources.spill_store_bytes == 0);
+      CHECK(ck.resources.spill_load_bytes == 0);
+      CHECK(ck.resources.stack_frame_bytes == 0);
+      CHECK_FALSE(ck.resources.wgmma_serialized);
+    }
+  }
+}
+
+TEST_CASE("the backward compiles at ranks whose factor columns end in a partial 32-column chunk", "[nvrtc][generator]") {
+  // The portable dq takes P Kb 32 factor columns at a time; ranks 33-56, 65-88 and 97-120 end in
+  // a chunk of one, two or three n8 tiles (here 36, 112 and 56), which a static_assert rejected
+  // until session 21. Both archs' heuristic tiles (ranks over 32 run the portable family on
+  // Hopper as well).
+  std::vector<std::pair<std::string, KernelSpec>> jobs;
+  for (const char* a : {"sm_80", "sm_90a"})
+    for (int rank : {36, 56, 112}) {
+      const Arch arch = Arch::parse(a);
+      const std::string text = fmt::format("b=2,h=4,n=1024,d={},r={}", std::string(a) == "sm_80" ? 64 : 32, rank);
+      const ProblemSpec spec = parse_problem(text);
+      ProblemKey key = dense_problem_key(spec, arch);
+      key.direction = Direction::bwd;
+      const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
+                                          default_smem_limit(arch));
+      jobs.push_back({fmt::format("{} {}", a, text), KernelSpec{key, t}});
+    }
+  std::vector<std::future<CompiledKernel>> batch;
+  for (const auto& job : jobs)
+    batch.push_back(std::async(std::launch::async, [spec = job.second] { return compile(generate(spec)); }));
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    INFO(jobs[i].first << " " << jobs[i].second.str());
+    CompiledKernel ck;
+    REQUIRE_NOTHROW(ck = batch[i].get());
+    INFO(ck.resources.str());
+    CHECK(kernel_family(jobs[i].second.key) == "sm80");
+    CHECK(ck.resources.complete());
+    CHECK_FALSE(ck.cubin.empty());
+  }
+}
+
 }  // namespace flashbias
