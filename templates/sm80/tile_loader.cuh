@@ -54,16 +54,17 @@ struct TileLoader {
         // An invalid chunk still needs a mapped source address for cp.async: use the tile base.
         copy(s, s_addr, r * kStride + c, valid ? g + (long long)(row0 + r) * row_stride + c : g, valid);
       };
-      if constexpr (kIters <= 8) {
+      if constexpr (kIters <= 8 || kAlign == 16) {
 #pragma unroll
         for (int it = 0; it < kIters; ++it) {
           if (kChunks % kThreads != 0 && it * kThreads + tid >= kChunks) break;
           one(it);
         }
       } else {
-        // Many passes (narrow rows whose chunks do not tile the threads, e.g. odd ranks of 120
-        // padded columns: 60 two-byte copies per thread): unrolled whole they hoisted every
-        // pass's address and spilled kilobytes in the backward (compile scan, session 21).
+        // Many narrow passes (rows under 16-byte alignment whose chunks do not tile the
+        // threads, e.g. odd ranks of 120 padded columns: 60 two-byte copies per thread):
+        // unrolled whole they hoisted every pass's address and spilled kilobytes in the backward
+        // (compile scan, session 21). 16-byte rows (d72's nine chunks) stay unrolled.
 #pragma unroll 1
         for (int it = 0; it < kIters; ++it) {
           if (kChunks % kThreads != 0 && it * kThreads + tid >= kChunks) break;
