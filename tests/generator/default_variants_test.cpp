@@ -16,6 +16,23 @@
 
 namespace flashbias {
 
+namespace {
+
+/// Compiles every spec, as many at a time as the machine has cores, and hands each result in
+/// order to check(index, compiled). A failed compile throws out of the test with NVRTC's log.
+template <class Check>
+void compile_each(const std::vector<KernelSpec>& specs, Check&& check) {
+  const unsigned width = std::max(1u, std::thread::hardware_concurrency());
+  for (std::size_t begin = 0; begin < specs.size(); begin += width) {
+    std::vector<std::future<CompiledKernel>> batch;
+    for (std::size_t i = begin; i < std::min(specs.size(), begin + width); ++i)
+      batch.push_back(std::async(std::launch::async, [spec = specs[i]] { return compile(generate(spec)); }));
+    for (std::size_t i = 0; i < batch.size(); ++i) check(begin + i, batch[i].get());
+  }
+}
+
+}  // namespace
+
 TEST_CASE("the default variant set (forward and backward) compiles for sm_80 and sm_90a without spilling", "[nvrtc][generator]") {
   struct Job {
     KernelSpec spec;
@@ -44,35 +61,30 @@ TEST_CASE("the default variant set (forward and backward) compiles for sm_80 and
     for (const Job& u : unique) seen = seen || u.spec == j.spec;
     if (!seen) unique.push_back(j);
   }
-  const unsigned width = std::max(1u, std::thread::hardware_concurrency());
-  for (std::size_t begin = 0; begin < unique.size(); begin += width) {
-    std::vector<std::future<CompiledKernel>> batch;
-    for (std::size_t i = begin; i < std::min(unique.size(), begin + width); ++i)
-      batch.push_back(std::async(std::launch::async, [spec = unique[i].spec] { return compile(generate(spec)); }));
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const Job& job = unique[begin + i];
-      const CompiledKernel ck = batch[i].get();
-      INFO(job.name << " " << job.spec.str() << ": " << ck.resources.str());
-      CHECK(ck.resources.complete());
-      if (job.spec.key.direction == Direction::fwd) {
-        CHECK(ck.resources.spill_store_bytes == 0);
-        CHECK(ck.resources.spill_load_bytes == 0);
-        CHECK(ck.resources.stack_frame_bytes == 0);
-      } else {
-        // The backward's heuristic tiles run at 250-255 registers; ptxas parks one or two values
-        // (8 bytes) on the stack in a few of them (d128 causal, the bf16 d32/d64 ones). Measured
-        // fastest on the H100 regardless (docs/PERF_NOTES.md, backward); the bound keeps a real
-        // spill (an accumulator tile: hundreds of bytes) from slipping in.
-        CHECK(ck.resources.spill_store_bytes <= 16);
-        CHECK(ck.resources.spill_load_bytes <= 64);
-      }
-      CHECK(ck.resources.registers <= 255);
-      // A serialised wgmma pipeline (sm_90a) costs far more than a spill, and only ptxas's log
-      // tells of it.
-      CHECK_FALSE(ck.resources.wgmma_serialized);
-      CHECK_FALSE(ck.cubin.empty());
+  std::vector<KernelSpec> specs;
+  for (const Job& j : unique) specs.push_back(j.spec);
+  compile_each(specs, [&](std::size_t index, const CompiledKernel& ck) {
+    const Job& job = unique[index];
+    INFO(job.name << " " << job.spec.str() << ": " << ck.resources.str());
+    CHECK(ck.resources.complete());
+    if (job.spec.key.direction == Direction::fwd) {
+      CHECK(ck.resources.spill_store_bytes == 0);
+      CHECK(ck.resources.spill_load_bytes == 0);
+      CHECK(ck.resources.stack_frame_bytes == 0);
+    } else {
+      // The backward's heuristic tiles run at 250-255 registers; ptxas parks one or two values
+      // (8 bytes) on the stack in a few of them (d128 causal, the bf16 d32/d64 ones). Measured
+      // fastest on the H100 regardless (docs/PERF_NOTES.md, backward); the bound keeps a real
+      // spill (an accumulator tile: hundreds of bytes) from slipping in.
+      CHECK(ck.resources.spill_store_bytes <= 16);
+      CHECK(ck.resources.spill_load_bytes <= 64);
     }
-  }
+    CHECK(ck.resources.registers <= 255);
+    // A serialised wgmma pipeline (sm_90a) costs far more than a spill, and only ptxas's log
+    // tells of it.
+    CHECK_FALSE(ck.resources.wgmma_serialized);
+    CHECK_FALSE(ck.cubin.empty());
+  });
 }
 
 TEST_CASE("the portable heuristic takes the ahead and mmasum tiles only where they compile without spills",
@@ -175,24 +187,19 @@ TEST_CASE("the Hopper forward's heuristic tiles copy 4- and 8-byte factor rows w
                                             default_smem_limit(arch));
         jobs.push_back({text, KernelSpec{key, t}});
       }
-  const unsigned width = std::max(1u, std::thread::hardware_concurrency());
-  for (std::size_t begin = 0; begin < jobs.size(); begin += width) {
-    std::vector<std::future<CompiledKernel>> batch;
-    for (std::size_t i = begin; i < std::min(jobs.size(), begin + width); ++i)
-      batch.push_back(std::async(std::launch::async, [spec = jobs[i].second] { return compile(generate(spec)); }));
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const auto& [text, spec] = jobs[begin + i];
-      const CompiledKernel ck = batch[i].get();
-      INFO(text << " " << spec.str() << ": " << ck.resources.str());
-      CHECK(kernel_family(spec.key) == "sm90");
-      CHECK((spec.key.bias_align == 4 || spec.key.bias_align == 8));
-      CHECK(ck.resources.complete());
-      CHECK(ck.resources.spill_store_bytes == 0);
-      CHECK(ck.resources.spill_load_bytes == 0);
-      CHECK(ck.resources.stack_frame_bytes == 0);
-      CHECK_FALSE(ck.resources.wgmma_serialized);
-    }
-  }
+  std::vector<KernelSpec> specs;
+  for (const auto& job : jobs) specs.push_back(job.second);
+  compile_each(specs, [&](std::size_t index, const CompiledKernel& ck) {
+    const auto& [text, spec] = jobs[index];
+    INFO(text << " " << spec.str() << ": " << ck.resources.str());
+    CHECK(kernel_family(spec.key) == "sm90");
+    CHECK((spec.key.bias_align == 4 || spec.key.bias_align == 8));
+    CHECK(ck.resources.complete());
+    CHECK(ck.resources.spill_store_bytes == 0);
+    CHECK(ck.resources.spill_load_bytes == 0);
+    CHECK(ck.resources.stack_frame_bytes == 0);
+    CHECK_FALSE(ck.resources.wgmma_serialized);
+  });
 }
 
 TEST_CASE("the backward compiles at ranks whose factor columns end in a partial 32-column chunk", "[nvrtc][generator]") {
@@ -212,18 +219,14 @@ TEST_CASE("the backward compiles at ranks whose factor columns end in a partial 
                                           default_smem_limit(arch));
       jobs.push_back({fmt::format("{} {}", a, text), KernelSpec{key, t}});
     }
-  std::vector<std::future<CompiledKernel>> batch;
-  for (const auto& job : jobs)
-    batch.push_back(std::async(std::launch::async, [spec = job.second] { return compile(generate(spec)); }));
-  for (std::size_t i = 0; i < jobs.size(); ++i) {
-    INFO(jobs[i].first << " " << jobs[i].second.str());
-    CompiledKernel ck;
-    REQUIRE_NOTHROW(ck = batch[i].get());
-    INFO(ck.resources.str());
-    CHECK(kernel_family(jobs[i].second.key) == "sm80");
+  std::vector<KernelSpec> specs;
+  for (const auto& job : jobs) specs.push_back(job.second);
+  compile_each(specs, [&](std::size_t index, const CompiledKernel& ck) {
+    INFO(jobs[index].first << " " << jobs[index].second.str() << ": " << ck.resources.str());
+    CHECK(kernel_family(jobs[index].second.key) == "sm80");
     CHECK(ck.resources.complete());
     CHECK_FALSE(ck.cubin.empty());
-  }
+  });
 }
 
 }  // namespace flashbias
