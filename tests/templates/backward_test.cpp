@@ -78,11 +78,12 @@ TEST_CASE("the portable backward matches the fp64 reference on Hopper too", "[gp
 TEST_CASE("ranks whose factor columns do not come in whole 32-column chunks", "[gpu][backward][rank]") {
   // The portable dq accumulates P Kb 32 factor columns at a time; ranks 33-56, 65-88 and 97-120
   // end in a narrower chunk (one, two or three n8 tiles: ranks 36, 112, 56), which failed to
-  // compile before session 21. Ranks over 32 run the portable family on Hopper too.
+  // compile before session 21. Ranks 50 (4-byte rows) and 113 (2-byte rows) also take the
+  // loaders' loop over many narrow passes. Ranks over 32 run the portable family on Hopper too.
   activate_primary_context(0);
   Context ctx(ContextOptions{0, Policy::heuristic, true, false});
   const std::vector<Case> cases = test::rotation_matrix(
-      {32, 64, 128}, {36, 56, 112}, {{113, 97, 1, 2}, {17, 300, 2, 1}, {1000, 777, 1, 1}, {1, 129, 2, 1}},
+      {32, 64, 128}, {36, 50, 56, 112, 113}, {{113, 97, 1, 2}, {17, 300, 2, 1}, {1000, 777, 1, 1}, {1, 129, 2, 1}},
       /*kb_shift=*/1);
   test::run_parallel(cases, worker_count(), [&](const Case& c, std::uint64_t seed) {
     DeviceProblem problem(c.spec, seed);

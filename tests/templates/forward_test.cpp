@@ -93,6 +93,18 @@ TEST_CASE("the portable heuristic's long-row d32 tiles match the fp64 reference"
   run_cases(cases, worker_count(), 96, /*portable=*/true);
 }
 
+TEST_CASE("wide factors of narrow alignment match the fp64 reference in both families", "[gpu][forward][rank]") {
+  // Factor rows of odd rank (2-byte) and of ranks 2 or 4 mod 8 (4- and 8-byte) past 32: the
+  // portable family copies them in many passes per thread (a loop past eight), the Hopper
+  // producer by cp.async past eight units per lane in a loop (ranks 50, 66) or through its lanes
+  // (odd ranks). The main matrix's ranks (up to 32, and 128) take neither path.
+  const std::vector<Case> cases = test::rotation_matrix(
+      {32, 64, 128}, {33, 50, 66, 113}, {{113, 97, 1, 2}, {17, 300, 2, 1}, {1000, 777, 1, 1}, {1, 129, 2, 1}},
+      /*kb_shift=*/1);
+  run_cases(cases, worker_count(), 96);
+  if (query_device(0).arch.a) run_cases(cases, worker_count(), 96, /*portable=*/true);
+}
+
 TEST_CASE("negative and zero softmax scales match the reference in both families", "[gpu][forward][scale]") {
   // A negative scale reverses the order of the scores. Folded into exp2 as is, a masked score
   // (-inf) would become +inf and the raw row max the smallest exponent, which overflows once
