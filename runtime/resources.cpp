@@ -76,6 +76,15 @@ std::string KernelResources::str() const {
                      wgmma_serialized ? " wgmma_serialized" : "");
 }
 
+std::vector<std::string_view> wgmma_serialization_notes(std::string_view log) {
+  std::vector<std::string_view> notes;
+  for (std::size_t pos = 0; pos < log.size();) {
+    const std::string_view line = line_at(log, pos, &pos);
+    if (line.find("wgmma.mma_async instructions are serialized") != std::string_view::npos) notes.push_back(line);
+  }
+  return notes;
+}
+
 std::optional<KernelResources> parse_ptxas_report(std::string_view log, std::string_view entry) {
   // ptxas prints, per entry:
   //   ptxas info    : Compiling entry function 'k' for 'sm_90a'
@@ -93,18 +102,10 @@ std::optional<KernelResources> parse_ptxas_report(std::string_view log, std::str
   const std::string_view block = log.substr(start, stop == std::string_view::npos ? log.npos : stop - start);
 
   KernelResources r;
-  // ptxas notes a serialised wgmma pipeline anywhere in the log (before the entry's block), e.g.
-  //   ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are
-  //   serialized due to ... in the function 'k'
+  // ptxas notes a serialised wgmma pipeline anywhere in the log (before the entry's block).
   const std::string quoted = fmt::format("function '{}'", entry);
-  for (std::size_t pos = 0; pos < log.size();) {
-    const std::string_view line = line_at(log, pos, &pos);
-    if (line.find("wgmma.mma_async instructions are serialized") != std::string_view::npos &&
-        line.find(quoted) != std::string_view::npos) {
-      r.wgmma_serialized = true;
-      break;
-    }
-  }
+  for (const std::string_view note : wgmma_serialization_notes(log))
+    r.wgmma_serialized = r.wgmma_serialized || note.find(quoted) != std::string_view::npos;
   const std::string own_properties = fmt::format("Function properties for {}", entry);
   bool next_is_own = false;
   bool seen_properties = false;

@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace flashbias {
 
@@ -43,6 +44,10 @@ struct KernelResources {
 /// Parse the ptxas --verbose report for `entry` out of an NVRTC program log. Fields the report
 /// does not mention stay -1; nullopt if the log has no "Compiling entry function '<entry>'".
 std::optional<KernelResources> parse_ptxas_report(std::string_view log, std::string_view entry);
+
+/// The lines of a ptxas log that note a serialised wgmma pipeline ("(C7515) Potential Performance
+/// Loss: wgmma.mma_async instructions are serialized ... in the function 'entry'"), every entry's.
+std::vector<std::string_view> wgmma_serialization_notes(std::string_view log);
 
 /// Per-function attributes the cubin carries for the driver.
 struct CubinAttributes {

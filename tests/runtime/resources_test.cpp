@@ -93,6 +93,12 @@ TEST_CASE("ptxas report: a serialised wgmma pipeline is told per entry", "[cpu][
   CHECK(other->str() == "regs=8 spill_st=0 spill_ld=0 stack=0 smem=0 bar=0 wgmma_serialized");
   CHECK(k->registers == 24);  // the notes do not disturb the rest of the report
   CHECK_FALSE(parse_ptxas_report(kReportTwoEntries, "other")->wgmma_serialized);
+  // Every entry's notes, whole lines (what `flashbias gen --emit resources` prints).
+  const auto notes = wgmma_serialization_notes(log);
+  REQUIRE(notes.size() == 2);
+  CHECK(notes[0].starts_with("ptxas info    : (C7515)"));
+  CHECK(notes[1].ends_with("for the function 'other2'"));
+  CHECK(wgmma_serialization_notes(kReportTwoEntries).empty());
 }
 
 TEST_CASE("ptxas report with unrecognised lines leaves fields unknown", "[cpu][runtime][resources]") {

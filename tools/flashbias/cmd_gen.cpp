@@ -111,13 +111,7 @@ void add_gen(CLI::App& app, int& rc) {
     if (ck.resources.spills()) fmt::print("warning: the kernel spills registers to local memory\n");
     if (ck.resources.wgmma_serialized) {
       fmt::print("warning: ptxas serialised wgmma instructions:\n");
-      for (std::size_t pos = 0; pos < ck.log.size();) {
-        std::size_t end = ck.log.find('\n', pos);
-        if (end == std::string::npos) end = ck.log.size();
-        const std::string_view line = std::string_view(ck.log).substr(pos, end - pos);
-        if (line.find("instructions are serialized") != std::string_view::npos) fmt::print("  {}\n", line);
-        pos = end + 1;
-      }
+      for (const std::string_view note : wgmma_serialization_notes(ck.log)) fmt::print("  {}\n", note);
     }
     rc = 0;
   });
