@@ -56,9 +56,10 @@ Sm90RegisterSplit sm90_register_split(const ProblemKey& key, const TileConfig& t
   if (consumers == 1 && min_blocks == 1) return r;
   const int launch = (65536 / (r.threads * min_blocks)) / 8 * 8;
   const bool factor_tma = key.rank > 0 && key.bias_align == 16;
-  // Mirrors FwdKernel::kProducerRegs: factor rows staged in registers (2-byte aligned) need 56;
-  // cp.async (4- or 8-byte aligned rows) and TMA none.
-  r.producer = key.rank > 0 && !factor_tma ? (key.bias_align >= 4 ? 32 : 56) : 24;
+  // Mirrors FwdKernel::kProducerRegs: factor rows copied by the producer's threads (cp.async
+  // for 4- or 8-byte aligned rows, loads and stores in small batches over the whole warpgroup
+  // for 2-byte ones) need 32; TMA alone 24.
+  r.producer = key.rank > 0 && !factor_tma ? 32 : 24;
   const int share = (launch * (t.warps / 4) - r.producer) / consumers / 8 * 8;
   r.consumer = std::min(share, 240);
   r.active = true;

@@ -262,8 +262,9 @@ std::vector<TileConfig> with_knobs(std::span<const char* const> tiles, std::stri
 ///    mask and enough rows for four waves of one CTA per SM, three consumer warpgroups with
 ///    192-key tiles: alibi_gpt2 0.897-0.903 ms against 0.988-1.005 for the two-CTA tile (which
 ///    stays for fewer rows: seed_n4k ran 0.103 with 192x192, 176 CTAs on 132 SMs). Factor rows of
-///    odd rank (2-byte aligned, copied through the producer's registers) leave too few registers
-///    for two CTAs: three consumer warpgroups of one CTA with 64-key tiles instead. Rows of at
+///    odd rank (2-byte aligned, copied by the producer's loads and stores) took three consumer
+///    warpgroups of one CTA until session 22, when the copy moved to the whole producer
+///    warpgroup and its registers fell from 56 to 32; they now fit two CTAs. Rows of at
 ///    most 512 keys (a CTA sees a handful of key tiles, so its start, the wait for its Q tile,
 ///    weighs: 9% of af3_tri's warp samples): four CTAs per SM of one consumer warpgroup each,
 ///    af3_tri 0.1011-0.1025 ms against 0.1072-0.1088, and 0.0887-0.0897 against 0.0953-0.0958
@@ -273,6 +274,8 @@ std::vector<TileConfig> with_knobs(std::span<const char* const> tiles, std::stri
 ///  - d <= 64: three consumer warpgroups, 128-key tiles, three stages, pvoverlap 2, taking turns
 ///    at the score products (pingpong 1): llm_d64 0.616-0.619 ms against 0.642-0.646 without
 ///    turns and 0.639-0.642 with two stages and pvoverlap 0 (which turns make slower, 0.667-0.673).
+///    Where the 192-row tile's factor tiles overflow shared memory (ranks over 64), two CTAs of
+///    128x64, except for odd ranks, whose copy loads serialise that tile: 128x128, one CTA.
 ///  - d <= 128: two consumer warpgroups, 128-key tiles; P V overlapped with the next Q K^T
 ///    (pvoverlap 1) without a mask (8-12% on llm_d128), not with the causal mask
 ///    (llm_d128_causal 1.115 ms vs 1.153), where the two warpgroups take turns instead
@@ -296,6 +299,9 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   static const std::vector<TileConfig> d64{TileConfig::parse("bm=192,bn=128,w=16,s=3,pvoverlap=2,pingpong=1"),
                                            TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2,pvoverlap=0"),
                                            TileConfig::parse("bm=128,bn=128,w=12,s=2,pvoverlap=0")};
+  // Odd ranks at d64 (2-byte factor rows copied by the producer's loads): the two-CTA tile,
+  // which ranks over 64 reach, compiles serialised with a spill under its 80-register cap.
+  static const std::vector<TileConfig> d64_narrow{d64[0], d64[2]};
   // The d128, d256 and short-row tiles, each with the product order of its mask (above).
   static constexpr const char* kD128[] = {"bm=128,bn=128,w=12,s=2", "bm=128,bn=64,w=12,s=2", "bm=64,bn=64,w=8,s=2"};
   static constexpr const char* kD256[] = {"bm=128,bn=64,w=12,s=2", "bm=64,bn=64,w=8,s=2"};
@@ -313,7 +319,7 @@ TileConfig sm90_fwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
                       : key.head_dim <= 32  ? (shape.seqlen_k <= 512 ? d32_short_keys
                                                : causal && many_rows   ? d32_causal_many
                                                                        : d32)
-                      : key.head_dim <= 64  ? d64
+                      : key.head_dim <= 64  ? (key.rank > 0 && key.bias_align == 2 ? d64_narrow : d64)
                       : key.head_dim <= 128 ? (causal ? d128_causal : d128)
                                             : (causal ? d256_causal : d256);
   return first_legal(key, prefs, smem_limit);

@@ -4,7 +4,7 @@
 //
 // One CTA owns kBlockM query rows of one (batch, head) and is kBlockM / 64 + 1 warpgroups:
 //   - warpgroup 0, the producer: it gives most of its registers back (setmaxnreg) and its first
-//     warp loads. Q, K and V tiles come by TMA (cp.async.bulk.tensor, 128/64/32-byte swizzled
+//     thread issues the TMA loads (its other threads copy narrow factor rows, below). Q, K and V tiles come by TMA (cp.async.bulk.tensor, 128/64/32-byte swizzled
 //     chunks of the head dim, out-of-range rows and columns zero-filled by the copy engine) into a
 //     ring of kStages stages, each guarded by a "full" mbarrier (TMA bytes + the factor loads) and
 //     an "empty" mbarrier (one arrival per consumer warp). The factor tiles Qb, Kb come by TMA too
@@ -12,8 +12,9 @@
 //     a broadcast, stride-0, dimension described with extent 1). Narrower factor rows (rank 1, 2,
 //     3, ...), which TMA cannot describe, are copied by the producer's lanes into the same
 //     swizzled layout: by cp.async when the rows are 4- or 8-byte aligned (even rank; the rank
-//     padding zeroed once at the start), by ordinary loads and stores otherwise (odd rank); the
-//     lanes then fence the async proxy and arrive on the barrier.
+//     padding zeroed once at the start; the first warp up to rank 32, all four past it), by
+//     ordinary loads and stores otherwise (odd rank; all four warps, few units each); the
+//     copying threads then fence the async proxy and arrive on the barrier (kCopyThreads).
 //   - warpgroups 1..kBlockM/64, the consumers: each owns 64 query rows and walks the key tiles
 //     from last to first (the tiles that need masking first), per tile:
 //       S  = Q K^T                  wgmma, A = Q and B = K from shared memory (K-major)
@@ -100,15 +101,22 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   // which needs no registers to stage them; rows of 2-byte alignment (odd rank) by the lanes'
   // ordinary loads and stores.
   static constexpr bool kFactorCpAsync = kHasBias && !kFactorTma && kBiasAlign >= 4;
-  static constexpr int kFullArrivals = kHasBias && !kFactorTma ? 33 : 1;  // TMA issuer (+ 32 copying lanes)
+  // Threads of the producer warpgroup that copy factor rows. The lane copies: all four warps, so
+  // that each thread holds few units in flight and the producer fits in 32 registers (with one
+  // warp it took 56, which left the d64 consumers 152, under which ptxas serialised their wgmma
+  // pipeline). cp.async: one warp up to rank 32, all four past it, where one warp's issue rate
+  // bound the tile (d64 rank 66: 2.31-2.33 ms with one warp, 1.256-1.259 with four; d32 rank 4:
+  // 0.968-0.975 with one, 0.989-0.992 with four; H100, session 22).
+  static constexpr int kCopyThreads = kHasBias && !kFactorTma ? (kFactorCpAsync && kRank <= 32 ? 32 : 128) : 32;
+  static constexpr int kFullArrivals = kHasBias && !kFactorTma ? 1 + kCopyThreads : 1;  // TMA issuer (+ copying threads)
   // Register split (setmaxnreg). Every warp starts with the launch allocation (the cap that
   // __launch_bounds__(kThreads, kMinBlocks) gives ptxas); the producer's setmaxnreg.dec returns
   // registers to the CTA's pool and the consumers' setmaxnreg.inc draws from that pool only, so
   // the split must fit the CTA's own launch allocation, or the consumers wait forever. One
   // consumer warpgroup alone on the SM keeps the launch allocation.
   static constexpr int kLaunchRegs = (65536 / (kThreads * kMinBlocks)) / 8 * 8;
-  // More when its lanes stage factor rows in registers (ordinary loads); cp.async stages none.
-  static constexpr int kProducerRegs = kHasBias && !kFactorTma ? (kFactorCpAsync ? 32 : 56) : 24;
+  // More when its threads copy factor rows (addresses, and for the lane copies the staged units).
+  static constexpr int kProducerRegs = kHasBias && !kFactorTma ? 32 : 24;
   static constexpr int kConsumerShare = (kLaunchRegs * (kWarps / 4) - kProducerRegs) / kConsumers / 8 * 8;
   static constexpr int kConsumerRegs =
       kConsumers == 1 && kMinBlocks == 1 ? 0 : (kConsumerShare < 240 ? kConsumerShare : 240);
@@ -165,22 +173,24 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   /// Copy rows [0, kRows) of a factor tile (rank kRank, rows `row_stride` elements apart) into
   /// the swizzled tile at `dst` (kRChunks chunks of kRows x kChunkR), zero-filling rows past
   /// `rows_valid` and the rank padding: the path for factor rows of 2-byte alignment (odd rank),
-  /// which neither TMA nor cp.async can address. Each lane writes whole 16-byte units; the loads
-  /// of a batch of units are all issued before their stores, so their latencies overlap.
+  /// which neither TMA nor cp.async can address. Each of the kCopyThreads threads writes whole
+  /// 16-byte units; the loads of a batch of units are all issued before their stores, so their
+  /// latencies overlap.
   template <int kRows>
   static __device__ __forceinline__ void copy_factor(u32 dst, const Element* src, long long row_stride, int rows_valid,
-                                                     int lane) {
+                                                     int ptid) {
     static_assert(kBiasAlign == 2, "4-, 8- and 16-byte factor rows go by cp.async or TMA");
     constexpr int kUnitsPerChunkRow = kChunkR / 8;
     constexpr int kUnitsPerRow = kRChunks * kUnitsPerChunkRow;
     constexpr int kUnits = kRows * kUnitsPerRow;
-    constexpr int kPerLane = (kUnits + 31) / 32;
-    constexpr int kBatch = kPerLane < 4 ? kPerLane : 4;
+    constexpr int kPerLane = (kUnits + kCopyThreads - 1) / kCopyThreads;
+    constexpr int kBatch = kPerLane < 2 ? kPerLane : 2;
+#pragma unroll 1
     for (int i0 = 0; i0 < kPerLane; i0 += kBatch) {
       u32 w[kBatch][4];
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
-        const int u = (i0 + i) * 32 + lane;
+        const int u = (i0 + i) * kCopyThreads + ptid;
         const int r = u / kUnitsPerRow;
         const int col0 = (u - r * kUnitsPerRow) * 8;
         w[i][0] = w[i][1] = w[i][2] = w[i][3] = 0u;
@@ -197,7 +207,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       }
 #pragma unroll
       for (int i = 0; i < kBatch; ++i) {
-        const int u = (i0 + i) * 32 + lane;
+        const int u = (i0 + i) * kCopyThreads + ptid;
         if (u < kUnits) {
           const int r = u / kUnitsPerRow;
           const int cu = u - r * kUnitsPerRow;
@@ -217,14 +227,14 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   /// (zero_factor_padding) since only the rank's columns are ever written.
   template <int kRows>
   static __device__ __forceinline__ void copy_factor_async(u32 dst, const Element* src, long long row_stride,
-                                                           int rows_valid, int lane) {
+                                                           int rows_valid, int ptid) {
     constexpr int kUnitsPerChunkRow = kChunkR / 8;
     constexpr int kDataUnitsPerRow = (kRank + 7) / 8;  // 16-byte units that hold factor columns
     constexpr int kUnits = kRows * kDataUnitsPerRow;
     constexpr int kVec = kBiasAlign / 2;  // elements per cp.async
     const auto copy_units = [&](int u0) {
-      const int u = u0 + lane;
-      if (kUnits % 32 == 0 || u < kUnits) {
+      const int u = u0 + ptid;
+      if (kUnits % kCopyThreads == 0 || u < kUnits) {
         const int r = u / kDataUnitsPerRow;
         const int ju = u - r * kDataUnitsPerRow;
         const int chunk = ju / kUnitsPerChunkRow;
@@ -238,14 +248,15 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       }
     };
     // Unrolled whole, a long copy (high rank, tall tile) keeps every unit's address live and
-    // spilled under the producer's 32 registers (hundreds of bytes at ranks 66-100); past eight
-    // units per lane it is a loop.
-    if constexpr (kUnits <= 8 * 32) {
+    // spilled under the producer's 32 registers (hundreds of bytes at ranks 66-100 with one warp,
+    // 24-80 at d32 ranks 66-100 with four); past eight units per thread of one warp, or past two
+    // of four warps, it is a loop.
+    if constexpr (kUnits <= (kCopyThreads == 32 ? 8 : 2) * kCopyThreads) {
 #pragma unroll
-      for (int u0 = 0; u0 < kUnits; u0 += 32) copy_units(u0);
+      for (int u0 = 0; u0 < kUnits; u0 += kCopyThreads) copy_units(u0);
     } else {
 #pragma unroll 1
-      for (int u0 = 0; u0 < kUnits; u0 += 32) copy_units(u0);
+      for (int u0 = 0; u0 < kUnits; u0 += kCopyThreads) copy_units(u0);
     }
   }
 
@@ -265,7 +276,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
   }
 
   static __device__ __forceinline__ void producer(const Sm90FwdParams& prm, u32 smem, int b, int h, int m0,
-                                                  int n_blocks, int lane) {
+                                                  int n_blocks, int ptid) {
     const FwdParams& p = prm.p;
     const u32 sQ = smem;
     const u32 sQb = sQ + kQBytes;
@@ -277,7 +288,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
     const int qb_b = p.qb_batch_stride == 0 ? 0 : b, qb_h = p.qb_head_stride == 0 ? 0 : h;
     const int kb_b = p.kb_batch_stride == 0 ? 0 : b, kb_h = p.kb_head_stride == 0 ? 0 : h;
 
-    if (lane == 0) {
+    if (ptid == 0) {
       tma_prefetch_desc(&prm.tma_q);
       tma_prefetch_desc(&prm.tma_k);
       tma_prefetch_desc(&prm.tma_v);
@@ -296,11 +307,11 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
           static_cast<const Element*>(p.qb) + b * p.qb_batch_stride + h * p.qb_head_stride + m0 * p.qb_row_stride;
       gKb = static_cast<const Element*>(p.kb) + b * p.kb_batch_stride + h * p.kb_head_stride;
       if constexpr (kFactorCpAsync) {
-        copy_factor_async<kBlockM>(sQb, gQb, p.qb_row_stride, p.seqlen_q - m0, lane);
+        copy_factor_async<kBlockM>(sQb, gQb, p.qb_row_stride, p.seqlen_q - m0, ptid);
         cp_async_commit();
         cp_async_wait<0>();
       } else {
-        copy_factor<kBlockM>(sQb, gQb, p.qb_row_stride, p.seqlen_q - m0, lane);
+        copy_factor<kBlockM>(sQb, gQb, p.qb_row_stride, p.seqlen_q - m0, ptid);
       }
       fence_proxy_async();
       mbar_arrive(bar_q);
@@ -315,7 +326,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       const u32 sK = sStage0 + s * kStageBytes;
       const u32 sV = sK + kKBytes;
       const u32 sKb = sV + kKBytes;
-      if (lane == 0) {
+      if (ptid == 0) {
         mbar_arrive_expect_tx(bar_full(s), 2 * kKBytes + (kFactorTma ? kKbBytes : 0));
 #pragma unroll
         for (int c = 0; c < kDChunks; ++c) tma_load_4d(sK + c * kKChunkBytes, &prm.tma_k, bar_full(s), c * kChunkD, n0, h, b);
@@ -329,11 +340,11 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
       }
       if constexpr (kHasBias && !kFactorTma) {
         if constexpr (kFactorCpAsync) {
-          copy_factor_async<kBlockN>(sKb, gKb + n0 * p.kb_row_stride, p.kb_row_stride, p.seqlen_k - n0, lane);
+          copy_factor_async<kBlockN>(sKb, gKb + n0 * p.kb_row_stride, p.kb_row_stride, p.seqlen_k - n0, ptid);
           cp_async_commit();
           cp_async_wait<0>();
         } else {
-          copy_factor<kBlockN>(sKb, gKb + n0 * p.kb_row_stride, p.kb_row_stride, p.seqlen_k - n0, lane);
+          copy_factor<kBlockN>(sKb, gKb + n0 * p.kb_row_stride, p.kb_row_stride, p.seqlen_k - n0, ptid);
         }
         fence_proxy_async();
         mbar_arrive(bar_full(s));
@@ -613,7 +624,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
 
     if (wg == 0) {
       if constexpr (kConsumerRegs > 0) regs_dealloc<kProducerRegs>();
-      if (warp == 0) producer(prm, smem, b, h, m0, n_blocks, tid & 31);
+      if (kCopyThreads == 128 || warp == 0) producer(prm, smem, b, h, m0, n_blocks, kCopyThreads == 128 ? tid : tid & 31);
     } else {
       if constexpr (kConsumerRegs > 0) regs_alloc<kConsumerRegs>();
       consumer(p, smem, smem_ptr, wg - 1, b, h, m0, n_blocks, tid - 128 * wg);

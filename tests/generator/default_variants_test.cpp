@@ -168,32 +168,36 @@ TEST_CASE("the short-row d32 tile on Hopper sums rows on the tensor cores withou
       }
 }
 
-TEST_CASE("the Hopper forward's heuristic tiles copy 4- and 8-byte factor rows without spilling", "[nvrtc][generator]") {
-  // Factor rows that TMA cannot address but cp.async can (even ranks that are not multiples of 8)
-  // are copied by the producer warp under its setmaxnreg budget of 32 registers. Unrolled whole,
-  // the copies of wide factors spilled 280-770 bytes (ranks 66 and 100, d32 to d128; session 21).
-  // Odd ranks (2-byte rows, copied through the lanes' registers) still spill at d64 and d128 and
-  // are serialised at d64: docs/PERF_NOTES.md, sm90 forward step 27.
+TEST_CASE("the Hopper forward's heuristic tiles copy narrow factor rows without spilling", "[nvrtc][generator]") {
+  // Factor rows that TMA cannot address are copied by the producer under its setmaxnreg budget
+  // of 32 registers: by cp.async (4- and 8-byte rows, even ranks that are not multiples of 8),
+  // or by loads and stores (2-byte rows, odd ranks). Unrolled whole, the cp.async copies of wide
+  // factors spilled 280-770 bytes (ranks 66 and 100, d32 to d128; session 21); the odd ranks'
+  // copies by one warp took 56 registers, and the d64 consumers' remaining 152 left their wgmma
+  // pipeline serialised with a spill (docs/PERF_NOTES.md, sm90 forward step 28). Long rows, and
+  // for d32 the short rows' four-CTA tile.
   const Arch arch = Arch::parse("sm_90a");
   std::vector<std::pair<std::string, KernelSpec>> jobs;
   for (int d : {32, 64, 128, 256})
-    for (int rank : {2, 34, 66, 100, 114})
-      for (const char* mask : {"none", "causal"}) {
-        if (d != 64 && std::string(mask) == "causal") continue;
-        const std::string text = fmt::format("b=2,h=16,n=8192,d={},r={},mask={}", d, rank, mask);
-        const ProblemSpec spec = parse_problem(text);
-        const ProblemKey key = dense_problem_key(spec, arch);
-        const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
-                                            default_smem_limit(arch));
-        jobs.push_back({text, KernelSpec{key, t}});
-      }
+    for (int rank : {1, 2, 15, 33, 34, 65, 66, 100, 113, 114})
+      for (const char* mask : {"none", "causal"})
+        for (int n : {8192, 384}) {
+          if (d != 64 && std::string(mask) == "causal") continue;
+          if (n == 384 && (d != 32 || rank > 33)) continue;
+          const std::string text = fmt::format("b=2,h=16,n={},d={},r={},mask={}", n, d, rank, mask);
+          const ProblemSpec spec = parse_problem(text);
+          const ProblemKey key = dense_problem_key(spec, arch);
+          const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
+                                              default_smem_limit(arch));
+          jobs.push_back({text, KernelSpec{key, t}});
+        }
   std::vector<KernelSpec> specs;
   for (const auto& job : jobs) specs.push_back(job.second);
   compile_each(specs, [&](std::size_t index, const CompiledKernel& ck) {
     const auto& [text, spec] = jobs[index];
     INFO(text << " " << spec.str() << ": " << ck.resources.str());
     CHECK(kernel_family(spec.key) == "sm90");
-    CHECK((spec.key.bias_align == 4 || spec.key.bias_align == 8));
+    CHECK((spec.key.bias_align == 2 || spec.key.bias_align == 4 || spec.key.bias_align == 8));
     CHECK(ck.resources.complete());
     CHECK(ck.resources.spill_store_bytes == 0);
     CHECK(ck.resources.spill_load_bytes == 0);

@@ -181,11 +181,14 @@ TEST_CASE("every enumerated sm90 tile fits its register split into the launch al
 }
 
 TEST_CASE("sm90 tiles that would starve the consumers are refused with the rule's words", "[cpu][generator][sm90]") {
-  // Factor rows staged in the producer's registers (2-byte rows, odd rank) need a larger
-  // producer: two CTAs per SM then leave the consumers under 96 registers. Rows of 4 bytes go by
-  // cp.async, which stages nothing in registers, and fit.
+  // Two CTAs of three consumer warpgroups leave each consumer thread 72-77 registers, whatever
+  // the factor rows. Two CTAs fit with every producer: 24 registers (TMA) or 32 (factor rows copied
+  // by cp.async or, for 2-byte rows of odd rank, by the warpgroup's loads and stores).
+  const TileConfig starving = TileConfig::parse("bm=192,bn=64,w=16,s=2,minblocks=2");
+  CHECK_THAT(legality_error(hopper_key(32, 16), starving, 0), Catch::Contains("under 96 registers per consumer thread"));
+  CHECK_THAT(legality_error(hopper_key(32, 3, 2), starving, 0), Catch::Contains("under 96 registers per consumer thread"));
   const TileConfig two_ctas = TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2");
-  CHECK_THAT(legality_error(hopper_key(32, 3, 2), two_ctas, 0), Catch::Contains("under 96 registers per consumer thread"));
+  CHECK(legality_error(hopper_key(32, 3, 2), two_ctas, 0).empty());
   CHECK(legality_error(hopper_key(32, 2, 4), two_ctas, 0).empty());
   CHECK(legality_error(hopper_key(32, 16), TileConfig::parse("bm=128,bn=64,w=12,s=2,minblocks=2"), 0).empty());
   CHECK_THAT(legality_error(hopper_key(256, 16), TileConfig::parse("bm=64,bn=64,w=8,s=2,minblocks=2"), 0),
@@ -204,12 +207,18 @@ TEST_CASE("the sm90 forward runs four one-warpgroup CTAs per SM on short d32 row
         "bm64_bn64_w8_s3_minblocks4_pvoverlap0");
   CHECK(heuristic_tile(hopper_key(32, 8), ShapeInfo{8, 4096, 4096}, smem).str() ==
         "bm128_bn64_w12_s3_minblocks2_pvoverlap0");
-  // Odd rank (factor rows staged in the producer's registers) leaves four CTAs under 96
-  // registers per consumer: the next preference, which fits.
-  const TileConfig four = TileConfig::parse("bm=64,bn=64,w=8,s=3,minblocks=4,pvoverlap=0");
-  CHECK_THAT(legality_error(hopper_key(32, 3, 2), four, 0), Catch::Contains("under 96 registers per consumer thread"));
+  // Odd rank: the producer's 32 registers leave one consumer warpgroup 96 of the 64-register
+  // launch allocation of four CTAs, so odd ranks take the same tile.
   CHECK(heuristic_tile(hopper_key(32, 3, 2), ShapeInfo{1024, 384, 384}, smem).str() ==
-        "bm192_bn64_w16_s2_pvoverlap0");
+        "bm64_bn64_w8_s3_minblocks4_pvoverlap0");
+  CHECK(heuristic_tile(hopper_key(32, 3, 2), ShapeInfo{8, 4096, 4096}, smem).str() ==
+        "bm128_bn64_w12_s3_minblocks2_pvoverlap0");
+  // d64: odd ranks over 64 skip the two-CTA tile that even ranks take (serialised under its
+  // 80-register cap with the copy loads).
+  CHECK(heuristic_tile(hopper_key(64, 66, 4), ShapeInfo{64, 4096, 4096}, smem).str() ==
+        "bm128_bn64_w12_s2_minblocks2_pvoverlap0");
+  CHECK(heuristic_tile(hopper_key(64, 65, 2), ShapeInfo{64, 4096, 4096}, smem).str() ==
+        "bm128_bn128_w12_s2_pvoverlap0");
   // Four CTAs need the launch allocation (64 registers) to hold the widest wgmma's accumulators.
   CHECK_THAT(legality_error(hopper_key(32, 16), TileConfig::parse("bm=64,bn=128,w=8,s=3,minblocks=4"), 0),
              Catch::Contains("must hold the widest wgmma's accumulators"));
