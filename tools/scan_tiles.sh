@@ -12,8 +12,10 @@ for a in $ARCHS; do for dir in $DIRS; do for t in $DTYPES; do for d in $DIMS; do
 done; done; done; done; done; done |
   xargs -P "${JOBS:-2}" -L 1 sh -c '
     out=$("$0" gen --arch "$1" --direction "$2" --dtype "$3" -d "$4" -r "$5" --mask "$6" --emit resources 2>&1)
+    err=""
     bad=$(printf "%s\n" "$out" | grep -E "^resources" | grep -vE "spill_st=0 spill_ld=0 stack=0 smem=[0-9]+ bar=[0-9]+( \(worst over the entries\))?$")
-    err=$(printf "%s\n" "$out" | grep -iE "^error")
+    # No resources line: the compile (or the key) failed; show the CLI'"'"'s error line.
+    printf "%s\n" "$out" | grep -qE "^resources" || err=$(printf "%s\n" "$out" | grep -m1 -iE "error" || echo "no resources reported")
     [ -n "$bad$err" ] && printf "%s %s %s d%s r%s %s: %s | %s\n" "$1" "$2" "$3" "$4" "$5" "$6" \
       "$(printf "%s\n" "$out" | grep -E "^kernel" | sed "s/.*\///")" "$(printf "%s\n" "$bad$err" | tr -s " " | tr "\n" ";")"
     true' "$B"

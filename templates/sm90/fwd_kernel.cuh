@@ -624,6 +624,8 @@ struct FLASHBIAS_KERNEL("fwd", "sm90") FwdKernel {
 
     if (wg == 0) {
       if constexpr (kConsumerRegs > 0) regs_dealloc<kProducerRegs>();
+      // One copying warp: warp 0 with its lane (tid & 31 == tid there; this spelling keeps those
+      // kernels' cubins as they were). Four: the whole warpgroup.
       if (kCopyThreads == 128 || warp == 0) producer(prm, smem, b, h, m0, n_blocks, kCopyThreads == 128 ? tid : tid & 31);
     } else {
       if constexpr (kConsumerRegs > 0) regs_alloc<kConsumerRegs>();
