@@ -65,12 +65,47 @@ struct TileLoader {
         // threads, e.g. odd ranks of 120 padded columns: 60 two-byte copies per thread):
         // unrolled whole they hoisted every pass's address and spilled kilobytes in the backward
         // (compile scan, session 21). 16-byte rows (d72's nine chunks) stay unrolled.
+        if constexpr (kAlign == 2) {
+          copy_narrow_batched(s, g, row_stride, row0, rows_valid, tid);
+        } else {
 #pragma unroll 1
-        for (int it = 0; it < kIters; ++it) {
-          if (kChunks % kThreads != 0 && it * kThreads + tid >= kChunks) break;
-          one(it);
+          for (int it = 0; it < kIters; ++it) {
+            if (kChunks % kThreads != 0 && it * kThreads + tid >= kChunks) break;
+            one(it);
+          }
         }
       }
+    }
+  }
+
+  /// Past eight passes, 2-byte chunks (ordinary loads and stores, not cp.async) are copied in a
+  /// loop over batches of kNarrowBatch passes, the batch's loads issued before its stores: a
+  /// rolled loop of single copies waits out each load's latency before the next (the forward's
+  /// walk measured 1.9x slower that way), while the whole unroll hoists every pass's address.
+  static constexpr int kNarrowBatch = 4;
+  /// Rows [row0, row0 + kRows) of `g` into `s` by kNarrowBatch-pass batches (kAlign 2 only);
+  /// `walked`: every row is valid (TileWalk), so only the padding columns are tested.
+  template <bool kWalked = false>
+  static __device__ __forceinline__ void copy_narrow_batched(Element* s, const Element* g, long long row_stride,
+                                                             int row0, int rows_valid, int tid) {
+    static_assert(kAlign == 2, "batched copies are for 2-byte chunks");
+#pragma unroll 1
+    for (int it0 = 0; it0 < kIters; it0 += kNarrowBatch) {
+      u16 v[kNarrowBatch];
+      int at[kNarrowBatch];
+#pragma unroll
+      for (int j = 0; j < kNarrowBatch; ++j) {
+        const int i = (it0 + j) * kThreads + tid;
+        const int r = i / kChunksPerRow;
+        const int c = i - r * kChunksPerRow;  // one element per chunk
+        const bool in_tile = (kIters % kNarrowBatch == 0 || it0 + j < kIters) && (kChunks % kThreads == 0 || i < kChunks);
+        const bool valid = in_tile && (kWalked || row0 + r < rows_valid) && c < kColsValid;
+        v[j] = valid ? g[(long long)(kWalked ? r : row0 + r) * row_stride + c].bits : u16(0);
+        at[j] = in_tile ? r * kStride + c : -1;
+      }
+#pragma unroll
+      for (int j = 0; j < kNarrowBatch; ++j)
+        if (at[j] >= 0) s[at[j]].bits = v[j];
     }
   }
 
@@ -123,6 +158,9 @@ struct TileWalk {
         if (kRows % kRowsPerPass != 0 && r >= kRows) break;
         Loader::copy(s, s_addr, r * kStride + c, src + it * ((long long)kRowsPerPass * row_stride), valid);
       }
+    } else if constexpr (kAlign == 2 && Loader::kIters > 8) {
+      // Many 2-byte passes (odd ranks past 32: up to 60 per thread): batched, as in the loader.
+      Loader::template copy_narrow_batched<true>(s, src, row_stride, 0, kRows, tid);
     } else {
 #pragma unroll
       for (int it = 0; it < Loader::kIters; ++it) {
