@@ -234,3 +234,36 @@ TEST_CASE("the backward compiles at ranks whose factor columns end in a partial 
 }
 
 }  // namespace flashbias
+
+namespace flashbias {
+
+TEST_CASE("the portable family copies many 2-byte factor passes in batches without spilling", "[nvrtc][generator]") {
+  // Odd ranks over 32 give 2-byte factor rows whose chunks do not tile the threads: up to 60
+  // passes per thread (rank 113). Unrolled whole, the forward's walked copy hoisted every pass's
+  // address and spilled 28-1020 bytes at d64 (rank 33: 28, 49: 304, 113: 1020), and the backward's
+  // loader kilobytes; a rolled loop waited out every load (16-30% slower). Batches of four passes,
+  // loads before stores (sm80/tile_loader.cuh, copy_narrow_batched), leave the forward without a
+  // spill (docs/PERF_NOTES.md, sm80 step 17).
+  const Arch arch = Arch::parse("sm_80");
+  std::vector<std::pair<std::string, KernelSpec>> jobs;
+  for (int d : {32, 64, 128})
+    for (int rank : {33, 49, 113}) {
+      const std::string text = fmt::format("b=2,h=8,n=2048,d={},r={}", d, rank);
+      const ProblemSpec spec = parse_problem(text);
+      const ProblemKey key = dense_problem_key(spec, arch);
+      REQUIRE(key.bias_align == 2);
+      const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
+                                          default_smem_limit(arch));
+      jobs.push_back({text, KernelSpec{key, t}});
+    }
+  std::vector<KernelSpec> specs;
+  for (const auto& job : jobs) specs.push_back(job.second);
+  compile_each(specs, [&](std::size_t index, const CompiledKernel& ck) {
+    INFO(jobs[index].first << " " << jobs[index].second.str() << ": " << ck.resources.str());
+    CHECK(ck.resources.complete());
+    CHECK(ck.resources.spill_store_bytes == 0);
+    CHECK(ck.resources.spill_load_bytes == 0);
+  });
+}
+
+}  // namespace flashbias
