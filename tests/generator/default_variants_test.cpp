@@ -31,6 +31,28 @@ void compile_each(const std::vector<KernelSpec>& specs, Check&& check) {
   }
 }
 
+/// A problem string and the heuristic's kernel for it on `arch` (direction `dir`).
+struct Job {
+  std::string text;
+  KernelSpec spec;
+};
+Job heuristic_job(const std::string& text, const Arch& arch, Direction dir = Direction::fwd) {
+  const ProblemSpec spec = parse_problem(text);
+  ProblemKey key = dense_problem_key(spec, arch);
+  key.direction = dir;
+  const TileConfig t =
+      heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k}, default_smem_limit(arch));
+  return Job{text, KernelSpec{key, t}};
+}
+
+/// compile_each over jobs' specs: check(job, compiled).
+template <class Check>
+void compile_jobs(const std::vector<Job>& jobs, Check&& check) {
+  std::vector<KernelSpec> specs;
+  for (const Job& job : jobs) specs.push_back(job.spec);
+  compile_each(specs, [&](std::size_t index, const CompiledKernel& ck) { check(jobs[index], ck); });
+}
+
 }  // namespace
 
 TEST_CASE("the default variant set (forward and backward) compiles for sm_80 and sm_90a without spilling", "[nvrtc][generator]") {
@@ -177,25 +199,18 @@ TEST_CASE("the Hopper forward's heuristic tiles copy narrow factor rows without 
   // pipeline serialised with a spill (docs/PERF_NOTES.md, sm90 forward step 28). Long rows, and
   // for d32 the short rows' four-CTA tile.
   const Arch arch = Arch::parse("sm_90a");
-  std::vector<std::pair<std::string, KernelSpec>> jobs;
+  std::vector<Job> jobs;
   for (int d : {32, 64, 128, 256})
     for (int rank : {1, 2, 15, 33, 34, 65, 66, 100, 113, 114})
       for (const char* mask : {"none", "causal"})
         for (int n : {8192, 384}) {
           if (d != 64 && std::string(mask) == "causal") continue;
           if (n == 384 && (d != 32 || rank > 33)) continue;
-          const std::string text = fmt::format("b=2,h=16,n={},d={},r={},mask={}", n, d, rank, mask);
-          const ProblemSpec spec = parse_problem(text);
-          const ProblemKey key = dense_problem_key(spec, arch);
-          const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
-                                              default_smem_limit(arch));
-          jobs.push_back({text, KernelSpec{key, t}});
+          jobs.push_back(heuristic_job(fmt::format("b=2,h=16,n={},d={},r={},mask={}", n, d, rank, mask), arch));
         }
-  std::vector<KernelSpec> specs;
-  for (const auto& job : jobs) specs.push_back(job.second);
-  compile_each(specs, [&](std::size_t index, const CompiledKernel& ck) {
-    const auto& [text, spec] = jobs[index];
-    INFO(text << " " << spec.str() << ": " << ck.resources.str());
+  compile_jobs(jobs, [&](const Job& job, const CompiledKernel& ck) {
+    const KernelSpec& spec = job.spec;
+    INFO(job.text << " " << spec.str() << ": " << ck.resources.str());
     CHECK(kernel_family(spec.key) == "sm90");
     CHECK((spec.key.bias_align == 2 || spec.key.bias_align == 4 || spec.key.bias_align == 8));
     CHECK(ck.resources.complete());
@@ -211,23 +226,14 @@ TEST_CASE("the backward compiles at ranks whose factor columns end in a partial 
   // a chunk of one, two or three n8 tiles (here 36, 112 and 56), which a static_assert rejected
   // until session 21. Both archs' heuristic tiles (ranks over 32 run the portable family on
   // Hopper as well).
-  std::vector<std::pair<std::string, KernelSpec>> jobs;
+  std::vector<Job> jobs;
   for (const char* a : {"sm_80", "sm_90a"})
-    for (int rank : {36, 56, 112}) {
-      const Arch arch = Arch::parse(a);
-      const std::string text = fmt::format("b=2,h=4,n=1024,d={},r={}", std::string(a) == "sm_80" ? 64 : 32, rank);
-      const ProblemSpec spec = parse_problem(text);
-      ProblemKey key = dense_problem_key(spec, arch);
-      key.direction = Direction::bwd;
-      const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
-                                          default_smem_limit(arch));
-      jobs.push_back({fmt::format("{} {}", a, text), KernelSpec{key, t}});
-    }
-  std::vector<KernelSpec> specs;
-  for (const auto& job : jobs) specs.push_back(job.second);
-  compile_each(specs, [&](std::size_t index, const CompiledKernel& ck) {
-    INFO(jobs[index].first << " " << jobs[index].second.str() << ": " << ck.resources.str());
-    CHECK(kernel_family(jobs[index].second.key) == "sm80");
+    for (int rank : {36, 56, 112})
+      jobs.push_back(heuristic_job(fmt::format("b=2,h=4,n=1024,d={},r={}", std::string(a) == "sm_80" ? 64 : 32, rank),
+                                   Arch::parse(a), Direction::bwd));
+  compile_jobs(jobs, [&](const Job& job, const CompiledKernel& ck) {
+    INFO(job.spec.key.arch.name() << " " << job.text << " " << job.spec.str() << ": " << ck.resources.str());
+    CHECK(kernel_family(job.spec.key) == "sm80");
     CHECK(ck.resources.complete());
     CHECK_FALSE(ck.cubin.empty());
   });
@@ -245,21 +251,12 @@ TEST_CASE("the portable family copies many 2-byte factor passes in batches witho
   // loads before stores (sm80/tile_loader.cuh, copy_narrow_batched), leave the forward without a
   // spill (docs/PERF_NOTES.md, sm80 step 17).
   const Arch arch = Arch::parse("sm_80");
-  std::vector<std::pair<std::string, KernelSpec>> jobs;
+  std::vector<Job> jobs;
   for (int d : {32, 64, 128})
-    for (int rank : {33, 49, 113}) {
-      const std::string text = fmt::format("b=2,h=8,n=2048,d={},r={}", d, rank);
-      const ProblemSpec spec = parse_problem(text);
-      const ProblemKey key = dense_problem_key(spec, arch);
-      REQUIRE(key.bias_align == 2);
-      const TileConfig t = heuristic_tile(key, ShapeInfo{spec.batch * spec.heads, spec.seqlen_q, spec.seqlen_k},
-                                          default_smem_limit(arch));
-      jobs.push_back({text, KernelSpec{key, t}});
-    }
-  std::vector<KernelSpec> specs;
-  for (const auto& job : jobs) specs.push_back(job.second);
-  compile_each(specs, [&](std::size_t index, const CompiledKernel& ck) {
-    INFO(jobs[index].first << " " << jobs[index].second.str() << ": " << ck.resources.str());
+    for (int rank : {33, 49, 113}) jobs.push_back(heuristic_job(fmt::format("b=2,h=8,n=2048,d={},r={}", d, rank), arch));
+  compile_jobs(jobs, [&](const Job& job, const CompiledKernel& ck) {
+    INFO(job.text << " " << job.spec.str() << ": " << ck.resources.str());
+    CHECK(job.spec.key.bias_align == 2);
     CHECK(ck.resources.complete());
     CHECK(ck.resources.spill_store_bytes == 0);
     CHECK(ck.resources.spill_load_bytes == 0);
