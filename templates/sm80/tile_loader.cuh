@@ -84,7 +84,8 @@ struct TileLoader {
   /// walk measured 1.9x slower that way), while the whole unroll hoists every pass's address.
   static constexpr int kNarrowBatch = 4;
   /// Rows [row0, row0 + kRows) of `g` into `s` by kNarrowBatch-pass batches (kAlign 2 only);
-  /// `walked`: every row is valid (TileWalk), so only the padding columns are tested.
+  /// kWalked: every row is valid (TileWalk, `g` at the tile's row 0), so only the padding columns are
+  /// tested.
   template <bool kWalked = false>
   static __device__ __forceinline__ void copy_narrow_batched(Element* s, const Element* g, long long row_stride,
                                                              int row0, int rows_valid, int tid) {
