@@ -21,6 +21,9 @@ struct TileLoader {
   static constexpr int kChunksPerRow = kColsPad / kElemsPerChunk;
   static constexpr int kChunks = kRows * kChunksPerRow;
   static constexpr int kIters = ceil_div(kChunks, kThreads);
+  /// Passes per thread up to which a tile that is not row-aligned copies fully unrolled; past it,
+  /// narrow chunks copy in a loop (copy_narrow_batched for 2-byte ones; TileWalk the same).
+  static constexpr int kMaxUnrolledIters = 8;
 
   // When a whole number of rows is covered per pass, each thread keeps one column and walks
   // rows with a running pointer: a few live registers instead of one hoisted address per pass.
@@ -54,7 +57,7 @@ struct TileLoader {
         // An invalid chunk still needs a mapped source address for cp.async: use the tile base.
         copy(s, s_addr, r * kStride + c, valid ? g + (long long)(row0 + r) * row_stride + c : g, valid);
       };
-      if constexpr (kIters <= 8 || kAlign == 16) {
+      if constexpr (kIters <= kMaxUnrolledIters || kAlign == 16) {
 #pragma unroll
         for (int it = 0; it < kIters; ++it) {
           if (kChunks % kThreads != 0 && it * kThreads + tid >= kChunks) break;
@@ -64,7 +67,8 @@ struct TileLoader {
         // Many narrow passes (rows under 16-byte alignment whose chunks do not tile the
         // threads, e.g. odd ranks of 120 padded columns: 60 two-byte copies per thread):
         // unrolled whole they hoisted every pass's address and spilled kilobytes in the backward
-        // (compile scan, session 21). 16-byte rows (d72's nine chunks) stay unrolled.
+        // (compile scan, session 21). 2-byte chunks copy in batches of loads then stores; 4- and
+        // 8-byte ones (cp.async) in a rolled loop. 16-byte rows (d72's nine chunks) stay unrolled.
         if constexpr (kAlign == 2) {
           copy_narrow_batched(s, g, row_stride, row0, rows_valid, tid);
         } else {
@@ -78,7 +82,7 @@ struct TileLoader {
     }
   }
 
-  /// Past eight passes, 2-byte chunks (ordinary loads and stores, not cp.async) are copied in a
+  /// Past kMaxUnrolledIters passes, 2-byte chunks (ordinary loads and stores, not cp.async) are copied in a
   /// loop over batches of kNarrowBatch passes, the batch's loads issued before its stores: a
   /// rolled loop of single copies waits out each load's latency before the next (the forward's
   /// walk measured 1.9x slower that way), while the whole unroll hoists every pass's address.
@@ -159,7 +163,7 @@ struct TileWalk {
         if (kRows % kRowsPerPass != 0 && r >= kRows) break;
         Loader::copy(s, s_addr, r * kStride + c, src + it * ((long long)kRowsPerPass * row_stride), valid);
       }
-    } else if constexpr (kAlign == 2 && Loader::kIters > 8) {
+    } else if constexpr (kAlign == 2 && Loader::kIters > Loader::kMaxUnrolledIters) {
       // Many 2-byte passes (odd ranks past 32: up to 60 per thread): batched, as in the loader.
       Loader::template copy_narrow_batched<true>(s, src, row_stride, 0, kRows, tid);
     } else {
