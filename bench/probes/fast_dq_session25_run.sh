@@ -5,8 +5,8 @@
 #   mkdir -p carry/cs && cp build/flashbias build/tests/flashbias_tests carry/cs/ && strip carry/cs/*
 # the per-thread red.global form of the sums: `#define FLASHBIAS_FAST_DQ_RED` after `#pragma once`
 # in templates/sm90/bwd_kernel.cuh, ninja -C build flashbias, copy to carry/csred/, take it out;
-# session 24's divergent form (for the A/B): build bench/probes/fast_dq_session24.patch the same
-# way into carry/fast/. Run on an H100 in session 25 (about 2 minutes; output in
+# session 24's divergent form (for the A/B): build its patch
+# (`git show bdd6f8e:bench/probes/fast_dq_session24.patch`) the same way into carry/fast/. Run on an H100 in session 25 (about 2 minutes; output in
 # bench/ab_session25_h100_2026-12-07.txt). Copy this script to carry/run.sh and run it with
 # carry ["carry"]; it prints the elapsed time after each part.
 # the fast dkdv with dQ's columns split between the two warpgroups (cs), against the

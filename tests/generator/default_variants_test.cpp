@@ -239,7 +239,6 @@ TEST_CASE("the backward compiles at ranks whose factor columns end in a partial 
   });
 }
 
-
 TEST_CASE("the portable family copies many 2-byte factor passes in batches without spilling", "[nvrtc][generator]") {
   // Odd ranks over 32 give 2-byte factor rows whose chunks do not tile the threads: up to 60
   // passes per thread (rank 113). Unrolled whole, the forward's walked copy hoisted every pass's
