@@ -227,11 +227,33 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   const bool causal = key.mask == MaskKind::causal;
   // d32 (TMA only, kernel_family): two stages (af3_tri backward 0.497 ms vs 0.516 with three),
   // and three CTAs per SM (168 registers, no spills up to rank 16): seed_n16k backward 5.04 ->
-  // 4.75 ms, af3_tri 0.496 -> 0.432; 48- or 32-row steps (four CTAs) were slower. Rank 32
+  // 4.75 ms, af3_tri 0.496 -> 0.432; 48- or 32-row steps (four CTAs) were slower then (before
+  // step 24 dropped the residual; fp16 with a bias now takes the tiles below). Rank 32
   // spills at 168 registers, so it keeps the launch allocation.
   static const std::vector<TileConfig> d32{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1,minblocks=3"),
                                            TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
   static const std::vector<TileConfig> d32_rank{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
+  // d32, fp16, ranks 1-16, no mask (session 26, H100, fwd+bwd in the CLI, two rounds of three;
+  // docs/PERF_NOTES.md, sm90 backward step 29). Since the factor gradients dropped their residual
+  // (step 24) these kernels fit 117-128 registers, and 48-row steps win:
+  //  - long rows: two warpgroups per CTA (each warpgroup's Q, dO, factor and LSE tiles shared by
+  //    128 keys) at two CTAs per SM, the winner of a tune of seed_n16k over the whole space:
+  //    seed_n16k 4.09-4.24 -> 3.85-3.96 ms, b=2,h=4,n=4096 0.360 -> 0.276 (one wave of 256 CTAs
+  //    where the 64-row tile ran 1.3 waves of 512), b=8,h=8,n=1024 0.177 -> 0.169. It needs a
+  //    CTA per SM for one wave; with fewer the narrower tile below keeps more CTAs busy.
+  //  - rows of at most 512 keys: one warpgroup, three stages, three CTAs per SM: af3_tri 0.434
+  //    -> 0.420 ms (the two-warpgroup tile 0.435).
+  // Not taken: the causal mask (b=2,h=8,n=8192,r=16: 1.21-1.22 ms against 1.23-1.27), bf16 (the
+  // two-warpgroup tile runs seed_n16k 5% faster but spills 16 bytes in dkdv under its
+  // 128-register cap), rank 0 (level), rank 32 (spills).
+  static const TileConfig d32_two_wg = TileConfig::parse("bm=128,bn=128,w=8,s=2,step=48,tma=1,minblocks=2");
+  static const TileConfig d32_short_keys = TileConfig::parse("bm=64,bn=64,w=4,s=3,step=48,tma=1,minblocks=3");
+  if (key.head_dim == 32 && key.dtype == DType::f16 && !causal && key.rank >= 1 && key.rank <= 16) {
+    const std::int64_t rows = std::min(shape.seqlen_q, shape.seqlen_k);
+    const bool one_wave = shape.batch_heads * ((rows + 127) / 128) >= 132;
+    const TileConfig* pick = shape.seqlen_k <= 512 ? &d32_short_keys : one_wave ? &d32_two_wg : nullptr;
+    if (pick != nullptr && legality_error(key, *pick, smem_limit).empty()) return *pick;
+  }
   if (key.head_dim > 32 && key.head_dim <= 64 && key.rank <= 16) {
     const TileConfig& three = causal ? narrow_causal_three : narrow_three;
     if (legality_error(key, three, smem_limit).empty()) return three;  // else the lists below
@@ -241,7 +263,6 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
                       : near_cap && key.rank > 16   ? wide_rank
                       : near_cap && causal          ? wide_causal
                                                     : wide;
-  (void)shape;
   return first_legal(key, prefs, smem_limit);
 }
 

@@ -88,9 +88,24 @@ TEST_CASE("the sm90 backward takes head dims in [32, 128] (32 with TMA factors) 
   // Factor rows TMA cannot take keep cp.async loads.
   ProblemKey narrow = bwd(128, 3, 2);
   CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).get("kTma") == 0);
+  // d32, fp16 with a bias and no mask: two warpgroups per CTA at two CTAs per SM over long rows
+  // when they fill a wave, one warpgroup at three CTAs per SM over rows of at most 512 keys; the
+  // 64-row step tile elsewhere.
   narrow = bwd(32, 16);
-  CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).str() ==
-        "bm64_bn64_w4_s2_minblocks3_tma1");
+  const std::size_t smem = default_smem_limit(narrow.arch);
+  CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, smem).str() == "bm128_bn128_w8_s2_minblocks2_step48_tma1");
+  CHECK(heuristic_tile(narrow, ShapeInfo{8, 4096, 4096}, smem).str() == "bm128_bn128_w8_s2_minblocks2_step48_tma1");
+  CHECK(heuristic_tile(narrow, ShapeInfo{1024, 384, 384}, smem).str() == "bm64_bn64_w4_s3_minblocks3_step48_tma1");
+  CHECK(heuristic_tile(narrow, ShapeInfo{2, 4096, 4096}, smem).str() == "bm64_bn64_w4_s2_minblocks3_tma1");  // 64 CTAs
+  CHECK(heuristic_tile(narrow, ShapeInfo{64, 32, 8192}, smem).str() == "bm64_bn64_w4_s2_minblocks3_tma1");  // 1 row tile
+  ProblemKey other_d32 = narrow;
+  other_d32.mask = MaskKind::causal;
+  CHECK(heuristic_tile(other_d32, ShapeInfo{32, 8192, 8192}, smem).str() == "bm64_bn64_w4_s2_minblocks3_tma1");
+  other_d32 = narrow;
+  other_d32.dtype = DType::bf16;
+  CHECK(heuristic_tile(other_d32, ShapeInfo{32, 8192, 8192}, smem).str() == "bm64_bn64_w4_s2_minblocks3_tma1");
+  other_d32 = bwd(32, 0);
+  CHECK(heuristic_tile(other_d32, ShapeInfo{32, 8192, 8192}, smem).str() == "bm64_bn64_w4_s2_minblocks3_tma1");
   // d <= 64 up to rank 16: dkdv walks 48-row query tiles at three CTAs per SM, dq 64-row key tiles.
   narrow = bwd(64, 16);
   CHECK(heuristic_tile(narrow, ShapeInfo{32, 8192, 8192}, default_smem_limit(narrow.arch)).str() ==

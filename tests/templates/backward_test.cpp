@@ -94,6 +94,48 @@ TEST_CASE("ranks whose factor columns do not come in whole 32-column chunks", "[
   });
 }
 
+TEST_CASE("the dispatcher's d32 tiles for many heads match the reference and repeat bitwise", "[gpu][backward][d32]") {
+  // The matrix above has too few heads for the two-warpgroup d32 tile, which the heuristic takes
+  // once its CTAs fill a wave (more than 512 keys); rows of at most 512 keys take the three-stage
+  // one-warpgroup tile. Through the Context, as a caller runs them: the fp64 reference, then
+  // three more runs that must give the same bits.
+  activate_primary_context(0);
+  const DeviceInfo dev = query_device(0);
+  Context ctx(ContextOptions{0, Policy::heuristic, true});
+  const std::pair<const char*, const char*> cases[] = {
+      {"b=1,h=132,nq=600,nk=777,d=32,r=8", "bm128_bn128_w8_s2_minblocks2_step48_tma1"},
+      {"b=2,h=66,n=520,d=32,r=16,qb=1n1r,kb=bn1r", "bm128_bn128_w8_s2_minblocks2_step48_tma1"},
+      {"b=8,h=20,nq=384,nk=300,d=32,r=16,kb=1nhr", "bm64_bn64_w4_s3_minblocks3_step48_tma1"}};
+  for (const auto& [text, tile] : cases) {
+    DeviceProblem problem(parse_problem(text), fresh_seed());
+    problem.enable_backward(fresh_seed());
+    const BackwardArgs& args = problem.backward_args();
+    const ProblemKey key = validate_backward(args, dev);
+    INFO(text << " " << key.str());
+    if (kernel_family(key) != "sm90") {
+      WARN("no sm_90a device: the sm90 backward does not run here");
+      return;
+    }
+    const ShapeInfo shape{args.batch * args.heads, args.seqlen_q, args.seqlen_k};
+    REQUIRE(heuristic_tile(key, shape, dev.max_smem_per_block_optin).str() == tile);
+    const BackwardCheck r = check_backward(
+        problem, [&](const ForwardArgs& a) { ctx.forward(a, nullptr); },
+        [&](const BackwardArgs& a) { ctx.backward(a, nullptr); }, 0);
+    INFO(r.str());
+    CHECK(r.pass);
+    const DeviceProblem::Gradients first = problem.download_gradients();
+    for (int run = 0; run < 3; ++run) {
+      problem.poison_gradients();
+      ctx.backward(args, nullptr);
+      const DeviceProblem::Gradients g = problem.download_gradients();
+      INFO("run " << run);
+      for (const auto& [a, b] : {std::pair{&g.dq, &first.dq}, std::pair{&g.dk, &first.dk}, std::pair{&g.dv, &first.dv},
+                                 std::pair{&g.dqb, &first.dqb}, std::pair{&g.dkb, &first.dkb}})
+        REQUIRE((a->bytes() == b->bytes() && std::memcmp(a->data(), b->data(), a->bytes()) == 0));
+    }
+  }
+}
+
 TEST_CASE("every legal backward tile computes the same function", "[gpu][backward][tiles]") {
   // Odd sizes, a rank that needs the k8 tail, broadcast factors (the reduce kernel), causal with
   // Nq != Nk; every legal tile of the knob space, compiled in parallel, loaded directly.
