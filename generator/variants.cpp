@@ -234,8 +234,8 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
                                            TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
   static const std::vector<TileConfig> d32_rank{TileConfig::parse("bm=64,bn=64,w=4,s=2,step=64,tma=1")};
   // d32, fp16, ranks 1-16, no mask (session 26, H100, fwd+bwd in the CLI, two rounds of three;
-  // docs/PERF_NOTES.md, sm90 backward step 29). Since the factor gradients dropped their residual
-  // (step 24) these kernels fit 117-128 registers, and 48-row steps win:
+  // docs/PERF_NOTES.md, the log of the sm90 section, step 29). Since the factor gradients
+  // dropped their residual (step 24) these kernels fit 117-130 registers, and 48-row steps win:
   //  - long rows: two warpgroups per CTA (each warpgroup's Q, dO, factor and LSE tiles shared by
   //    128 keys) at two CTAs per SM, the winner of a tune of seed_n16k over the whole space:
   //    seed_n16k 4.09-4.24 -> 3.85-3.96 ms, b=2,h=4,n=4096 0.360 -> 0.276 (one wave of 256 CTAs
