@@ -236,9 +236,9 @@ TileConfig sm90_bwd_heuristic_tile(const ProblemKey& key, const ShapeInfo& shape
   // d32, fp16, ranks 1-16, no mask (session 26, H100, fwd+bwd in the CLI, two rounds of three;
   // docs/PERF_NOTES.md, the log of the sm90 section, step 29). Since the factor gradients
   // dropped their residual (step 24) these kernels fit 117-130 registers, and 48-row steps win:
-  //  - long rows: two warpgroups per CTA (each warpgroup's Q, dO, factor and LSE tiles shared by
-  //    128 keys) at two CTAs per SM, the winner of a tune of seed_n16k over the whole space:
-  //    seed_n16k 4.09-4.24 -> 3.85-3.96 ms, b=2,h=4,n=4096 0.360 -> 0.276 (one wave of 256 CTAs
+  //  - long rows: two warpgroups per CTA (the CTA's Q, dO, factor and LSE tiles serve both
+  //    warpgroups' 128 keys) at two CTAs per SM, the winner of a tune of seed_n16k over the
+  //    whole space: seed_n16k 4.09-4.24 -> 3.85-3.96 ms, b=2,h=4,n=4096 0.360 -> 0.276 (one wave of 256 CTAs
   //    where the 64-row tile ran 1.3 waves of 512), b=8,h=8,n=1024 0.177 -> 0.169. It needs a
   //    CTA per SM for one wave; with fewer the narrower tile below keeps more CTAs busy.
   //  - rows of at most 512 keys: one warpgroup, three stages, three CTAs per SM: af3_tri 0.434
