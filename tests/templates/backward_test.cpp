@@ -49,6 +49,10 @@ std::vector<Case> backward_matrix() {
 
 unsigned worker_count() { return std::max(2u, std::min(8u, std::thread::hardware_concurrency() / 2)); }
 
+bool same_bits(const HostTensor& a, const HostTensor& b) {
+  return a.bytes() == b.bytes() && std::memcmp(a.data(), b.data(), a.bytes()) == 0;
+}
+
 void run_matrix(bool portable) {
   activate_primary_context(0);
   Context ctx(ContextOptions{0, Policy::heuristic, true, portable});
@@ -129,9 +133,11 @@ TEST_CASE("the dispatcher's d32 tiles for many heads match the reference and rep
       ctx.backward(args, nullptr);
       const DeviceProblem::Gradients g = problem.download_gradients();
       INFO("run " << run);
-      for (const auto& [a, b] : {std::pair{&g.dq, &first.dq}, std::pair{&g.dk, &first.dk}, std::pair{&g.dv, &first.dv},
-                                 std::pair{&g.dqb, &first.dqb}, std::pair{&g.dkb, &first.dkb}})
-        REQUIRE((a->bytes() == b->bytes() && std::memcmp(a->data(), b->data(), a->bytes()) == 0));
+      REQUIRE(same_bits(g.dq, first.dq));
+      REQUIRE(same_bits(g.dk, first.dk));
+      REQUIRE(same_bits(g.dv, first.dv));
+      REQUIRE(same_bits(g.dqb, first.dqb));
+      REQUIRE(same_bits(g.dkb, first.dkb));
     }
   }
 }
@@ -235,14 +241,11 @@ TEST_CASE("backward results are bitwise identical over 20 runs", "[gpu][backward
         continue;
       }
       INFO(text << " (" << dev.arch.name() << ") run " << run);
-      auto same = [](const HostTensor& a, const HostTensor& b) {
-        return a.bytes() == b.bytes() && std::memcmp(a.data(), b.data(), a.bytes()) == 0;
-      };
-      REQUIRE(same(g.dq, first.dq));
-      REQUIRE(same(g.dk, first.dk));
-      REQUIRE(same(g.dv, first.dv));
-      REQUIRE(same(g.dqb, first.dqb));
-      REQUIRE(same(g.dkb, first.dkb));
+      REQUIRE(same_bits(g.dq, first.dq));
+      REQUIRE(same_bits(g.dk, first.dk));
+      REQUIRE(same_bits(g.dv, first.dv));
+      REQUIRE(same_bits(g.dqb, first.dqb));
+      REQUIRE(same_bits(g.dkb, first.dkb));
     }
   }
 }
