@@ -119,18 +119,25 @@ std::vector<TileConfig> nearest_first(const ProblemKey& key, std::vector<TileCon
 namespace {
 
 /// The first of `prefs` (best first, each passed through `adjust`) that is legal for `key` within
-/// `smem_limit`; else the first legal tile of the knob space; else an error naming the key.
+/// `smem_limit`; else the first legal tile of the knob space; else an error naming the key and
+/// the rule its first preference breaks (for a key no tile can serve, such as a head dim that is
+/// not a multiple of 8 or a factor alignment the rank's rows cannot have, that rule is the
+/// template's limit on the key itself, not the shared memory).
 template <class Adjust>
 TileConfig first_legal(const ProblemKey& key, const std::vector<TileConfig>& prefs, std::size_t smem_limit,
                        Adjust&& adjust) {
+  std::string first_why;
   for (TileConfig t : prefs) {
     adjust(t);
-    if (legality_error(key, t, smem_limit).empty()) return t;
+    std::string why = legality_error(key, t, smem_limit);
+    if (why.empty()) return t;
+    if (first_why.empty()) first_why = std::move(why);
   }
   for (const TileConfig& t : enumerate_tiles(key, smem_limit)) return t;
   throw Error(ErrorCode::unsupported,
-              fmt::format("no {}tile configuration fits {} within {} bytes of shared memory",
-                          key.direction == Direction::bwd ? "backward " : "", key.str(), smem_limit));
+              fmt::format("no {}tile configuration is legal for {} within {} bytes of shared memory{}{}",
+                          key.direction == Direction::bwd ? "backward " : "", key.str(), smem_limit,
+                          first_why.empty() ? "" : ": ", first_why));
 }
 TileConfig first_legal(const ProblemKey& key, const std::vector<TileConfig>& prefs, std::size_t smem_limit) {
   return first_legal(key, prefs, smem_limit, [](TileConfig&) {});

@@ -3,7 +3,7 @@
 # (only af3_tri's portable space was tuned before, 128 of 852 candidates in 120 s), then run the
 # peers in the same call with the stored winners (libflashbias.so reads the store by default).
 # Session 26 found the sm90 backward's tune 7% ahead of its hand-swept heuristic on seed_n16k.
-#   bench/probes/portable_tune_d32.sh [tune|peers]   (two calls: each fits the 10-minute limit)
+#   [BUDGET=s] bench/probes/portable_tune_d32.sh [tune|peers]   (two calls: each fits the 10-minute limit)
 # Needs carry/new/{flashbias,libflashbias.so} (tools/pack_carry.sh) and $OUT (the device tool's).
 cd "$(dirname "$0")/../.."
 F=carry/new/flashbias
@@ -12,7 +12,7 @@ export FLASHBIAS_CACHE_DIR=$OUT/cache
 case "${1:-tune}" in
   tune)
     for c in seed_n4k seed_n16k af3_tri; do
-      timeout 190 $F tune --portable --preset $c --budget 170 > "$OUT/tune_$c.txt" 2>&1
+      timeout $((${BUDGET:-170} + 20)) $F tune --portable --preset $c --budget ${BUDGET:-170} > "$OUT/tune_$c.txt" 2>&1
       echo "$c rc=$?"; grep -v '^\[1/1\]' "$OUT/tune_$c.txt" | tail -3 | cut -c1-220
     done ;;
   peers)

@@ -298,6 +298,39 @@ TEST_CASE("legality_error reports the template's rule with the values it got", "
   CHECK_THAT(src.source, Contains("BwdKernel<flashbias::half_t, 64, 16, false, 16, 16, 64, 64, 4, 2, 1, 1>"));
 }
 
+TEST_CASE("a key no tile can serve is refused with the rule it breaks, not a shared-memory claim", "[cpu][manifest]") {
+  // The heuristics fall back to the whole knob space; when nothing there is legal, the error names
+  // the template's limit on the key (what `flashbias gen -d 33` reports), in both directions.
+  auto refusal = [](const ProblemKey& key) {
+    try {
+      heuristic_tile(key, ShapeInfo{1, 4096, 4096}, default_smem_limit(key.arch));
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::unsupported);
+      return std::string(e.what());
+    }
+    FAIL("heuristic_tile returned a tile for " << key.str());
+    return std::string();
+  };
+  for (const char* arch : {"sm_80", "sm_90a"}) {
+    for (Direction dir : {Direction::fwd, Direction::bwd}) {
+      ProblemKey key = make_key(33, 0, MaskKind::none);
+      key.arch = Arch::parse(arch);
+      key.direction = dir;
+      CHECK_THAT(refusal(key), Contains(key.str()) && Contains("head_dim must be a multiple of 8") &&
+                                   Contains("got kHeadDim = 33"));
+      key = make_key(32, 200, MaskKind::none);
+      key.arch = Arch::parse(arch);
+      key.direction = dir;
+      CHECK_THAT(refusal(key), Contains("rank must be in [0, 128]") && Contains("got kRank = 200"));
+      key = make_key(32, 3, MaskKind::none);
+      key.arch = Arch::parse(arch);
+      key.direction = dir;
+      key.bias_align = 16;  // a row of 3 two-byte elements cannot be 16-byte aligned
+      CHECK_THAT(refusal(key), Contains("bias_align must divide a row of rank elements"));
+    }
+  }
+}
+
 TEST_CASE("generate spells FwdKernel's arguments in the manifest's parameter order", "[cpu][manifest]") {
   const mf::EntryInfo* e = mf::find_entry("fwd", "sm80");
   REQUIRE(e != nullptr);

@@ -123,3 +123,34 @@ TEST_CASE("flashbias check --flush-l2 needs a timing, and says so before touchin
   CHECK(r.status == 0);
   CHECK_THAT(r.output, Contains("--flush-l2") && Contains("twice the L2"));
 }
+
+TEST_CASE("flashbias check reads its problems, config and counts before touching a GPU", "[cpu][tuner][cli]") {
+  // Without a GPU these would otherwise all end in the no-GPU error; with one, the first problems
+  // would run before the bad one is found.
+  using test::run_cli;
+  auto r = run_cli("", "check -p n=128,d=64 -p n=128,d=31");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("--problem #2 'n=128,d=31'") && Contains("head dim must be a multiple of 8"));
+  r = run_cli("", "check -p garbage");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("--problem #1 'garbage'") && Contains("has no '='"));
+  r = run_cli("", "check -p n=128,d=64 --config bm=x");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("'bm' must be a positive integer"));
+  r = run_cli("", "check -p n=128,d=64 --repeat 0");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("--repeat 0 must be at least 1"));
+  r = run_cli("", "check -p n=128,d=64 --rows -3");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("--rows -3 must be at least 1"));
+}
+
+TEST_CASE("flashbias gen names the rule a key breaks", "[cpu][tuner][cli]") {
+  using test::run_cli;
+  auto r = run_cli("", "gen --arch sm_90a -d 33");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("head_dim must be a multiple of 8") && !Contains("fits"));
+  r = run_cli("", "gen --arch sm_80 -d 32 -r 3 --bias-align 16 --direction bwd");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("bias_align must divide a row of rank elements"));
+}

@@ -84,6 +84,18 @@ void add_check(CLI::App& app, int& rc) {
     if (o->flush_l2 && !o->time && !o->time_only)
       throw Error(ErrorCode::invalid_argument,
                   "--flush-l2 applies to timings: add --time (or --time-only with --backward)");
+    if (o->repeat < 1) throw Error(ErrorCode::invalid_argument, fmt::format("--repeat {} must be at least 1", o->repeat));
+    if (o->rows < 1) throw Error(ErrorCode::invalid_argument, fmt::format("--rows {} must be at least 1", o->rows));
+    // Every problem string and a forced config are read before the GPU is opened, so a typo is
+    // reported as such on any machine (and before minutes of earlier problems have run).
+    for (std::size_t i = 0; i < o->problems.size(); ++i) {
+      try {
+        parse_problem(o->problems[i]);
+      } catch (const Error& e) {
+        throw Error(e.code(), fmt::format("--problem #{} '{}': {}", i + 1, o->problems[i], e.what()));
+      }
+    }
+    if (!o->config.empty() && o->config != "all") TileConfig::parse(o->config);
     GpuSession session(o->device, o->portable);
     Timer timer(o->flush_l2, o->device);
     std::uint64_t seed =
