@@ -403,6 +403,19 @@ void inspect_existing(const fs::path& file, const StoreOptions& options) {
                               "another directory",
                               path, v, kSchemaVersion));
     }
+    // A bundle is a store file too, but a sealed one: its content digest covers every row, so a
+    // write (a cache clear or prune, a compile stored through --db) would damage it for good.
+    if (v > 0) {
+      Stmt b(db, "SELECT count(*) FROM meta WHERE key = 'bundle_format'", path);
+      b.step();
+      if (b.i64(0) > 0) {
+        throw Error(ErrorCode::cache_error,
+                    fmt::format("flashbias cache {}: this file is a flashbias bundle, which is read-only (its content "
+                                "digest covers every row); refusing to open it as a writable cache. Read it with "
+                                "`flashbias bundle inspect|verify`, or load it through FLASHBIAS_BUNDLE",
+                                path));
+      }
+    }
   } catch (const Error&) {
     const int code = sqlite3_extended_errcode(db);
     if (detail::is_corruption(code)) throw CorruptDatabase{sqlite3_errmsg(db)};

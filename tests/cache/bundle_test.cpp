@@ -190,6 +190,51 @@ TEST_CASE("bundle: truncated, wrong-version, foreign and plain-cache files are r
 }
 
 #ifdef FLASHBIAS_TEST_CXX
+TEST_CASE("bundle: a writable store refuses a bundle, which stays byte for byte as it was", "[cpu][bundle]") {
+  // `flashbias cache clear --db bundle` once deleted a bundle's kernels and broke its digest.
+  TempDir dir;
+  const fs::path p = make_bundle(dir);
+  const std::string before = read_file(p);
+  const std::string e = error_of([&] { Store::open(p); });
+  CHECK(contains(e, "is a flashbias bundle, which is read-only"));
+  CHECK(read_file(p) == before);
+  CHECK(verify_bundle(p).ok());
+  CHECK_NOTHROW(Bundle::open(p));
+}
+
+TEST_CASE("bundle export refuses an output it did not write, before compiling anything", "[cpu][bundle]") {
+  TempDir dir;
+  const std::string env = "FLASHBIAS_CACHE_DIR='" + (dir / "cache").string() + "' FLASHBIAS_DISABLE_NVRTC=1 ";
+  const std::string cmd = env + "'" + cli().string() + "' bundle export --arch sm_90a --problem 'n=128,d=64' ";
+  // Someone's file: left as it was, and the refusal says how to proceed.
+  const fs::path notes = dir / "notes.txt";
+  write_file(notes, "keep me\n");
+  Run r = sh(cmd + "-o '" + notes.string() + "'");
+  INFO(r.output);
+  CHECK(r.status == 2);
+  CHECK(contains(r.output, "exists and is not an earlier export"));
+  CHECK(contains(r.output, "--force"));
+  CHECK(read_file(notes) == "keep me\n");
+  r = sh(cmd + "-o '" + (dir / "b.fbbundle").string() + "' --emit-cpp '" + notes.string() + "'");
+  CHECK(r.status == 2);
+  CHECK(contains(r.output, "--emit-cpp"));
+  CHECK(read_file(notes) == "keep me\n");
+  // A missing directory and a directory are named as such.
+  r = sh(cmd + "-o '" + (dir / "nowhere" / "b.fbbundle").string() + "'");
+  CHECK(r.status == 2);
+  CHECK(contains(r.output, "does not exist"));
+  r = sh(cmd + "-o '" + dir.path().string() + "'");
+  CHECK(r.status == 2);
+  CHECK(contains(r.output, "is a directory"));
+  // An earlier bundle is not refused: the export goes on to compiling (which this process, with
+  // NVRTC disabled, cannot do; that failure is past the guard).
+  const fs::path old = make_bundle(dir, "old.fbbundle");
+  r = sh(cmd + "-o '" + old.string() + "'");
+  INFO(r.output);
+  CHECK(!contains(r.output, "refusing to overwrite"));
+  CHECK(verify_bundle(old).ok());  // a failed export publishes nothing
+}
+
 TEST_CASE("bundle: the --emit-cpp source compiles, and loading it registers the bundle", "[cpu][bundle]") {
   TempDir dir;
   const fs::path p = make_bundle(dir, "embedded.fbbundle");
