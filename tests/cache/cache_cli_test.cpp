@@ -84,11 +84,19 @@ TEST_CASE("flashbias cache on a temporary store", "[cpu][cache][cli]") {
   r = run_cli(env, "cache prune --max-size lots");
   CHECK(r.status == 2);
   CHECK_THAT(r.output, Contains("--max-size 'lots' is not a size"));
+  // NaN passed the range test once and became an undefined cast; a mistyped arch cleared nothing
+  // and said so quietly. Both are refused, and the store is untouched.
+  r = run_cli(env, "cache prune --older-than nan");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("--older-than nan must be in [0, 36500] days"));
+  r = run_cli(env, "cache clear --arch sm_9oa");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("arch 'sm_9oa' is not of the form"));
   r = run_cli(env, "cache --json prune --max-size 0 --dry-run", true);
   REQUIRE(r.status == 0);
   CHECK(nlohmann::json::parse(r.output)["kernels"] == 1);
 
-  r = run_cli(env, "cache --json clear --arch sm_80", true);
+  r = run_cli(env, "cache --json clear --arch SM80", true);  // spelled as Arch::parse takes it
   REQUIRE(r.status == 0);
   CHECK(nlohmann::json::parse(r.output)["kernels"] == 1);
   r = run_cli(env, "cache --json stats", true);

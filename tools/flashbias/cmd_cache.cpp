@@ -12,6 +12,7 @@
 #include "cache/store.h"
 #include "commands.h"
 #include "flashbias/flashbias.hpp"
+#include "generator/problem_key.h"
 
 namespace flashbias::cli {
 
@@ -177,7 +178,7 @@ void add_cache(CLI::App& app, int& rc) {
     cache::Store store = open_store(*o);
     cache::ClearFilter f;
     if (!o->device.empty()) f.device = o->device;
-    if (!o->arch.empty()) f.arch = o->arch;
+    if (!o->arch.empty()) f.arch = Arch::parse(o->arch).name();  // "sm90a" -> sm_90a; a typo is an error
     const cache::RemovalReport r = store.clear(f);
     if (o->json) fmt::print("{}\n", nlohmann::json(r).dump(2));
     else print_removal("cleared", r, false);
@@ -193,7 +194,7 @@ void add_cache(CLI::App& app, int& rc) {
   prune->callback([o, older, unused, &rc] {
     cache::PruneOptions p;
     auto days = [](double d, const char* flag) {
-      if (d < 0 || d > 36500)
+      if (!(d >= 0 && d <= 36500))  // NaN included: it would cast to an undefined cutoff
         throw Error(ErrorCode::invalid_argument, fmt::format("{} {} must be in [0, 36500] days", flag, d));
       return std::chrono::seconds(static_cast<std::int64_t>(d * 86400));
     };
