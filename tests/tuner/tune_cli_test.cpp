@@ -154,3 +154,21 @@ TEST_CASE("flashbias gen names the rule a key breaks", "[cpu][tuner][cli]") {
   CHECK(r.status == 2);
   CHECK_THAT(r.output, Contains("bias_align must divide a row of rank elements"));
 }
+
+TEST_CASE("row counts of zero, which would check nothing and pass, are refused before touching a GPU",
+          "[cpu][tuner][cli]") {
+  using test::run_cli;
+  auto r = run_cli("", "tune -p n=64,d=32 --check-rows 0");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("--check-rows 0 must be at least 1"));
+  r = run_cli("", "demo --rows 0");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("--rows 0 must be at least 1"));
+  // bench-runtime reads its overhead problem and its --out path before minutes of GPU work.
+  r = run_cli("", "bench-runtime --overhead-problem garbage");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("--overhead-problem 'garbage'"));
+  r = run_cli("", "bench-runtime --out /nonexistent-dir-of-flashbias/report.md");
+  CHECK(r.status == 2);
+  CHECK_THAT(r.output, Contains("does not exist or is not writable"));
+}

@@ -105,6 +105,8 @@ void add_demo(CLI::App& app, int& rc) {
   cmd->add_option("--rows", *rows, "query rows checked per problem")->capture_default_str();
   cmd->add_option("--jobs,-j", *jobs, "parallel NVRTC compilations (no-GPU report)")->capture_default_str();
   cmd->callback([device, rows, jobs, &rc] {
+    // Zero rows would compare nothing and pass.
+    if (*rows < 1) throw Error(ErrorCode::invalid_argument, fmt::format("--rows {} must be at least 1", *rows));
     if (!driver::available()) {
       std::string why;
       try {

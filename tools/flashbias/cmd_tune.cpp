@@ -159,6 +159,9 @@ void add_tune(CLI::App& app, int& rc) {
     o->args.budget = budget->count() ? std::optional<double>(o->budget) : std::nullopt;
     // Everything that can be wrong with the request fails here, before any GPU work.
     const tuner::TuneRequest req = tuner::resolve_tune_args(o->args);
+    // Zero rows would compare nothing, so every candidate would pass its check.
+    if (o->check_rows < 1)
+      throw Error(ErrorCode::invalid_argument, fmt::format("--check-rows {} must be at least 1", o->check_rows));
     DeviceInfo device = query_device(o->device);
     if (o->portable) device.arch.a = false;  // as ContextOptions::portable does
     activate_primary_context(o->device);

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -171,6 +172,24 @@ void add_bench_runtime(CLI::App& app, int& rc) {
     const tuner::TuneRequest req = tuner::resolve_tune_args(o->args);
     if (o->calls < 100 || o->calls > 10'000'000)
       throw Error(ErrorCode::invalid_argument, fmt::format("--calls {} is outside [100, 10000000]", o->calls));
+    // Read before the GPU work, which takes minutes: a bad problem string or an --out that cannot
+    // be written would otherwise surface only at the end, with the report lost.
+    try {
+      parse_problem(o->overhead_problem);
+    } catch (const Error& e) {
+      throw Error(e.code(), fmt::format("--overhead-problem '{}': {}", o->overhead_problem, e.what()));
+    }
+    if (!o->out.empty()) {
+      namespace fs = std::filesystem;
+      const fs::path out(o->out);
+      const fs::path dir = out.has_parent_path() ? out.parent_path() : fs::path(".");
+      std::error_code ec;
+      if (fs::is_directory(out, ec))
+        throw Error(ErrorCode::invalid_argument, fmt::format("--out {} is a directory; name a file", o->out));
+      if (!fs::is_directory(dir, ec) || ::access(dir.c_str(), W_OK) != 0)
+        throw Error(ErrorCode::invalid_argument,
+                    fmt::format("--out {}: the directory {} does not exist or is not writable", o->out, dir.string()));
+    }
     const DeviceInfo device = query_device(o->device);
     activate_primary_context(o->device);
     std::shared_ptr<cache::Store> store = tuner::default_store();
