@@ -4,9 +4,11 @@
 #
 # Why (docs/PERF_NOTES.md, sm80 forward, step 18): the look-ahead tile saved 13% on its own
 # 128x64 tile (step 10), but at 255 registers it holds two CTAs (8 warps) per SM and spills on
-# most ranks. On 32-key tiles its two score buffers are half as large: 168 registers without a
-# spill (three CTAs, 12 warps per SM), 196-206 with two. None of these was ever timed; the only
-# look-ahead tiles measured were 128x64, 128x128 and 64x128.
+# most ranks. On 32-key tiles its two score buffers are half as large: with the lean prologue and
+# walked loads these tiles take since session 27, 164-168 registers without a spill (three CTAs,
+# 12 warps per SM), 178-192 with two. None of these was ever timed; the only look-ahead tiles
+# measured were 128x64, 128x128 and 64x128. Run the d32 part of the tiles test first:
+#   carry/flashbias_tests "[gpu][forward][tiles]"   (every legal tile, these included)
 #
 # Two alternating rounds, L2 flushed before every timed run (as bench/peers.py times). Prints
 # "case label ms". Needs carry/new/flashbias (tools/pack_carry.sh, or copy and strip build/flashbias).
@@ -25,15 +27,15 @@ for round in 1 2; do
     run "$1" "$2" heuristic -
     # 168 registers, no spill (r8), three CTAs per SM
     run "$1" "$2" a32_mb3 bm=128,bn=32,w=4,s=2,ahead=1,mmasum=1,minblocks=3
-    # 196 registers, two CTAs
+    # 178 registers, two CTAs
     run "$1" "$2" a32_mb2 bm=128,bn=32,w=4,s=2,ahead=1,mmasum=1,minblocks=2
-    # 64 rows, 16 per warp: 128 registers, four CTAs
+    # 64 rows, 16 per warp: 120 registers, four CTAs
     run "$1" "$2" a64x32_mb4 bm=64,bn=32,w=4,s=2,ahead=1,mmasum=1,minblocks=4
   done
   p=b=256,h=4,n=384,d=32,r=16
   run af3_tri $p heuristic -
-  # r16: mmasum spills 8 bytes at minblocks 3, so without it (168 registers, no spill)
-  run af3_tri $p a32_mb3 bm=128,bn=32,w=4,s=2,ahead=1,minblocks=3
+  run af3_tri $p a32_mb3 bm=128,bn=32,w=4,s=2,ahead=1,mmasum=1,minblocks=3
+  run af3_tri $p a32_mb3_nosum bm=128,bn=32,w=4,s=2,ahead=1,minblocks=3
   run af3_tri $p a32_mb2 bm=128,bn=32,w=4,s=2,ahead=1,mmasum=1,minblocks=2
   run af3_tri $p a64x32_mb4 bm=64,bn=32,w=4,s=2,ahead=1,mmasum=1,minblocks=4
 done

@@ -101,11 +101,13 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
   // The trims of the per-CTA work (sm80 forward step 14 of docs/PERF_NOTES.md): the block decode
   // by FastDivisor, the Q rewrite in 16-byte vectors over the head_dim columns, and the walked
   // (TileWalk) loads of the whole key tiles. They matter where rows are short and a CTA runs
-  // few key tiles. The look-ahead tiles (kAhead) serve the long rows, where the per-CTA part is
-  // about 2% of the work, and they sit at the 255-register cap: there these changes move
-  // ptxas's allocation into spills (d32 ranks 2 and 8, causal), so they keep the plain forms.
-  static constexpr bool kLeanPrologue = kAhead == 0;
-  // Walked key-tile loads: the two-buffer loop only. The one-buffer loop keeps the checked loads:
+  // few key tiles. The look-ahead tiles (kAhead) with 64- and 128-key tiles sit at the
+  // 255-register cap: there these changes move ptxas's allocation into spills (d32 ranks 2 and 8,
+  // causal), so they keep the plain forms. On 32-key tiles the look-ahead loop's score buffers are
+  // half as large (d32: 155-168 registers at three CTAs per SM, 178-192 at two, no spills with
+  // mmasum, docs/PERF_NOTES.md sm80 forward step 18), and it takes the lean forms, walks included.
+  static constexpr bool kLeanPrologue = kAhead == 0 || kBlockN <= 32;
+  // Walked key-tile loads: the two-buffer loops only. The one-buffer loop keeps the checked loads:
   // walked there, seed_n16k's 128x128 d32 tile ran 6% slower (1.257 against 1.180-1.188 ms, H100,
   // sm80 forward step 14), and at d128 the walk's pointers beside V's base pointer (live for its
   // first, partial tile inside the loop) spill at 255 registers.
@@ -357,8 +359,13 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       auto head = [&](float (&cur)[kMTiles][kNTiles][4], int it) {
         cp_async_wait<0>();
         block_sync();
-        if (it + 2 < n_blocks) load_k_checked(tile_of(it + 2), it & 1);
-        if (it + 1 < n_blocks) load_v_checked(tile_of(it + 1), (it + 1) & 1);
+        if constexpr (kWalk) {  // tiles it + 2 and it + 1 are whole: the first (partial) one is tile 0
+          if (it + 2 < n_blocks) load_k_next(it & 1);
+          if (it + 1 < n_blocks) load_v_next((it + 1) & 1);
+        } else {
+          if (it + 2 < n_blocks) load_k_checked(tile_of(it + 2), it & 1);
+          if (it + 1 < n_blocks) load_v_checked(tile_of(it + 1), (it + 1) & 1);
+        }
         cp_async_commit();
         const int n0 = tile_of(it) * kBlockN;
         if (mask.tile_needs_mask(m0, n0, kBlockN)) apply_mask(cur, mask, m0 + warp_row0, n0, lane);
@@ -381,7 +388,10 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       if (n_blocks > 0) load_k_checked(n_blocks - 1, 0);
       cp_async_commit();
       if (n_blocks > 0) load_v_checked(n_blocks - 1, 0);
-      if (n_blocks > 1) load_k_checked(tile_of(1), 1);
+      if (n_blocks > 1) {
+        if constexpr (kWalk) load_k_next(1);
+        else load_k_checked(tile_of(1), 1);
+      }
       cp_async_commit();
       cp_async_wait<1>();
       block_sync();
