@@ -12,6 +12,18 @@
 using namespace flashbias;
 using Catch::Matchers::Contains;
 
+namespace {
+
+/// `flashbias args` ends as a usage error (exit 2) whose message holds every one of `what`.
+void check_refused(const std::string& args, std::initializer_list<const char*> what) {
+  const test::CliResult r = test::run_cli("", args);
+  INFO("flashbias " << args << "\n" << r.output);
+  CHECK(r.status == 2);
+  for (const char* w : what) CHECK_THAT(r.output, Contains(w));
+}
+
+}  // namespace
+
 TEST_CASE("tune request: problems, presets, files, strategy options, budget", "[cpu][tuner][cli]") {
   tuner::TuneArgs a;
   a.problems = {"b=2,h=4,n=1000,d=64,r=8", "n=4096,d=128,r=16,mask=causal"};
@@ -95,20 +107,12 @@ TEST_CASE("tune request errors name the flag", "[cpu][tuner][cli]") {
 }
 
 TEST_CASE("flashbias tune rejects bad options before touching a GPU", "[cpu][tuner][cli]") {
-  using test::run_cli;
-  auto r = run_cli("", "tune --strategy bogus -p n=128,d=64");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("unknown tuning strategy 'bogus'"));
-  r = run_cli("", "tune");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("say what to tune"));
-  r = run_cli("", "tune -p n=128,d=64 --strategy exhaustive --strategy-option eta=3");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("strategy 'exhaustive' has no option 'eta'"));
-  r = run_cli("", "tune -p n=128,d=64 --budget 100000");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("--budget 100000 is outside"));
-  r = run_cli("", "tune --help");
+  check_refused("tune --strategy bogus -p n=128,d=64", {"unknown tuning strategy 'bogus'"});
+  check_refused("tune", {"say what to tune"});
+  check_refused("tune -p n=128,d=64 --strategy exhaustive --strategy-option eta=3",
+                {"strategy 'exhaustive' has no option 'eta'"});
+  check_refused("tune -p n=128,d=64 --budget 100000", {"--budget 100000 is outside"});
+  const test::CliResult r = test::run_cli("", "tune --help");
   CHECK(r.status == 0);
   CHECK_THAT(r.output, Contains("--strategy") && Contains("--budget") && Contains("--json") && Contains("--file") &&
                            Contains("--portable"));
@@ -127,48 +131,24 @@ TEST_CASE("flashbias check --flush-l2 needs a timing, and says so before touchin
 TEST_CASE("flashbias check reads its problems, config and counts before touching a GPU", "[cpu][tuner][cli]") {
   // Without a GPU these would otherwise all end in the no-GPU error; with one, the first problems
   // would run before the bad one is found.
-  using test::run_cli;
-  auto r = run_cli("", "check -p n=128,d=64 -p n=128,d=31");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("--problem #2 'n=128,d=31'") && Contains("head dim must be a multiple of 8"));
-  r = run_cli("", "check -p garbage");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("--problem #1 'garbage'") && Contains("has no '='"));
-  r = run_cli("", "check -p n=128,d=64 --config bm=x");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("'bm' must be a positive integer"));
-  r = run_cli("", "check -p n=128,d=64 --repeat 0");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("--repeat 0 must be at least 1"));
-  r = run_cli("", "check -p n=128,d=64 --rows -3");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("--rows -3 must be at least 1"));
+  check_refused("check -p n=128,d=64 -p n=128,d=31", {"--problem #2 'n=128,d=31'", "head dim must be a multiple of 8"});
+  check_refused("check -p garbage", {"--problem #1 'garbage'", "has no '='"});
+  check_refused("check -p n=128,d=64 --config bm=x", {"'bm' must be a positive integer"});
+  check_refused("check -p n=128,d=64 --repeat 0", {"--repeat 0 must be at least 1"});
+  check_refused("check -p n=128,d=64 --rows -3", {"--rows -3 must be at least 1"});
 }
 
 TEST_CASE("flashbias gen names the rule a key breaks", "[cpu][tuner][cli]") {
-  using test::run_cli;
-  auto r = run_cli("", "gen --arch sm_90a -d 33");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("head_dim must be a multiple of 8") && !Contains("fits"));
-  r = run_cli("", "gen --arch sm_80 -d 32 -r 3 --bias-align 16 --direction bwd");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("bias_align must divide a row of rank elements"));
+  check_refused("gen --arch sm_90a -d 33", {"head_dim must be a multiple of 8", "got kHeadDim = 33"});
+  check_refused("gen --arch sm_80 -d 32 -r 3 --bias-align 16 --direction bwd",
+                {"bias_align must divide a row of rank elements"});
 }
 
 TEST_CASE("row counts of zero, which would check nothing and pass, are refused before touching a GPU",
           "[cpu][tuner][cli]") {
-  using test::run_cli;
-  auto r = run_cli("", "tune -p n=64,d=32 --check-rows 0");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("--check-rows 0 must be at least 1"));
-  r = run_cli("", "demo --rows 0");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("--rows 0 must be at least 1"));
+  check_refused("tune -p n=64,d=32 --check-rows 0", {"--check-rows 0 must be at least 1"});
+  check_refused("demo --rows 0", {"--rows 0 must be at least 1"});
   // bench-runtime reads its overhead problem and its --out path before minutes of GPU work.
-  r = run_cli("", "bench-runtime --overhead-problem garbage");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("--overhead-problem 'garbage'"));
-  r = run_cli("", "bench-runtime --out /nonexistent-dir-of-flashbias/report.md");
-  CHECK(r.status == 2);
-  CHECK_THAT(r.output, Contains("does not exist or is not writable"));
+  check_refused("bench-runtime --overhead-problem garbage", {"--overhead-problem 'garbage'"});
+  check_refused("bench-runtime --out /nonexistent-dir-of-flashbias/report.md", {"does not exist or is not writable"});
 }
