@@ -21,3 +21,15 @@ for tool in memcheck racecheck; do
   echo "$tool rc=$?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASS|FAIL" "$OUT/$tool.txt" | head -3
 done
 timeout 240 bench/probes/portable_ahead_narrow.sh | tee "$OUT/ab_narrow.txt"
+# Beside issue 2, if time is left (about a minute): the bf16 d32 backward on seed_n16k's shape.
+# The two-warpgroup tile the fp16 heuristic takes (48-row steps) ran 5% faster in bf16 too
+# (session 26) but spills 16-136 bytes there; 32-row steps compile clean (113-120 registers).
+p=b=2,h=4,n=16384,d=32,r=8,dtype=bf16
+for round in 1 2; do
+  for cfg in - bm=128,bn=128,w=8,s=2,step=32,minblocks=2 bm=128,bn=128,w=8,s=2,step=32,minblocks=2,tma=1 \
+             bm=128,bn=128,w=8,s=2,step=48,minblocks=2,tma=1; do
+    c=(); [ "$cfg" != - ] && c=(--config "$cfg")
+    timeout 60 "$F" check -p $p --backward --time-only --flush-l2 "${c[@]}" 2>&1 | grep -E "TIMED|rror" |
+      sed "s/^/bf16-bwd $cfg /" | cut -c1-200
+  done
+done
