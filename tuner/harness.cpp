@@ -77,7 +77,34 @@ DeviceProblem::DeviceProblem(const ProblemSpec& spec, std::uint64_t seed) : spec
 
 void DeviceProblem::regenerate(std::uint64_t seed) {
   inputs_ = make_inputs(spec_, seed);
+  fwd_ref_.reset();
+  bwd_ref_.reset();
   upload();
+}
+
+const DeviceProblem::ForwardReference& DeviceProblem::forward_reference(std::span<const std::int64_t> rows) {
+  if (!fwd_ref_ || !std::equal(rows.begin(), rows.end(), fwd_ref_->rows.begin(), fwd_ref_->rows.end())) {
+    fwd_ref_.reset();  // a failed computation below leaves no stale reference behind
+    ForwardReference r;
+    r.rows.assign(rows.begin(), rows.end());
+    r.ref = reference_forward(spec_, inputs_, rows);
+    r.lowp = lowp_forward(spec_, inputs_, rows);
+    fwd_ref_ = std::move(r);
+    ++reference_computations_;
+  }
+  return *fwd_ref_;
+}
+
+const DeviceProblem::BackwardReference& DeviceProblem::backward_reference() {
+  if (!backward_enabled()) throw std::logic_error("DeviceProblem::backward_reference before enable_backward");
+  if (!bwd_ref_) {
+    BackwardReference r;
+    r.ref = reference_backward(spec_, inputs_, dout_);
+    r.lowp = lowp_backward(spec_, inputs_, dout_);
+    bwd_ref_ = std::move(r);
+    ++reference_computations_;
+  }
+  return *bwd_ref_;
 }
 
 void DeviceProblem::set_inputs(AttentionInputs inputs) {
@@ -92,6 +119,8 @@ void DeviceProblem::set_inputs(AttentionInputs inputs) {
   same("qb", inputs_.qb, inputs.qb);
   same("kb", inputs_.kb, inputs.kb);
   inputs_ = std::move(inputs);
+  fwd_ref_.reset();
+  bwd_ref_.reset();
   upload();
 }
 
@@ -152,6 +181,7 @@ std::size_t DeviceProblem::device_bytes() const {
 
 void DeviceProblem::enable_backward(std::uint64_t seed) {
   dout_ = make_grad_output(spec_, seed);
+  bwd_ref_.reset();
   dout_buf_ = DeviceBuffer(dout_.bytes());
   dout_buf_.upload(dout_.data(), dout_.bytes());
   dq_ = DeviceBuffer(inputs_.q.bytes());
@@ -237,8 +267,9 @@ BackwardCheck check_backward(DeviceProblem& problem, const std::function<void(co
   driver::check(drv().cuCtxSynchronize(), "cuCtxSynchronize (after the backward kernels)", ErrorCode::launch_failed);
   const DeviceProblem::Gradients got = problem.download_gradients();
 
-  const BackwardResult ref = reference_backward(spec, problem.inputs(), problem.dout());
-  const BackwardResult lowp = lowp_backward(spec, problem.inputs(), problem.dout());
+  const DeviceProblem::BackwardReference& refs = problem.backward_reference();
+  const BackwardResult& ref = refs.ref;
+  const BackwardResult& lowp = refs.lowp;
   BackwardCheck r;
   auto add = [&](const RefTensor& want, const HostTensor& have, const RefTensor& plain, const char* name) {
     r.grads.push_back(compare(want, have, name));
@@ -288,8 +319,9 @@ CheckResult check_forward(DeviceProblem& problem, const std::function<void(const
   problem.download(o, lse);
 
   const std::vector<std::int64_t> rows = sample_rows(spec, max_rows);
-  const ForwardResult ref = reference_forward(spec, problem.inputs(), rows);
-  const ForwardResult lowp = lowp_forward(spec, problem.inputs(), rows);
+  const DeviceProblem::ForwardReference& refs = problem.forward_reference(rows);
+  const ForwardResult& ref = refs.ref;
+  const ForwardResult& lowp = refs.lowp;
   CheckResult r;
   r.rows_checked = std::int64_t(rows.size());
   r.o = compare_rows(ref, o, "O");

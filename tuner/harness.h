@@ -7,6 +7,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -83,10 +85,34 @@ class DeviceProblem {
   };
   Gradients download_gradients() const;
 
+  // --- References, computed once per set of inputs ---
+  // Checking many kernels on one problem (check --config all, the tiles tests, every tuning
+  // candidate on its two input sets) compared each against the fp64 reference and the plain
+  // low-precision forward computed anew: seconds of CPU per check on a problem like af3_tri,
+  // which bounded how many candidates a tuning budget could cover. The results depend on the
+  // inputs (and dO) alone, so they are kept until regenerate(), set_inputs() or enable_backward()
+  // changes those.
+  struct ForwardReference {
+    std::vector<std::int64_t> rows;  ///< the query rows they cover
+    ForwardResult ref, lowp;
+  };
+  /// The forward references on `rows` (recomputed when `rows` differ from the kept ones).
+  const ForwardReference& forward_reference(std::span<const std::int64_t> rows);
+  struct BackwardReference {
+    BackwardResult ref, lowp;
+  };
+  /// The backward references for dout(); needs enable_backward().
+  const BackwardReference& backward_reference();
+  /// How many times forward_reference() and backward_reference() computed (rather than reused).
+  int reference_computations() const { return reference_computations_; }
+
  private:
   void upload();
   ProblemSpec spec_;
   AttentionInputs inputs_;
+  std::optional<ForwardReference> fwd_ref_;
+  std::optional<BackwardReference> bwd_ref_;
+  int reference_computations_ = 0;
   DeviceBuffer q_, k_, v_, qb_, kb_, o_, lse_;
   HostTensor dout_;
   DeviceBuffer dout_buf_, dq_, dk_, dv_, dqb_, dkb_;
