@@ -11,10 +11,10 @@
 #   carry/flashbias_tests "[gpu][forward][tiles]"   (every legal tile, these included)
 #
 # Two alternating rounds, L2 flushed before every timed run (as bench/peers.py times). Prints
-# "case label ms". Needs carry/new/flashbias (tools/pack_carry.sh, or copy and strip build/flashbias).
+# "case label ms". Needs carry/flashbias (tools/pack_carry.sh; CARRY=dir for another folder).
 #   bench/probes/portable_ahead_narrow.sh
 cd "$(dirname "$0")/../.."
-F=${F:-carry/new/flashbias}
+F=${CARRY:-carry}/flashbias
 run() {  # case-label problem label config ("-": the dispatcher's tile)
   local cfg=()
   [ "$4" != "-" ] && cfg=(--config "$4")

@@ -6,11 +6,12 @@
 #      (narrow chunks, bf16);
 #   2. memcheck and racecheck on one such tile (partial first tile, several walked ones);
 #   3. bench/probes/portable_ahead_narrow.sh.
-# Needs carry/new/flashbias and carry/flashbias_tests (strip them) and $OUT. Next, in a second
-# call: BUDGET=150 bench/probes/portable_tune_d32.sh tune, and its peers (see that script).
+# Needs carry/{flashbias,flashbias_tests} (tools/pack_carry.sh; CARRY=dir for another folder)
+# and $OUT. Next, in a second call: BUDGET=150 bench/probes/portable_tune_d32.sh tune, then
+# its peers step (see that script).
 cd "$(dirname "$0")/../.."
-T=carry/flashbias_tests
-F=carry/new/flashbias
+T=${CARRY:-carry}/flashbias_tests
+F=${CARRY:-carry}/flashbias
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 timeout 300 "$T" "[gpu][forward][tiles]" > "$OUT/tiles.txt" 2>&1
 echo "tiles rc=$?"; tail -n 3 "$OUT/tiles.txt"
