@@ -93,15 +93,10 @@ void check_output(const std::string& flag, const fs::path& path, bool is_bundle,
   if (!fs::is_directory(dir, ec))
     throw Error(ErrorCode::invalid_argument,
                 fmt::format("bundle export: {} {}: the directory {} does not exist", flag, path.string(), dir.string()));
-  if (!fs::exists(path, ec) || force) {
-    if (fs::is_directory(path, ec))
-      throw Error(ErrorCode::invalid_argument,
-                  fmt::format("bundle export: {} {} is a directory; name a file", flag, path.string()));
-    return;
-  }
   if (fs::is_directory(path, ec))
     throw Error(ErrorCode::invalid_argument,
                 fmt::format("bundle export: {} {} is a directory; name a file", flag, path.string()));
+  if (force || !fs::exists(path, ec)) return;
   std::string why;
   if (is_bundle) {
     try {
