@@ -359,7 +359,7 @@ struct FLASHBIAS_KERNEL("fwd", "sm80") FwdKernel {
       auto head = [&](float (&cur)[kMTiles][kNTiles][4], int it) {
         cp_async_wait<0>();
         block_sync();
-        if constexpr (kWalk) {  // tiles it + 2 and it + 1 are whole: the first (partial) one is tile 0
+        if constexpr (kWalk) {  // whole tiles: only iteration 0's (key tile n_blocks - 1) may be partial
           if (it + 2 < n_blocks) load_k_next(it & 1);
           if (it + 1 < n_blocks) load_v_next((it + 1) & 1);
         } else {
