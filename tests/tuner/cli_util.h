@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <array>
+#include <catch2/catch.hpp>
+#include <initializer_list>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -39,6 +41,14 @@ inline CliResult run_cli(const std::string& env, const std::string& args, bool s
   const int status = ::pclose(f);
   r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+/// `env flashbias args` ends as a usage error (exit 2) whose message holds every one of `what`.
+inline void check_refused(const std::string& env, const std::string& args, std::initializer_list<const char*> what) {
+  const CliResult r = run_cli(env, args);
+  INFO("flashbias " << args << "\n" << r.output);
+  CHECK(r.status == 2);
+  for (const char* w : what) CHECK_THAT(r.output, Catch::Matchers::Contains(w));
 }
 
 }  // namespace flashbias::test

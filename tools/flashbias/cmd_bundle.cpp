@@ -88,14 +88,8 @@ void write_cpp(const fs::path& bundle, const fs::path& out) {
 /// for --emit-cpp), unless --force. Re-exporting over an earlier export is the normal workflow; a
 /// mistyped path that names someone's file must not destroy it.
 void check_output(const std::string& flag, const fs::path& path, bool is_bundle, bool force) {
-  const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  require_writable_output("bundle export: " + flag, path.string());
   std::error_code ec;
-  if (!fs::is_directory(dir, ec))
-    throw Error(ErrorCode::invalid_argument,
-                fmt::format("bundle export: {} {}: the directory {} does not exist", flag, path.string(), dir.string()));
-  if (fs::is_directory(path, ec))
-    throw Error(ErrorCode::invalid_argument,
-                fmt::format("bundle export: {} {} is a directory; name a file", flag, path.string()));
   if (force || !fs::exists(path, ec)) return;
   std::string why;
   if (is_bundle) {

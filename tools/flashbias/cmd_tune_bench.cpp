@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -179,17 +178,7 @@ void add_bench_runtime(CLI::App& app, int& rc) {
     } catch (const Error& e) {
       throw Error(e.code(), fmt::format("--overhead-problem '{}': {}", o->overhead_problem, e.what()));
     }
-    if (!o->out.empty()) {
-      namespace fs = std::filesystem;
-      const fs::path out(o->out);
-      const fs::path dir = out.has_parent_path() ? out.parent_path() : fs::path(".");
-      std::error_code ec;
-      if (fs::is_directory(out, ec))
-        throw Error(ErrorCode::invalid_argument, fmt::format("--out {} is a directory; name a file", o->out));
-      if (!fs::is_directory(dir, ec) || ::access(dir.c_str(), W_OK) != 0)
-        throw Error(ErrorCode::invalid_argument,
-                    fmt::format("--out {}: the directory {} does not exist or is not writable", o->out, dir.string()));
-    }
+    if (!o->out.empty()) require_writable_output("--out", o->out);
     const DeviceInfo device = query_device(o->device);
     activate_primary_context(o->device);
     std::shared_ptr<cache::Store> store = tuner::default_store();
